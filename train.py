@@ -1,0 +1,530 @@
+"""Train and evaluate the Fashion-MNIST classifier; write a complete Hub model repo; push it.
+
+Every choice (epochs, learning rate, checkpoint) is made on a validation split held out from the
+training set; the test set is evaluated once, at the end, for the report.
+
+    python train.py --out weights                                  # the shipped recipe
+    python train.py --dataset tests/data/fashion_mnist --epochs 1 --out /tmp/smoke   # seconds
+    python train.py --eval-only --model weights --dataset ../shared/data/fashion_mnist
+    python train.py --out weights --push-to-hub <user>/fashion-mnist-cnn
+    torchrun --nproc_per_node 4 train.py --device cuda --out weights-gpu   # several GPUs (DDP)
+
+The output folder is a Hub model repo: model.safetensors, config.json, README.md (the model card),
+training_history.json and evaluation/ (metrics.json, plots, misclassified.npz, samples.npz).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from model import (CLASS_NAMES, FashionCNN, WeightsError, count_parameters, fashion_look,
+                   load_model, normalize)
+
+HUB_DATASET = "zalando-datasets/fashion_mnist"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--dataset", default=HUB_DATASET, help="Hub dataset id or a local folder in the same layout")
+    p.add_argument("--out", default=None, help="output folder (default: outputs/fashion-cnn, or outputs/eval with --eval-only)")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=0.1, help="peak learning rate (SGD, Nesterov momentum 0.9)")
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--warmup", type=float, default=0.15, help="fraction of steps with a linear warm-up; then linear decay to 0")
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--widths", type=int, nargs=3, default=[32, 64, 128], help="channels of the three stages")
+    p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--translate", type=int, default=2, help="random shift in pixels (0: off)")
+    p.add_argument("--flip", type=float, default=0.5, help="horizontal flip probability (garments are symmetric)")
+    p.add_argument("--erase", type=float, default=0.5, help="random erasing probability (Zhong et al. 2017)")
+    p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the weights (0: off)")
+    p.add_argument("--tta", type=int, default=1, choices=[0, 1], help="average predictions over the image and its mirror")
+    p.add_argument("--val-size", type=int, default=5000, help="training images held out for validation")
+    p.add_argument("--train-limit", type=int, default=0, help="use only this many training images (0: all)")
+    p.add_argument("--max-minutes", type=float, default=0, help="stop after the epoch that passes this wall time (0: no limit)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps; under torchrun each rank takes its LOCAL_RANK")
+    p.add_argument("--amp", default="auto", choices=["auto", "on", "off"], help="bf16 autocast (auto: on for CUDA)")
+    p.add_argument("--channels-last", type=int, default=1, choices=[0, 1])
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--eval-only", action="store_true", help="evaluate --model on the test set, no training")
+    p.add_argument("--model", default=None, help="with --eval-only: a local folder or a Hub repo id")
+    p.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="upload the output folder to this Hub model repo")
+    p.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    args = p.parse_args(argv)
+    if args.eval_only and not args.model:
+        p.error("--eval-only needs --model <folder or Hub repo id>")
+    args.out = Path(args.out or ("outputs/eval" if args.eval_only else "outputs/fashion-cnn"))
+    return args
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+
+def load_images(dataset: str, split: str) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """One split through the serving preprocessing -> looks (N, 28, 28) in [0, 1], labels (N,), raw uint8."""
+    from datasets import load_dataset
+    ds = load_dataset(dataset, split=split)
+    names = ds.features["label"].names
+    assert len(names) == len(CLASS_NAMES), f"{dataset} has {len(names)} classes, expected {len(CLASS_NAMES)}"
+    raw = np.stack([np.asarray(img.convert("L"), dtype=np.uint8) for img in ds["image"]])  # (N, 28, 28)
+    looks = torch.from_numpy(np.stack([fashion_look(img) for img in raw]))                  # same path as serving
+    return looks, torch.tensor(ds["label"], dtype=torch.long), raw
+
+
+def split_train_val(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded permutation: the last `val_size` indices are validation, never trained on."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[val_size:], perm[:val_size]
+
+
+def augment(x: torch.Tensor, args, gen: torch.Generator) -> torch.Tensor:
+    """Batched augmentation of (B, 1, 28, 28): shift, mirror, random erasing. No Python loop per image."""
+    b, _, h, w = x.shape
+    dev = x.device
+    rand = lambda *s: torch.rand(*s, generator=gen).to(dev)
+    if args.translate:
+        t = args.translate
+        padded = F.pad(x, (t, t, t, t))                                           # background is -mean/std
+        padded[:, :, :t], padded[:, :, -t:], padded[:, :, :, :t], padded[:, :, :, -t:] = (x.min(),) * 4
+        dy, dx = (torch.randint(0, 2 * t + 1, (2, b), generator=gen)).to(dev)
+        rows = (dy[:, None] + torch.arange(h, device=dev))[:, :, None]             # (B, H, 1)
+        cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, :]             # (B, 1, W)
+        x = padded[torch.arange(b, device=dev)[:, None, None], 0, rows, cols][:, None]
+    if args.flip:
+        x = torch.where((rand(b) < args.flip)[:, None, None, None], x.flip(-1), x)
+    if args.erase:
+        # Erase a rectangle of 2-40% of the image, aspect 0.3-3.3, with noise (as torchvision's RandomErasing).
+        area = (0.02 + 0.38 * rand(b)) * h * w
+        aspect = torch.exp(math.log(0.3) + (math.log(3.3) - math.log(0.3)) * rand(b))
+        eh = (area * aspect).sqrt().clamp(1, h).round()
+        ew = (area / aspect).sqrt().clamp(1, w).round()
+        y0 = (rand(b) * (h - eh + 1)).floor()
+        x0 = (rand(b) * (w - ew + 1)).floor()
+        ys = torch.arange(h, device=dev)[None, :, None]
+        xs = torch.arange(w, device=dev)[None, None, :]
+        box = ((ys >= y0[:, None, None]) & (ys < (y0 + eh)[:, None, None])
+               & (xs >= x0[:, None, None]) & (xs < (x0 + ew)[:, None, None]))
+        box &= (rand(b) < args.erase)[:, None, None]
+        noise = torch.randn(x.shape, generator=gen).to(dev)
+        x = torch.where(box[:, None], noise, x)
+    return x
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+
+class EMA:
+    """Exponential moving average of the weights (and BatchNorm buffers), with timm-style warm-up."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))   # early steps: follow the model closely
+        ema, cur = self.module.state_dict(), model.state_dict()
+        floats = [k for k, v in ema.items() if v.is_floating_point()]
+        torch._foreach_lerp_([ema[k] for k in floats], [cur[k] for k in floats], 1 - d)
+        for k, v in ema.items():
+            if not v.is_floating_point():
+                v.copy_(cur[k])
+
+
+def lr_at(step: int, total: int, peak: float, warmup: float) -> float:
+    """Linear warm-up to `peak` over `warmup` of the steps, then linear decay to 0 (one-cycle)."""
+    w = max(1, int(total * warmup))
+    return peak * step / w if step < w else peak * max(0.0, (total - step) / max(1, total - w))
+
+
+def train_one_epoch(model, ema, x, y, optimizer, args, epoch, step, total_steps, ctx) -> tuple[dict, int]:
+    """One pass over (x, y) in random order; returns the epoch's log entry and the global step."""
+    from tqdm import tqdm
+    model.train()
+    gen = torch.Generator().manual_seed(args.seed * 1000 + epoch)
+    perm = torch.randperm(len(x), generator=gen)
+    perm = perm[ctx["rank"]::ctx["world"]]                  # each DDP rank takes its own shard
+    n_batches = len(perm) // args.batch_size or 1
+    bar = tqdm(range(n_batches), desc=f"epoch {epoch}/{args.epochs}", disable=args.no_progress or ctx["rank"] != 0,
+               mininterval=1 if sys.stderr.isatty() else 20, file=sys.stderr)
+    t0, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
+    for i in bar:
+        idx = perm[i * args.batch_size:(i + 1) * args.batch_size]
+        xb = augment(normalize(x[idx][:, None]).to(ctx["device"]), args, gen)   # (B, 1, 28, 28)
+        yb = y[idx].to(ctx["device"])
+        if args.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, total_steps, args.lr, args.warmup)
+        with torch.autocast(ctx["device"].type, dtype=torch.bfloat16, enabled=ctx["amp"]):
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yb, label_smoothing=args.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        if ema is not None:
+            ema.update(ctx["raw_model"], step)
+        seen += len(idx)
+        loss_sum += loss.item() * len(idx)
+        correct += (logits.argmax(1) == yb).sum().item()
+        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+    seconds = time.perf_counter() - t0
+    return {"epoch": epoch, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
+            "lr_end": optimizer.param_groups[0]["lr"], "seconds": seconds,
+            "images_per_s": seen * ctx["world"] / seconds}, step
+
+
+@torch.no_grad()
+def predict_probs(model: FashionCNN, looks: torch.Tensor, batch_size: int = 1000,
+                  device: torch.device | str = "cpu") -> torch.Tensor:
+    """Softmax probabilities (N, C) for looks (N, 28, 28), exactly as served (`model.predict_proba`)."""
+    model.eval()
+    return torch.cat([model.predict_proba(normalize(looks[i:i + batch_size][:, None]).to(device)).cpu()
+                      for i in range(0, len(looks), batch_size)])
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------------------------
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion k/n (better than the normal one near 1)."""
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def calibration(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> dict:
+    """Expected calibration error (Guo et al. 2017) over equal-width confidence bins."""
+    conf, pred = probs.max(1)
+    correct = (pred == labels).float()
+    edges = torch.linspace(0, 1, n_bins + 1)
+    bins, ece = [], 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        m = (conf > lo) & (conf <= hi)
+        if m.any():
+            acc, c = correct[m].mean().item(), conf[m].mean().item()
+            ece += m.float().mean().item() * abs(acc - c)
+            bins.append({"lo": lo.item(), "hi": hi.item(), "count": int(m.sum()), "accuracy": acc, "confidence": c})
+    return {"ece": ece, "n_bins": n_bins, "bins": bins}
+
+
+def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, names=CLASS_NAMES) -> dict:
+    """Accuracy with its 95% interval, per-class precision/recall/F1, confusion matrix, calibration."""
+    pred = probs.argmax(1)
+    k = len(names)
+    cm = torch.zeros(k, k, dtype=torch.long)
+    cm.index_put_((labels, pred), torch.ones_like(labels), accumulate=True)   # rows: true, cols: predicted
+    n, correct = len(labels), int(cm.trace())
+    per_class = {}
+    for i, name in enumerate(names):
+        tp = cm[i, i].item()
+        precision = tp / max(1, cm[:, i].sum().item())
+        recall = tp / max(1, cm[i].sum().item())
+        f1 = 2 * precision * recall / max(1e-12, precision + recall)
+        per_class[name] = {"precision": precision, "recall": recall, "f1": f1, "support": cm[i].sum().item()}
+    lo, hi = wilson_interval(correct, n)
+    return {"accuracy": correct / n, "accuracy_ci95": [lo, hi], "n": n,
+            "macro_f1": sum(c["f1"] for c in per_class.values()) / k,
+            "per_class": per_class, "confusion_matrix": cm.tolist(),
+            "calibration": calibration(probs, labels)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing the Hub model repo
+# ---------------------------------------------------------------------------------------------
+
+def save_plots(folder: Path, metrics: dict, history: list[dict]) -> None:
+    """confusion_matrix.png, reliability.png and (after training) training_curves.png."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    cm = np.array(metrics["confusion_matrix"])
+    fig, ax = plt.subplots(figsize=(7, 6))
+    ax.imshow(cm, cmap="Blues")
+    for (i, j), v in np.ndenumerate(cm):
+        ax.text(j, i, v, ha="center", va="center", fontsize=7, color="white" if v > cm.max() / 2 else "black")
+    ax.set(xticks=range(len(CLASS_NAMES)), yticks=range(len(CLASS_NAMES)), xlabel="predicted", ylabel="true",
+           title=f"Test confusion matrix (accuracy {metrics['accuracy']:.2%})")
+    ax.set_xticklabels(CLASS_NAMES, rotation=45, ha="right"), ax.set_yticklabels(CLASS_NAMES)
+    fig.tight_layout(), fig.savefig(folder / "confusion_matrix.png", dpi=100), plt.close(fig)
+
+    bins = metrics["calibration"]["bins"]
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+    ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", label="model")
+    ax.set(xlabel="confidence", ylabel="accuracy", title=f"Reliability (ECE {metrics['calibration']['ece']:.4f})")
+    ax.legend(), fig.tight_layout(), fig.savefig(folder / "reliability.png", dpi=100), plt.close(fig)
+
+    if history:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+        ep = [h["epoch"] for h in history]
+        a1.plot(ep, [h["train_loss"] for h in history]), a1.set(xlabel="epoch", ylabel="train loss (label-smoothed)")
+        a2.plot(ep, [h["train_accuracy"] for h in history], label="train (augmented)")
+        a2.plot(ep, [h["val_accuracy"] for h in history], label="validation")
+        a2.set(xlabel="epoch", ylabel="accuracy"), a2.legend()
+        fig.tight_layout(), fig.savefig(folder / "training_curves.png", dpi=100), plt.close(fig)
+
+
+def write_evaluation(out: Path, model: FashionCNN, looks: torch.Tensor, labels: torch.Tensor, raw: np.ndarray,
+                     history: list[dict], extra: dict, device="cpu") -> dict:
+    """Evaluate on the test set once and write evaluation/: metrics.json, plots, misclassified.npz, samples.npz."""
+    folder = out / "evaluation"
+    folder.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    probs = predict_probs(model, looks, device=device)
+    metrics = classification_metrics(probs, labels) | {"tta": model.config.flip_tta, "eval_seconds": time.perf_counter() - t0}
+    metrics |= extra
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    conf, pred = probs.max(1)
+    wrong = (pred != labels).nonzero().flatten()
+    # Compact and pickle-free: the dashboard's Mistakes view reads this with no dataset download.
+    np.savez_compressed(folder / "misclassified.npz", index=wrong.numpy(), true=labels[wrong].numpy(),
+                        pred=pred[wrong].numpy(), confidence=conf[wrong].numpy().astype(np.float32),
+                        probs=probs[wrong].numpy().astype(np.float16), images=raw[wrong.numpy()])
+    # A fixed, class-balanced sample of test images: the dashboard's examples and the Trust precompute.
+    sample = torch.cat([(labels == c).nonzero().flatten()[:10] for c in range(len(CLASS_NAMES))])
+    np.savez_compressed(folder / "samples.npz", index=sample.numpy(), label=labels[sample].numpy(),
+                        pred=pred[sample].numpy(), images=raw[sample.numpy()])
+    save_plots(folder, metrics, history)
+    return metrics
+
+
+def model_card(model: FashionCNN, metrics: dict, args, command: str, train_seconds: float | None) -> str:
+    """README.md of the model repo: Hub metadata (model-index with the test accuracy) and a short body."""
+    from huggingface_hub import EvalResult, ModelCardData
+    data = ModelCardData(
+        library_name="pytorch", license="mit", datasets=[HUB_DATASET], pipeline_tag="image-classification",
+        tags=["fashion-mnist", "image-classification", "captum", "pytorch_model_hub_mixin"], metrics=["accuracy", "f1"],
+        model_name="fashion-mnist-cnn",
+        eval_results=[EvalResult(task_type="image-classification", dataset_type=HUB_DATASET,
+                                 dataset_name="Fashion-MNIST", dataset_split="test", metric_type="accuracy",
+                                 metric_value=round(metrics["accuracy"], 4)),
+                      EvalResult(task_type="image-classification", dataset_type=HUB_DATASET,
+                                 dataset_name="Fashion-MNIST", dataset_split="test", metric_type="f1",
+                                 metric_name="macro F1", metric_value=round(metrics["macro_f1"], 4))])
+    lo, hi = metrics["accuracy_ci95"]
+    rows = "\n".join(f"| {n} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} |"
+                     for n, c in metrics["per_class"].items())
+    timing = f"{train_seconds / 60:.1f} min on {metrics.get('hardware', 'this machine')}" if train_seconds else "n/a"
+    return f"""---
+{data.to_yaml()}
+---
+# Fashion-MNIST CNN ({count_parameters(model):,} parameters)
+
+A small residual CNN for [Fashion-MNIST](https://huggingface.co/datasets/{HUB_DATASET}), trained from
+scratch with `train.py` of the project's repository, and the model behind its Gradio explainability
+dashboard.
+
+| | |
+|---|---|
+| Test accuracy | **{metrics['accuracy']:.2%}** (95% CI {lo:.2%} to {hi:.2%}, n={metrics['n']:,}) |
+| Validation accuracy (chosen checkpoint) | {metrics.get('val_accuracy', float('nan')):.2%} |
+| Macro F1 | {metrics['macro_f1']:.4f} |
+| Expected calibration error | {metrics['calibration']['ece']:.4f} |
+| Parameters | {count_parameters(model):,} |
+| Flip test-time augmentation | {'yes' if metrics['tta'] else 'no'} |
+| Training time | {timing} |
+
+Trained with:
+
+```bash
+{command}
+```
+
+## Use
+
+```python
+from huggingface_hub import snapshot_download
+from model import load_model, preprocess          # model.py from the project's repository
+model = load_model("<repo id or folder>")         # reads config.json + model.safetensors only
+probs = model(preprocess(image)[None]).softmax(-1)
+```
+
+`FashionCNN.from_pretrained("<repo id>")` (`huggingface_hub`'s `PyTorchModelHubMixin`) works too.
+Inputs go through `preprocess`: grayscale, light garment on a dark background, centred and scaled
+to 28x28 with its aspect kept, normalised with mean {model.config.mean} and std {model.config.std}.
+
+## Per-class results (test set)
+
+| class | precision | recall | F1 |
+|---|---|---|---|
+{rows}
+
+`evaluation/` holds metrics.json, the confusion matrix, the reliability diagram, the training curves,
+and every misclassified test image (misclassified.npz: index, true, pred, confidence, 28x28 image).
+
+## Limitations
+Trained on 28x28 grayscale product photos of ten clothing classes. Anything else (a person wearing
+clothes, a busy background, a different object) is still forced into one of the ten classes.
+Shirt, T-shirt/top, Pullover and Coat are the classes it confuses most.
+"""
+
+
+def save_model_repo(out: Path, model: FashionCNN, metrics: dict, history: list[dict], args, command: str,
+                    train_seconds: float | None) -> None:
+    """config.json + model.safetensors via the Hub mixin, then our own README.md model card."""
+    model.save_pretrained(out)
+    (out / "README.md").write_text(model_card(model, metrics, args, command, train_seconds))
+
+
+class PushError(RuntimeError):
+    """The upload did not happen; the message is one line for a person, without the token."""
+
+
+def push_to_hub(folder: Path, repo_id: str, private: bool = False, api=None) -> str:
+    """Upload `folder` as a Hub model repo. Token from HF_TOKEN or the saved login, never printed.
+
+    Returns the commit URL. Raises PushError with one clear line; nothing local is touched.
+    """
+    from huggingface_hub import HfApi, get_token
+    token = get_token()
+    if not token:
+        raise PushError("no Hugging Face token: set HF_TOKEN or run `hf auth login`, then push again")
+    api = api or HfApi(token=token)
+    try:
+        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
+                                 commit_message="Upload Fashion-MNIST CNN from train.py",
+                                 ignore_patterns=[".cache/*", "*.tmp", ".env", "*.token"])
+    except Exception as e:   # network down, refused, 4xx/5xx: one line, no traceback
+        reason = str(e).splitlines()[0] if str(e) else ""
+        raise PushError(f"upload of {folder} to {repo_id} failed ({type(e).__name__}: {reason})"
+                        .replace(token, "***")) from None
+    return str(getattr(info, "commit_url", info))
+
+
+# ---------------------------------------------------------------------------------------------
+# Devices and main
+# ---------------------------------------------------------------------------------------------
+
+def setup_device(args) -> dict:
+    """The one place the device is chosen; under torchrun, also the process group."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = torch.device(args.device)
+    if world > 1:
+        import torch.distributed as dist
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if device.type == "cuda":
+            device = torch.device("cuda", local)
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    amp = args.amp == "on" or (args.amp == "auto" and device.type == "cuda")
+    return {"device": device, "world": world, "rank": rank, "amp": amp}
+
+
+def hardware_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def build_model(args) -> FashionCNN:
+    return FashionCNN(widths=tuple(args.widths), dropout=args.dropout, flip_tta=bool(args.tta))
+
+
+def train(args, ctx) -> tuple[FashionCNN, list[dict], float, float]:
+    """Train on the training split, select the best epoch on validation; returns model, history, val acc, time."""
+    looks, labels, _ = load_images(args.dataset, "train")
+    train_idx, val_idx = split_train_val(len(looks), args.val_size, args.seed)
+    if args.train_limit:
+        train_idx = train_idx[:args.train_limit]
+    x, y = looks[train_idx], labels[train_idx]
+    xv, yv = looks[val_idx], labels[val_idx]
+    torch.manual_seed(args.seed)
+    model = build_model(args).to(ctx["device"])
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    ctx["raw_model"] = model
+    ema = EMA(model, args.ema) if args.ema else None
+    net = model
+    if ctx["world"] > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[ctx["device"]] if ctx["device"].type == "cuda" else None)
+    decay, no_decay = [p for p in model.parameters() if p.ndim > 1], [p for p in model.parameters() if p.ndim <= 1]
+    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": args.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, momentum=0.9, nesterov=True)
+    steps_per_epoch = max(1, len(x) // ctx["world"] // args.batch_size)
+    total = steps_per_epoch * args.epochs
+    history, best, best_state, step, t_start = [], -1.0, None, 0, time.perf_counter()
+    for epoch in range(1, args.epochs + 1):
+        log, step = train_one_epoch(net, ema, x, y, optimizer, args, epoch, step, total, ctx)
+        judged = ema.module if ema else model
+        val = predict_probs(judged, xv, device=ctx["device"])
+        log["val_accuracy"] = (val.argmax(1) == yv).float().mean().item()
+        log["val_loss"] = F.nll_loss(val.clamp_min(1e-12).log(), yv).item()
+        log["elapsed_s"] = time.perf_counter() - t_start
+        history.append(log)
+        if log["val_accuracy"] > best:   # checkpoint choice: validation only
+            best, best_state = log["val_accuracy"], copy.deepcopy(judged.state_dict())
+        if ctx["rank"] == 0:
+            print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in log.items()}), flush=True)
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "training_history.json").write_text(json.dumps(history, indent=2))
+        if args.max_minutes and log["elapsed_s"] > args.max_minutes * 60:
+            print(f"stopping after epoch {epoch}: {args.max_minutes} min budget reached", flush=True)
+            break
+    final = build_model(args)
+    final.load_state_dict({k: v.float().cpu().contiguous() for k, v in best_state.items()})
+    return final.eval(), history, best, time.perf_counter() - t_start
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    ctx = setup_device(args)
+    command = "python " + shlex.join(["train.py", *(sys.argv[1:] if argv is None else argv)])
+    if args.eval_only:
+        try:
+            model = load_model(args.model, ctx["device"])
+        except WeightsError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        history, extra, train_seconds = [], {"model_source": str(args.model)}, None
+    else:
+        model, history, val_acc, train_seconds = train(args, ctx)
+        extra = {"val_accuracy": val_acc, "train_seconds": train_seconds,
+                 "best_epoch": max(history, key=lambda h: h["val_accuracy"])["epoch"], "epochs_run": len(history)}
+    if ctx["rank"] != 0:
+        return 0
+    extra |= {"parameters": count_parameters(model), "hardware": hardware_name(ctx["device"]), "command": command}
+    looks, labels, raw = load_images(args.dataset, "test")   # the test set: once, for the report
+    args.out.mkdir(parents=True, exist_ok=True)
+    metrics = write_evaluation(args.out, model, looks, labels, raw, history, extra, ctx["device"])
+    if not args.eval_only:
+        save_model_repo(args.out, model.cpu(), metrics, history, args, command, train_seconds)
+    if args.push_to_hub:
+        try:
+            url = push_to_hub(args.out, args.push_to_hub, args.private)
+        except PushError as e:
+            print(f"error: {e}; the local files in {args.out} are intact", file=sys.stderr)
+            return 1
+        print(f"pushed {args.out} to {url}")
+    print(f"test_accuracy={metrics['accuracy']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
