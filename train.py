@@ -77,10 +77,28 @@ def parse_args(argv=None) -> argparse.Namespace:
 # Data
 # ---------------------------------------------------------------------------------------------
 
+def local_cache_dir(dataset: str) -> str | None:
+    """A cache folder of its own for a local dataset folder; None (the default cache) for a Hub id.
+
+    datasets 5.2 keys its cache of a local folder by the folder's name and layout, not its path or
+    contents: after loading tests/data/fashion_mnist (500 images), ../shared/data/fashion_mnist
+    came back with the same 500. Keying by the resolved path and the files' sizes and times fixes it.
+    """
+    import hashlib
+    from datasets import config
+    folder = Path(dataset)
+    if not folder.is_dir():
+        return None
+    stamp = [str(folder.resolve())] + [f"{p.relative_to(folder)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+                                       for p in sorted(folder.rglob("*")) if p.is_file()]
+    key = hashlib.sha256("\n".join(stamp).encode()).hexdigest()[:16]
+    return str(Path(config.HF_DATASETS_CACHE) / "local" / f"{folder.resolve().name}-{key}")
+
+
 def load_images(dataset: str, split: str) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """One split through the serving preprocessing -> looks (N, 28, 28) in [0, 1], labels (N,), raw uint8."""
     from datasets import load_dataset
-    ds = load_dataset(dataset, split=split)
+    ds = load_dataset(dataset, split=split, cache_dir=local_cache_dir(dataset))
     names = ds.features["label"].names
     assert len(names) == len(CLASS_NAMES), f"{dataset} has {len(names)} classes, expected {len(CLASS_NAMES)}"
     raw = np.stack([np.asarray(img.convert("L"), dtype=np.uint8) for img in ds["image"]])  # (N, 28, 28)
@@ -94,15 +112,17 @@ def split_train_val(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, tor
     return perm[val_size:], perm[:val_size]
 
 
-def augment(x: torch.Tensor, args, gen: torch.Generator) -> torch.Tensor:
-    """Batched augmentation of (B, 1, 28, 28): shift, mirror, random erasing. No Python loop per image."""
+def augment(x: torch.Tensor, args, gen: torch.Generator, background: float) -> torch.Tensor:
+    """Batched augmentation of (B, 1, 28, 28): shift, mirror, random erasing. No Python loop per image.
+
+    `background` is the normalised value of a black pixel, used to fill what a shift uncovers.
+    """
     b, _, h, w = x.shape
     dev = x.device
     rand = lambda *s: torch.rand(*s, generator=gen).to(dev)
     if args.translate:
         t = args.translate
-        padded = F.pad(x, (t, t, t, t))                                           # background is -mean/std
-        padded[:, :, :t], padded[:, :, -t:], padded[:, :, :, :t], padded[:, :, :, -t:] = (x.min(),) * 4
+        padded = F.pad(x, (t, t, t, t), value=background)                          # (B, 1, H+2t, W+2t)
         dy, dx = (torch.randint(0, 2 * t + 1, (2, b), generator=gen)).to(dev)
         rows = (dy[:, None] + torch.arange(h, device=dev))[:, :, None]             # (B, H, 1)
         cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, :]             # (B, 1, W)
@@ -168,7 +188,7 @@ def train_one_epoch(model, ema, x, y, optimizer, args, epoch, step, total_steps,
     t0, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
     for i in bar:
         idx = perm[i * args.batch_size:(i + 1) * args.batch_size]
-        xb = augment(normalize(x[idx][:, None]).to(ctx["device"]), args, gen)   # (B, 1, 28, 28)
+        xb = augment(normalize(x[idx][:, None]).to(ctx["device"]), args, gen, float(normalize(0.0)))  # (B, 1, 28, 28)
         yb = y[idx].to(ctx["device"])
         if args.channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
