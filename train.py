@@ -42,7 +42,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="output folder (default: outputs/fashion-cnn, or outputs/eval with --eval-only)")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=0.1, help="peak learning rate (SGD, Nesterov momentum 0.9)")
+    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"], help="sgd: Nesterov momentum 0.9")
+    p.add_argument("--lr", type=float, default=0.1, help="peak learning rate")
+    p.add_argument("--schedule", default="onecycle", choices=["onecycle", "constant"],
+                   help="onecycle: linear warm-up then linear decay to 0")
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--warmup", type=float, default=0.15, help="fraction of steps with a linear warm-up; then linear decay to 0")
     p.add_argument("--label-smoothing", type=float, default=0.1)
@@ -192,8 +195,9 @@ def train_one_epoch(model, ema, x, y, optimizer, args, epoch, step, total_steps,
         yb = y[idx].to(ctx["device"])
         if args.channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, total_steps, args.lr, args.warmup)
+        if args.schedule == "onecycle":
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, total_steps, args.lr, args.warmup)
         with torch.autocast(ctx["device"].type, dtype=torch.bfloat16, enabled=ctx["amp"]):
             logits = model(xb)
             loss = F.cross_entropy(logits, yb, label_smoothing=args.label_smoothing)
@@ -218,8 +222,11 @@ def predict_probs(model: FashionCNN, looks: torch.Tensor, batch_size: int = 1000
                   device: torch.device | str = "cpu") -> torch.Tensor:
     """Softmax probabilities (N, C) for looks (N, 28, 28), exactly as served (`model.predict_proba`)."""
     model.eval()
-    return torch.cat([model.predict_proba(normalize(looks[i:i + batch_size][:, None]).to(device)).cpu()
-                      for i in range(0, len(looks), batch_size)])
+    # Reference models of bench/ have no predict_proba (no flip averaging): plain softmax for them.
+    proba = getattr(model, "predict_proba", lambda xb: model(xb).float().softmax(-1))
+    with torch.no_grad():
+        return torch.cat([proba(normalize(looks[i:i + batch_size][:, None]).to(device)).cpu()
+                          for i in range(0, len(looks), batch_size)])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -466,16 +473,32 @@ def build_model(args) -> FashionCNN:
     return FashionCNN(widths=tuple(args.widths), dropout=args.dropout, flip_tta=bool(args.tta))
 
 
-def train(args, ctx) -> tuple[FashionCNN, list[dict], float, float]:
-    """Train on the training split, select the best epoch on validation; returns model, history, val acc, time."""
-    looks, labels, _ = load_images(args.dataset, "train")
+def make_optimizer(model: nn.Module, args) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum (or Adam); no weight decay on BatchNorm and biases."""
+    decay, no_decay = [p for p in model.parameters() if p.ndim > 1], [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if args.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=args.lr)
+    return torch.optim.SGD(groups, lr=args.lr, momentum=0.9, nesterov=True)
+
+
+def train(args, ctx, model: nn.Module | None = None, data=None) -> tuple[nn.Module, list[dict], float, float]:
+    """Train on the training split, select the best epoch on validation.
+
+    Args:
+        model: any network with (B, 1, 28, 28) -> logits; default: FashionCNN from args (bench/
+            passes its reference models here, so every recipe runs through this same loop).
+        data: (looks, labels) of the training split, to skip reloading it (bench/).
+    Returns: the best-on-validation model (CPU, eval mode), history, its val accuracy, seconds.
+    """
+    looks, labels = data if data is not None else load_images(args.dataset, "train")[:2]
     train_idx, val_idx = split_train_val(len(looks), args.val_size, args.seed)
     if args.train_limit:
         train_idx = train_idx[:args.train_limit]
     x, y = looks[train_idx], labels[train_idx]
     xv, yv = looks[val_idx], labels[val_idx]
     torch.manual_seed(args.seed)
-    model = build_model(args).to(ctx["device"])
+    model = (model if model is not None else build_model(args)).to(ctx["device"])
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     ctx["raw_model"] = model
@@ -483,9 +506,7 @@ def train(args, ctx) -> tuple[FashionCNN, list[dict], float, float]:
     net = model
     if ctx["world"] > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[ctx["device"]] if ctx["device"].type == "cuda" else None)
-    decay, no_decay = [p for p in model.parameters() if p.ndim > 1], [p for p in model.parameters() if p.ndim <= 1]
-    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": args.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, momentum=0.9, nesterov=True)
+    optimizer = make_optimizer(model, args)
     steps_per_epoch = max(1, len(x) // ctx["world"] // args.batch_size)
     total = steps_per_epoch * args.epochs
     history, best, best_state, step, t_start = [], -1.0, None, 0, time.perf_counter()
@@ -506,7 +527,7 @@ def train(args, ctx) -> tuple[FashionCNN, list[dict], float, float]:
         if args.max_minutes and log["elapsed_s"] > args.max_minutes * 60:
             print(f"stopping after epoch {epoch}: {args.max_minutes} min budget reached", flush=True)
             break
-    final = build_model(args)
+    final = copy.deepcopy(ctx["raw_model"]).cpu().to(memory_format=torch.contiguous_format)
     final.load_state_dict({k: v.float().cpu().contiguous() for k, v in best_state.items()})
     return final.eval(), history, best, time.perf_counter() - t_start
 
