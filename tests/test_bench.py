@@ -1,0 +1,53 @@
+"""Smoke tests of the bench/ scripts: each runs end to end on tiny settings and writes a well-formed table.
+
+No timing assertions: the figures themselves are measured by the scripts and committed under
+bench/results/. These only check that the scripts still run against the current code.
+
+    pytest tests/test_bench.py -q          # ~1 min on 2 cores
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = "tests/data/fashion_mnist"
+
+
+def run(args: list[str], timeout: float) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{args[0]} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def test_recipes_writes_reference_and_shipped_rows(tmp_path):
+    # A real (tiny) shipped-model folder for the "from weights/" row: train.py on the test slice.
+    weights = tmp_path / "weights"
+    run(["train.py", "--dataset", DATA, "--epochs", "1", "--val-size", "100", "--batch-size", "64",
+         "--out", str(weights), "--no-progress"], timeout=120)
+    results = tmp_path / "results"
+    run(["bench/recipes.py", "--dataset", DATA, "--val-size", "100", "--max-epochs", "1",
+         "--recipes", "quickstart-mlp", "two-conv-cnn", "shipped", "--weights", str(weights),
+         "--inference-repeats", "5", "--results-dir", str(results)], timeout=180)
+
+    data = json.loads((results / "recipes.json").read_text())
+    rows = {r["name"]: r for r in data["rows"]}
+    assert list(rows) == ["quickstart-mlp", "two-conv-cnn", "shipped"]
+    # The references are the published architectures: their parameter counts say so.
+    assert rows["quickstart-mlp"]["parameters"] == 784 * 512 + 512 + 512 * 512 + 512 + 512 * 10 + 10
+    assert rows["two-conv-cnn"]["parameters"] == (9 * 32 + 32) + (9 * 32 * 64 + 64) + (9216 * 128 + 128) + (128 * 10 + 10)
+    shipped_metrics = json.loads((weights / "evaluation" / "metrics.json").read_text())
+    assert rows["shipped"]["test_accuracy"] == shipped_metrics["accuracy"]      # read, not re-evaluated
+    for r in rows.values():
+        assert 0.0 <= r["test_accuracy"] <= 1.0 and 0.0 <= r["val_accuracy"] <= 1.0
+        assert r["inference"]["served"]["median_ms"] > 0
+    for r in ("quickstart-mlp", "two-conv-cnn"):
+        assert rows[r]["epochs_run"] == 1 and rows[r]["train_seconds"] > 0
+
+    md = (results / "recipes.md").read_text()
+    table = [line for line in md.splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + 3, md                                # header + one line per recipe
+    assert all(line.count("|") == table[0].count("|") for line in table)
+    assert "python bench/recipes.py" in md and "trained by `python train.py" in md
