@@ -1,0 +1,199 @@
+"""model.py: the network, save/load through the Hub format, and the one preprocessing path.
+
+    pytest tests/test_model.py
+"""
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from PIL import Image
+
+from model import (CLASS_NAMES, MEAN, STD, FashionCNN, InvalidImageError, WeightsError, count_parameters,
+                   fashion_look, load_model, preprocess)
+
+
+SLICE = "tests/data/fashion_mnist"
+
+
+@pytest.fixture(scope="module")
+def test_images() -> np.ndarray:
+    """Real Fashion-MNIST test images (200, 28, 28) uint8 from the shipped slice."""
+    from train import load_images
+    return load_images(SLICE, "test")[2]
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return FashionCNN().eval()
+
+
+def test_output_shape_and_finite(model):
+    logits = model(torch.randn(4, 1, 28, 28))
+    assert logits.shape == (4, len(CLASS_NAMES))
+    assert torch.isfinite(logits).all()
+    probs = model.predict_proba(torch.randn(4, 1, 28, 28))
+    assert torch.allclose(probs.sum(1), torch.ones(4), atol=1e-5)
+
+
+def test_every_parameter_gets_a_gradient():
+    model = FashionCNN().train()
+    model(torch.randn(8, 1, 28, 28)).logsumexp(1).sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, f"parameters without gradient: {missing}"
+
+
+def test_size_budget(model):
+    # The accuracy issue allows at most 1M parameters.
+    assert count_parameters(model) <= 1_000_000
+
+
+def test_save_load_roundtrip_identical(tmp_path, model):
+    model.save_pretrained(tmp_path)
+    assert {"config.json", "model.safetensors"} <= {p.name for p in tmp_path.iterdir()}
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["label_names"] == list(CLASS_NAMES) and config["mean"] == MEAN and config["std"] == STD
+    x = torch.randn(3, 1, 28, 28)
+    loaded = load_model(tmp_path)
+    assert torch.equal(model(x), loaded(x))
+    # The Hub mixin's own loader (what a user of huggingface_hub calls) agrees.
+    assert torch.equal(model(x), FashionCNN.from_pretrained(tmp_path).eval()(x))
+
+
+def test_load_refuses_pickles_and_names_the_file(tmp_path, model):
+    model.save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").rename(tmp_path / "pytorch_model.bin")
+    with pytest.raises(WeightsError, match=r"model\.safetensors.*pickled checkpoints are refused"):
+        load_model(tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "config_mismatch", "unknown_arch", "bad_json"])
+def test_load_damaged_weights_gives_clear_error(tmp_path, model, damage):
+    model.save_pretrained(tmp_path)
+    weights, config = tmp_path / "model.safetensors", tmp_path / "config.json"
+    if damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif damage == "garbage":
+        weights.write_bytes(b"not a safetensors file at all" * 10)
+    elif damage == "config_mismatch":
+        config.write_text(json.dumps(json.loads(config.read_text()) | {"widths": [16, 32, 64]}))
+    elif damage == "unknown_arch":
+        config.write_text(json.dumps(json.loads(config.read_text()) | {"arch": "vit-huge"}))
+    else:
+        config.write_text("{not json")
+    expected_file = "config.json" if damage in ("unknown_arch", "bad_json") else "model.safetensors"
+    with pytest.raises(WeightsError, match=expected_file):
+        load_model(tmp_path)
+
+
+def test_unreachable_hub_repo_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")   # discard port: nothing listens
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(WeightsError, match="could not download 'someone/fashion-cnn'"):
+        load_model("someone/fashion-cnn")
+
+
+# --- preprocessing -----------------------------------------------------------------------------
+
+def garment(h=300, w=200, dark_on_light=True, box=(60, 50, 240, 150)) -> np.ndarray:
+    """A synthetic product photo: a gray garment rectangle on a white (or black) background."""
+    img = np.full((h, w), 255 if dark_on_light else 0, np.uint8)
+    y0, x0, y1, x1 = box
+    img[y0:y1, x0:x1] = 80 if dark_on_light else 200
+    return img
+
+
+def check_valid(x: torch.Tensor):
+    assert x.shape == (1, 28, 28) and x.dtype == torch.float32
+    assert torch.isfinite(x).all()
+    look = x * STD + MEAN
+    assert look.min() >= -1e-5 and look.max() <= 1 + 1e-5
+
+
+@pytest.mark.parametrize("make", [
+    lambda: Image.fromarray(garment()),                                         # grayscale, white background
+    lambda: Image.fromarray(garment()).convert("RGB"),                          # RGB
+    lambda: Image.fromarray(garment(dark_on_light=False)),                      # already light-on-dark
+    lambda: Image.fromarray(255 - garment()),                                   # inverted
+    lambda: Image.fromarray(garment(8, 6, box=(1, 1, 7, 5))),                   # tiny
+    lambda: Image.fromarray(garment(4000, 3000, box=(500, 400, 3500, 2600))),   # huge
+    lambda: Image.fromarray(np.full((50, 50), 128, np.uint8)),                  # constant
+    lambda: Image.fromarray(garment()).convert("CMYK"),                         # CMYK
+    lambda: Image.fromarray((garment().astype(np.uint16) * 257)).convert("I;16"),   # 16-bit
+    lambda: garment().astype(np.float32) / 255,                                 # numpy float
+    lambda: torch.from_numpy(garment()).float()[None] / 255,                    # tensor CHW
+])
+def test_preprocess_accepts_all_kinds_of_images(make):
+    check_valid(preprocess(make()))
+
+
+def test_rgba_transparent_background_becomes_dark():
+    rgba = np.zeros((100, 80, 4), np.uint8)
+    rgba[20:80, 20:60] = (40, 40, 40, 255)           # an opaque dark garment, transparent elsewhere
+    look = fashion_look(Image.fromarray(rgba, "RGBA"))
+    assert look[0, 0] == 0 and look[14, 14] > 0.5     # background black, garment light
+
+
+def test_preprocess_brings_photos_to_the_fashion_mnist_look():
+    # Off-centre dark garment (aspect 3:2) on white: it comes out light-on-dark, centred, longest side 28.
+    photo = garment(400, 400, box=(10, 250, 190, 370))   # 180 tall x 120 wide, top-right corner
+    look = fashion_look(Image.fromarray(photo).convert("RGB"))
+    ys, xs = np.nonzero(look > 0.5)
+    assert look[0, 0] == 0 and look.max() > 0.5
+    assert ys.max() - ys.min() + 1 == 28                         # longest edge fills the frame
+    assert abs((xs.max() - xs.min() + 1) - 28 * 120 / 180) <= 1   # aspect kept
+    assert abs((xs.min() + xs.max()) / 2 - 13.5) <= 1            # centred
+
+
+def test_fashion_mnist_images_pass_unchanged_up_to_a_shift(test_images):
+    for raw in test_images[:50]:
+        look = fashion_look(raw)
+        diff = min(np.abs(np.roll(look, (dy, dx), (0, 1)) - raw / 255.0).mean()
+                   for dy in range(-2, 3) for dx in range(-2, 3))
+        assert diff < 0.02
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("a string", "expected an image"),
+    (np.array(["a", "b"]), "not an image"),
+    (np.zeros((0, 10)), "no pixels"),
+    (np.zeros((2, 3, 4, 5)), "not an image"),
+    (np.full((10, 10), np.nan), "NaN"),
+    (np.zeros((8000, 8000), np.uint8), "limit"),
+])
+def test_non_images_give_a_clear_error(bad, message):
+    with pytest.raises(InvalidImageError, match=message):
+        preprocess(bad)
+
+
+def test_decompression_bomb_is_refused_before_decoding():
+    buf = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(buf, "PNG")      # ~50 KB on disk, 400M pixels decoded
+    buf.seek(0)
+    with pytest.raises((InvalidImageError, Image.DecompressionBombError)):
+        preprocess(Image.open(buf))
+
+
+# Hostile input: arbitrary arrays, sizes, dtypes and values never crash and never give a non-finite tensor.
+arrays = hnp.arrays(
+    dtype=st.sampled_from([np.uint8, np.uint16, np.int32, np.float32, np.float64, np.bool_]),
+    shape=st.one_of(hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=64),
+                    st.tuples(st.integers(1, 40), st.integers(1, 40), st.sampled_from([1, 3, 4]))),
+    elements={"allow_nan": True, "allow_infinity": True},
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(arrays)
+def test_preprocess_never_crashes_on_arbitrary_arrays(a):
+    try:
+        x = preprocess(a)
+    except InvalidImageError as e:
+        assert str(e)                                   # a clear error, never an empty one
+        return
+    check_valid(x)

@@ -1,0 +1,213 @@
+"""train.py end to end on the shipped real slice: the output folder is a complete Hub model repo,
+it loads back through the Hub code path with identical predictions, and pushing fails cleanly.
+
+    pytest tests/test_train.py
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import train
+from model import CLASS_NAMES, load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+SLICE = str(ROOT / "tests/data/fashion_mnist")
+FAKE_TOKEN = "hf_FAKEtokenForTests0123456789abcdef"
+EXPECTED = ["README.md", "config.json", "model.safetensors", "training_history.json",
+            "evaluation/metrics.json", "evaluation/confusion_matrix.png", "evaluation/reliability.png",
+            "evaluation/training_curves.png", "evaluation/misclassified.npz", "evaluation/samples.npz"]
+
+
+def run_cli(*args, env=None, check=True) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env or {})}
+    proc = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def offline_env(tmp: Path) -> dict:
+    """No token, no saved login, no reachable Hub."""
+    env = {"HF_HOME": str(tmp / "hf_home"), "HF_HUB_CACHE": str(tmp / "hub"), "HF_ENDPOINT": "http://127.0.0.1:9"}
+    os.environ.pop("HF_TOKEN", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("run") / "model"
+    proc = run_cli("--dataset", SLICE, "--epochs", "2", "--val-size", "100", "--batch-size", "64",
+                   "--out", str(out), "--seed", "1", "--no-progress",
+                   env=offline_env(out.parent) | {"HF_TOKEN": ""})
+    return out, proc
+
+
+def test_output_folder_is_a_complete_model_repo(trained):
+    out, proc = trained
+    missing = [f for f in EXPECTED if not (out / f).is_file()]
+    assert not missing, missing
+    assert proc.stdout.strip().splitlines()[-1].startswith("test_accuracy=")
+    history = json.loads((out / "training_history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert all({"train_loss", "val_accuracy", "seconds", "images_per_s"} <= h.keys() for h in history)
+
+
+def test_metrics_are_consistent(trained):
+    out, proc = trained
+    m = json.loads((out / "evaluation/metrics.json").read_text())
+    cm = np.array(m["confusion_matrix"])
+    assert cm.shape == (10, 10) and cm.sum() == m["n"] == 200
+    assert m["accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
+    assert m["accuracy_ci95"][0] <= m["accuracy"] <= m["accuracy_ci95"][1]
+    assert set(m["per_class"]) == set(CLASS_NAMES)
+    assert 0 <= m["calibration"]["ece"] <= 1
+    assert f"test_accuracy={m['accuracy']:.4f}" in proc.stdout
+    wrong = np.load(out / "evaluation/misclassified.npz", allow_pickle=False)
+    assert len(wrong["index"]) == m["n"] - np.trace(cm)
+    assert wrong["images"].shape[1:] == (28, 28) and wrong["images"].dtype == np.uint8
+    assert (wrong["true"] != wrong["pred"]).all()
+
+
+def test_model_card_has_hub_metadata(trained):
+    from huggingface_hub import ModelCard
+    out, _ = trained
+    card = ModelCard.load(out / "README.md")
+    m = json.loads((out / "evaluation/metrics.json").read_text())
+    assert card.data.library_name == "pytorch" and "zalando-datasets/fashion_mnist" in card.data.datasets
+    acc = next(r for r in card.data.eval_results if r.metric_type == "accuracy")
+    assert acc.metric_value == pytest.approx(m["accuracy"], abs=1e-4)
+    assert "python train.py --dataset" in card.text          # the command that trained it
+
+
+def test_loads_back_through_the_hub_path_with_identical_predictions(trained, tmp_path, monkeypatch):
+    """Place the folder in a Hub cache as a downloaded snapshot, then load it by repo id, offline."""
+    out, _ = trained
+    repo_dir = tmp_path / "hub" / "models--someone--fashion-cnn"
+    snap = repo_dir / "snapshots" / ("0" * 40)
+    shutil.copytree(out, snap)
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as c
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    from_hub, from_dir = load_model("someone/fashion-cnn"), load_model(out)
+    looks, labels, _ = train.load_images(SLICE, "test")
+    p_hub, p_dir = train.predict_probs(from_hub, looks), train.predict_probs(from_dir, looks)
+    assert torch.equal(p_hub, p_dir)
+    m = json.loads((out / "evaluation/metrics.json").read_text())
+    assert (p_dir.argmax(1) == labels).float().mean().item() == pytest.approx(m["accuracy"])
+
+
+def test_eval_only_reproduces_the_test_accuracy(trained, tmp_path):
+    out, _ = trained
+    proc = run_cli("--eval-only", "--model", str(out), "--dataset", SLICE, "--out", str(tmp_path / "ev"))
+    m = json.loads((out / "evaluation/metrics.json").read_text())
+    assert proc.stdout.strip().splitlines()[-1] == f"test_accuracy={m['accuracy']:.4f}"
+    assert (tmp_path / "ev/evaluation/misclassified.npz").is_file()
+
+
+def test_eval_only_with_broken_weights_says_which_file(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"\x00" * 10)
+    proc = run_cli("--eval-only", "--model", str(tmp_path), "--dataset", SLICE, check=False)
+    assert proc.returncode != 0 and "model.safetensors" in proc.stderr
+
+
+def test_validation_split_is_seeded_and_disjoint():
+    a_train, a_val = train.split_train_val(1000, 100, seed=3)
+    b_train, b_val = train.split_train_val(1000, 100, seed=3)
+    assert torch.equal(a_val, b_val) and len(a_val) == 100
+    assert not set(a_train.tolist()) & set(a_val.tolist())
+    assert len(a_train) + len(a_val) == 1000
+
+
+def test_augment_keeps_shape_and_changes_images():
+    args = train.parse_args(["--out", "x"])
+    x = torch.randn(16, 1, 28, 28)
+    y = train.augment(x, args, torch.Generator().manual_seed(0), background=-0.81)
+    assert y.shape == x.shape and torch.isfinite(y).all() and not torch.equal(x, y)
+
+
+def test_local_datasets_cache_is_keyed_by_path(tmp_path):
+    """Two local folders with the same name and layout must not share a cache entry (datasets 5.2 bug)."""
+    small = tmp_path / "a" / "fashion_mnist"
+    shutil.copytree(SLICE, small)
+    import pyarrow.parquet as pq
+    test_file = small / "fashion_mnist" / "test-00000-of-00001.parquet"
+    pq.write_table(pq.read_table(test_file).slice(0, 30), test_file)
+    assert len(train.load_images(SLICE, "test")[1]) == 200
+    assert len(train.load_images(str(small), "test")[1]) == 30
+
+
+# --- pushing ---------------------------------------------------------------------------------------
+
+def snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_push_without_token_fails_in_one_line_and_keeps_files(trained, tmp_path):
+    out, _ = trained
+    before = snapshot(out)
+    proc = run_cli("--eval-only", "--model", str(out), "--dataset", SLICE, "--out", str(out),
+                   "--push-to-hub", "someone/fashion-cnn", env=offline_env(tmp_path) | {"HF_TOKEN": ""}, check=False)
+    assert proc.returncode == 1
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and "no Hugging Face token" in errors[0] and "intact" in errors[0]
+    assert set(snapshot(out)) == set(before)
+    assert snapshot(out)["model.safetensors"] == before["model.safetensors"]
+
+
+def test_push_to_unreachable_hub_fails_cleanly_without_leaking_the_token(trained, tmp_path):
+    out, _ = trained
+    proc = run_cli("--eval-only", "--model", str(out), "--dataset", SLICE, "--out", str(tmp_path / "ev"),
+                   "--push-to-hub", "someone/fashion-cnn",
+                   env=offline_env(tmp_path) | {"HF_TOKEN": FAKE_TOKEN, "HF_HUB_ETAG_TIMEOUT": "2"}, check=False)
+    assert proc.returncode == 1
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and "someone/fashion-cnn failed" in errors[0]
+    assert FAKE_TOKEN not in proc.stdout + proc.stderr
+    written = b"".join(snapshot(tmp_path / "ev").values())
+    assert FAKE_TOKEN.encode() not in written
+
+
+class RecordingApi:
+    """Stand-in for the upload calls only (the Hub cannot be reached here): records what would go up,
+    selecting files with huggingface_hub's own pattern filter, as upload_folder does."""
+
+    def __init__(self):
+        self.calls, self.files = [], []
+
+    def create_repo(self, repo_id, **kw):
+        self.calls.append(("create_repo", repo_id, kw))
+
+    def upload_folder(self, folder_path, repo_id, ignore_patterns=None, **kw):
+        from huggingface_hub.utils import filter_repo_objects
+        paths = [str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file()]
+        self.files = sorted(filter_repo_objects(paths, ignore_patterns=ignore_patterns))
+        self.calls.append(("upload_folder", repo_id, kw))
+        return "https://huggingface.co/someone/fashion-cnn/commit/abc"
+
+
+def test_push_uploads_the_complete_repo_and_no_secrets(trained, tmp_path, monkeypatch):
+    out, _ = trained
+    folder = tmp_path / "repo"
+    shutil.copytree(out, folder)
+    (folder / ".env").write_text(f"HF_TOKEN={FAKE_TOKEN}")        # a stray secret must not go up
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    api = RecordingApi()
+    url = train.push_to_hub(folder, "someone/fashion-cnn", api=api)
+    assert url.endswith("/commit/abc")
+    assert [c[0] for c in api.calls] == ["create_repo", "upload_folder"]
+    assert set(EXPECTED) <= set(api.files) and ".env" not in api.files
+    for name in api.files:
+        assert FAKE_TOKEN.encode() not in (folder / name).read_bytes()
