@@ -533,7 +533,15 @@ def train(args, ctx, model: nn.Module | None = None, data=None) -> tuple[nn.Modu
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    try:
+        return run(parse_args(argv), argv)
+    finally:
+        import torch.distributed as dist
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run(args, argv=None) -> int:
     torch.manual_seed(args.seed)
     ctx = setup_device(args)
     command = "python " + shlex.join(["train.py", *(sys.argv[1:] if argv is None else argv)])

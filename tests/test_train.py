@@ -149,6 +149,18 @@ def test_local_datasets_cache_is_keyed_by_path(tmp_path):
     assert len(train.load_images(str(small), "test")[1]) == 30
 
 
+def test_torchrun_data_parallel_on_cpu(tmp_path):
+    """Two processes (gloo on CPU; NCCL on GPUs) train one model; rank 0 writes the repo."""
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "train.py",
+                           "--dataset", SLICE, "--epochs", "1", "--val-size", "100", "--batch-size", "64",
+                           "--threads", "1", "--out", str(tmp_path / "ddp"), "--no-progress"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count('"epoch": 1') == 1                  # one log line: rank 0 only
+    assert proc.stdout.strip().splitlines()[-1].startswith("test_accuracy=")
+    assert load_model(tmp_path / "ddp") is not None
+
+
 # --- pushing ---------------------------------------------------------------------------------------
 
 def snapshot(folder: Path) -> dict:
