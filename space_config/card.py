@@ -54,8 +54,8 @@ def _accuracy_line(weights: Path) -> str:
     try:
         m = json.loads((weights / "evaluation" / "metrics.json").read_text())
         lo, hi = m["accuracy_ci95"]
-        return (f"The served model scores **{m['accuracy']:.2%}** on the {m['n']:,} test images "
-                f"(95% CI {lo:.2%} to {hi:.2%}, from `weights/evaluation/metrics.json`).\n\n")
+        return (f"The served model scores **{m['accuracy']:.2%}** on the {m['n']:,} Fashion-MNIST test "
+                f"images (95% CI {lo:.2%} to {hi:.2%}; `weights/evaluation/metrics.json`).\n\n")
     except (OSError, KeyError, ValueError, TypeError):
         return ""
 
@@ -77,17 +77,21 @@ def render_card(model_id: str = DEFAULT_MODEL_ID, weights: str | Path = ROOT / "
 
 # Fashion-MNIST Explainer
 
-Upload a photo of a garment (or pick an example) and a small residual CNN trained on
-[Fashion-MNIST]({_hub_url("datasets", DATASET_ID)}) says which of ten classes it is: T-shirt/top,
-Trouser, Pullover, Dress, Coat, Sandal, Shirt, Sneaker, Bag or Ankle boot. Explanation methods from
-[Captum](https://captum.ai) (Grad-CAM, Integrated Gradients, SmoothGrad, occlusion and others) show
-which pixels drove the answer, side by side on one colour scale.
+Upload a photo of a garment, draw one, or pick a test example: a small residual CNN trained on
+[Fashion-MNIST]({_hub_url("datasets", DATASET_ID)}) says which of ten classes it is (T-shirt/top,
+Trouser, Pullover, Dress, Coat, Sandal, Shirt, Sneaker, Bag, Ankle boot), and attribution methods
+from [Captum](https://captum.ai) (saliency, Integrated Gradients, SmoothGrad, Grad-CAM, occlusion,
+DeepLIFT, guided backprop) show which pixels drove the answer, side by side on one colour scale.
 
-{_accuracy_line(Path(weights))}The other tabs show the model's test-set mistakes, its metrics
-(confusion matrix, calibration) and how far each explanation method can be trusted (deletion and
-insertion scores, Petsiuk et al. 2018; the model-randomisation sanity check, Adebayo et al. 2018).
+{_accuracy_line(Path(weights))}Four views:
 
-Photos are turned into the Fashion-MNIST look first (grayscale, light garment on black, centred
+- **Explain**: the 28x28 image the model actually sees, its top-3 classes, and one map per method.
+- **Mistakes**: the model's misclassified test images, filterable by true and predicted class.
+- **Trust**: how far each method can be believed: deletion and insertion scores (Petsiuk et al.
+  2018) and the model-randomisation sanity check (Adebayo et al. 2018).
+- **Model**: architecture, test accuracy, calibration and training curves.
+
+Uploads are turned into the Fashion-MNIST look first (grayscale, light garment on black, centred
 at 28x28), so a garment alone on a plain background works best; anything else is still forced
 into one of the ten classes. Model: [{model_id}]({_hub_url("", model_id)}).
 """

@@ -6,12 +6,12 @@
 
 What goes up: app.py, every local module app.py imports (found by parsing the imports, recursively,
 so the list cannot drift from the code), requirements.txt (the Space pip-installs it; torch comes
-from PyPI there), the weights folder as `weights/` (config.json, model.safetensors, evaluation/)
-and the card from `card.py` as the Space's README.md. With `--model-id`, the Space variable
-MODEL_ID points the app at that pushed model repo and model.safetensors/config.json stay local
-(evaluation/ still goes up: the Mistakes, Model and Trust views read it). Nothing else: no tests,
-caches, virtual environments, outputs or secrets; a file that looks like a secret, or that contains
-the token, stops the deploy.
+from PyPI there), the weights folder as `weights/` (config.json, model.safetensors,
+training_history.json, evaluation/: the Mistakes, Model and Trust views read them) and the card
+from `card.py` as the Space's README.md. With `--model-id`, the Space variable MODEL_ID points the
+app at that pushed model repo; the weights still go up, because app.py serves them when the Hub
+repo cannot be used. Nothing else: no tests, caches, virtual environments, outputs or secrets; a
+file that looks like a secret, or that contains the token, stops the deploy.
 
 The token comes from HF_TOKEN or the saved login (`hf auth login`) and is never printed. Without a
 token, or with the Hub unreachable, the command prints one line and exits non-zero.
@@ -32,6 +32,7 @@ APP_FILE = "app.py"
 REQUIREMENTS = "requirements.txt"
 SPACE_WEIGHTS = "weights"              # where app.py looks for them, relative to the Space root
 WEIGHT_FILES = ("config.json", "model.safetensors")
+OPTIONAL_WEIGHT_FILES = ("training_history.json",)    # the Model view plots it when present
 # What a weights folder may contribute besides WEIGHT_FILES: the evaluation artefacts the app shows.
 EVALUATION_SUFFIXES = (".json", ".png", ".npz")
 # Names that must never be uploaded, whatever the file list says.
@@ -123,15 +124,15 @@ def local_imports(entry: str | Path = APP_FILE, root: Path = ROOT) -> list[Path]
 # The plan: every file of the Space
 # ---------------------------------------------------------------------------------------------
 
-def weight_files(weights: Path, include_model: bool = True) -> list[SpaceFile]:
-    """config.json + model.safetensors (unless `include_model` is False) and evaluation/ artefacts."""
+def weight_files(weights: Path) -> list[SpaceFile]:
+    """config.json + model.safetensors (required), training_history.json and evaluation/ artefacts."""
     files = []
-    if include_model:
-        for name in WEIGHT_FILES:
-            if not (weights / name).is_file():
-                raise DeployError(f"{weights / name} is missing: train first (python train.py --out {weights}) "
-                                  f"or pass --model-id <pushed model repo>")
-            files.append(SpaceFile(f"{SPACE_WEIGHTS}/{name}", weights / name))
+    for name in WEIGHT_FILES:
+        if not (weights / name).is_file():
+            raise DeployError(f"{weights / name} is missing: train first (python train.py --out {weights})")
+        files.append(SpaceFile(f"{SPACE_WEIGHTS}/{name}", weights / name))
+    files += [SpaceFile(f"{SPACE_WEIGHTS}/{name}", weights / name)
+              for name in OPTIONAL_WEIGHT_FILES if (weights / name).is_file()]
     evaluation = weights / "evaluation"
     if evaluation.is_dir():
         files += [SpaceFile(f"{SPACE_WEIGHTS}/evaluation/{p.relative_to(evaluation).as_posix()}", p)
@@ -146,8 +147,8 @@ def space_plan(root: Path = ROOT, weights: Path | None = None, model_id: str | N
     Args:
         root: the project root (holds app.py and requirements.txt).
         weights: the local weights folder, uploaded as `weights/` (default: root/weights).
-        model_id: a pushed model repo; when given the Space loads the model from it (MODEL_ID) and
-            model.safetensors/config.json are not uploaded.
+        model_id: a pushed model repo the card links to (default: DEFAULT_MODEL_ID); the deploy
+            sets it as the Space variable MODEL_ID.
     Raises:
         DeployError: app.py, requirements.txt or the weights are missing, or a file looks secret.
     """
@@ -158,7 +159,7 @@ def space_plan(root: Path = ROOT, weights: Path | None = None, model_id: str | N
             raise DeployError(f"{root / name} is missing: the Space needs it")
     files = [SpaceFile(p.relative_to(root).as_posix(), p) for p in local_imports(APP_FILE, root)]
     files.append(SpaceFile(REQUIREMENTS, root / REQUIREMENTS))
-    files += weight_files(weights, include_model=model_id is None)
+    files += weight_files(weights)
     card = render_card(model_id or DEFAULT_MODEL_ID, weights, root / REQUIREMENTS)
     files.append(SpaceFile("README.md", None, card.encode()))
     files.sort(key=lambda f: f.path_in_repo)
@@ -228,7 +229,8 @@ def print_plan(files: list[SpaceFile], space_id: str, model_id: str | None, toke
         origin = (source.relative_to(root) if source and source.is_relative_to(root)
                   else source or "generated by space_config/card.py")
         print(f"  {f.path_in_repo:45s} {f.size:>10,d} B  <- {origin}")
-    print(f"Space variable MODEL_ID: {model_id}" if model_id else "Model: uploaded weights/ (no MODEL_ID variable)")
+    print(f"Space variable MODEL_ID: {model_id} (weights/ uploaded as the fallback)" if model_id
+          else "Model: the uploaded weights/ (no MODEL_ID variable)")
     print(f"Token: {'found' if token_found else 'none (a real deploy needs HF_TOKEN or `hf auth login`)'}")
     card = next(f for f in files if f.path_in_repo == "README.md").read().decode()
     print("\n----- README.md (the Space card) -----")
@@ -242,8 +244,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"the Space to create or update, <user or org>/<name> (required unless --dry-run, "
                         f"which shows {DEFAULT_SPACE_ID})")
     p.add_argument("--model-id", default=None,
-                   help="a pushed model repo: set the Space variable MODEL_ID to it and skip uploading "
-                        "model.safetensors/config.json")
+                   help="a pushed model repo: the Space variable MODEL_ID, which app.py serves (falling back "
+                        "to the uploaded weights/ when it cannot)")
     p.add_argument("--weights", type=Path, default=None,
                    help="local weights folder, uploaded as weights/ (default: <root>/weights)")
     p.add_argument("--root", type=Path, default=ROOT, help="project root holding app.py and requirements.txt")

@@ -88,6 +88,7 @@ def tiny_project(tmp_path: Path) -> Path:
     (root / "weights" / "config.json").write_text("{}")
     (root / "weights" / "model.safetensors").write_bytes(b"\0" * 64)
     (root / "weights" / "README.md").write_text("model card\n")
+    (root / "weights" / "training_history.json").write_text("[]")
     (root / "weights" / "evaluation" / "metrics.json").write_text("{}")
     (root / "weights" / "evaluation" / "trust.json").write_text("{}")
     return root
@@ -154,13 +155,14 @@ def test_plan_of_a_project_has_code_weights_card_and_no_junk(tiny_project):
     paths = {f.path_in_repo for f in deploy.space_plan(tiny_project)}
     assert paths == {"app.py", "model.py", "helpers.py", "explain/__init__.py", "explain/gradcam.py",
                      "requirements.txt", "README.md", "weights/config.json", "weights/model.safetensors",
-                     "weights/evaluation/metrics.json", "weights/evaluation/trust.json"}
+                     "weights/training_history.json", "weights/evaluation/metrics.json",
+                     "weights/evaluation/trust.json"}
 
 
-def test_with_a_model_id_the_weights_stay_local_but_evaluation_goes_up(tiny_project):
-    paths = {f.path_in_repo for f in deploy.space_plan(tiny_project, model_id="me/model")}
-    assert "weights/model.safetensors" not in paths and "weights/config.json" not in paths
-    assert "weights/evaluation/metrics.json" in paths
+def test_missing_weights_stop_the_plan_with_a_clear_message(tiny_project):
+    (tiny_project / "weights" / "model.safetensors").unlink()
+    with pytest.raises(deploy.DeployError, match="model.safetensors is missing"):
+        deploy.space_plan(tiny_project)
 
 
 def test_a_module_holding_a_token_stops_the_deploy_without_showing_it(tiny_project):
@@ -310,7 +312,7 @@ def test_deploy_with_a_model_id_sets_the_space_variable(tiny_project, monkeypatc
     assert deploy.main(["--root", str(tiny_project), "--space-id", "me/space", "--model-id", "me/model"], api=api) == 0
     assert ("add_space_variable", "me/space", {"key": "MODEL_ID", "value": "me/model"}) in api.calls
     uploaded = _uploaded(api)
-    assert "weights/model.safetensors" not in uploaded
+    assert "weights/model.safetensors" in uploaded, "the committed weights stay as app.py's fallback"
     assert b"me/model" in uploaded["README.md"]
 
 
