@@ -44,7 +44,7 @@ def machine_info() -> dict:
     import torch
     return {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "platform": platform.platform()}
+            "platform": platform.platform(), "load_average_1_5_15min": os.getloadavg()}
 
 
 def default_model_dir() -> tuple[Path, str]:
@@ -128,7 +128,7 @@ class RssSampler(threading.Thread):
         self.proc = psutil.Process(pid)
         self.interval = interval
         self.samples: list[tuple[float, int]] = []     # (seconds since start, bytes)
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._t0 = time.perf_counter()
 
     def rss(self) -> int:
@@ -143,16 +143,28 @@ class RssSampler(threading.Thread):
 
     def run(self) -> None:
         import psutil
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             try:
                 self.samples.append((time.perf_counter() - self._t0, self.rss()))
             except psutil.NoSuchProcess:
                 return
-            self._stop.wait(self.interval)
+            self._halt.wait(self.interval)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=5)
+
+    def breakdown(self) -> list[dict]:
+        """Resident memory per process (the app and each child), largest first."""
+        import psutil
+        rows = []
+        for p in [self.proc, *self.proc.children(recursive=True)]:
+            try:
+                rows.append({"pid": p.pid, "name": p.name(), "cmdline": " ".join(p.cmdline())[:160],
+                             "rss_mib": mib(p.memory_info().rss)})
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        return sorted(rows, key=lambda r: -r["rss_mib"])
 
     def peak(self, since: float = 0.0) -> int:
         return max((b for t, b in self.samples if t >= since), default=0)
@@ -225,7 +237,7 @@ def mib(n_bytes: int | float) -> float:
 def md_table(headers: list[str], rows: list[list]) -> str:
     def cell(v):
         if isinstance(v, float):
-            return f"{v:.2f}"
+            return f"{v:.1f}" if abs(v) >= 100 else f"{v:.2f}"
         return "" if v is None else str(v)
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]

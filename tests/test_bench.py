@@ -3,7 +3,7 @@
 No timing assertions: the figures themselves are measured by the scripts and committed under
 bench/results/. These only check that the scripts still run against the current code.
 
-    pytest tests/test_bench.py -q          # ~1 min on 2 cores
+    pytest tests/test_bench.py -q          # ~1 min on 2 idle cores (starts the app once)
 """
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = "tests/data/fashion_mnist"
@@ -22,11 +24,17 @@ def run(args: list[str], timeout: float) -> subprocess.CompletedProcess:
     return proc
 
 
-def test_recipes_writes_reference_and_shipped_rows(tmp_path):
-    # A real (tiny) shipped-model folder for the "from weights/" row: train.py on the test slice.
-    weights = tmp_path / "weights"
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory) -> Path:
+    """A real (tiny) model folder, as train.py writes it: one epoch on the test slice."""
+    weights = tmp_path_factory.mktemp("bench") / "weights"
     run(["train.py", "--dataset", DATA, "--epochs", "1", "--val-size", "100", "--batch-size", "64",
          "--out", str(weights), "--no-progress"], timeout=120)
+    return weights
+
+
+def test_recipes_writes_reference_and_shipped_rows(tmp_path, tiny_weights):
+    weights = tiny_weights
     results = tmp_path / "results"
     run(["bench/recipes.py", "--dataset", DATA, "--val-size", "100", "--max-epochs", "1",
          "--recipes", "quickstart-mlp", "two-conv-cnn", "shipped", "--weights", str(weights),
@@ -51,3 +59,26 @@ def test_recipes_writes_reference_and_shipped_rows(tmp_path):
     assert len(table) == 1 + 3, md                                # header + one line per recipe
     assert all(line.count("|") == table[0].count("|") for line in table)
     assert "python bench/recipes.py" in md and "trained by `python train.py" in md
+
+
+def test_latency_reports_every_method(tmp_path, tiny_weights):
+    sys.path.insert(0, str(REPO))
+    import explain
+    results = tmp_path / "results"
+    run(["bench/latency.py", "--model", str(tiny_weights), "--repeats", "3", "--explain-repeats", "1", "--no-app",
+         "--results-dir", str(results)], timeout=120)
+    data = json.loads((results / "latency.json").read_text())
+    assert list(data["local"]["methods"]) == list(explain.METHODS)
+    md = (results / "latency.md").read_text()
+    for name in explain.METHODS:
+        assert f"| explain: {name} |" in md
+    assert "| classify (28x28 test image) |" in md and "python bench/latency.py" in md
+
+
+def test_load_checks_every_answer_of_the_real_app(tmp_path, tiny_weights):
+    results = tmp_path / "results"
+    run(["bench/load.py", "--model", str(tiny_weights), "--requests", "8", "--concurrency", "4", "--images", "3",
+         "--full-every", "2", "--idle", "0", "--timeout", "120", "--results-dir", str(results)], timeout=240)
+    data = json.loads((results / "load.json").read_text())
+    assert data["stats"]["all"] == data["stats"]["all"] | {"sent": 8, "served": 8, "wrong": 0, "errors": 0}
+    assert len(data["outcomes"]) == 8 and data["memory"]["peak_mib"] >= data["memory"]["start_mib"] > 0

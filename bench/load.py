@@ -1,0 +1,310 @@
+"""A bounded burst of concurrent API requests against the real app; checks every answer and the memory.
+
+Starts `python app.py --port P` on 127.0.0.1, opens one gradio_client.Client per worker (each
+worker is a separate user with its own session), then releases all workers at once: they share a
+fixed list of requests (mixed /classify and /explain on real Fashion-MNIST test images saved as
+PNG) until it is empty or the global timeout passes. Every answer is compared with a direct call
+in this process (`model.load_model` + `model.preprocess` + `predict_proba`): the top label must be
+equal and each returned probability within --tolerance. The app's resident memory (with children)
+is sampled every 50 ms: at start, peak during the burst, and after --idle seconds of rest.
+
+    python bench/load.py                                     # 500 requests, 50 at once (~2-5 min on 2 cores)
+    python bench/load.py --model outputs/smoke --requests 20 --concurrency 5 --idle 1 \\
+        --results-dir /tmp/bench                             # smoke run
+
+Writes <results-dir>/load.json and load.md (default bench/results/).
+"""
+from __future__ import annotations
+
+import argparse
+import queue
+import random
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as common  # noqa: E402  (puts the repository root on sys.path)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from model import load_model, preprocess  # noqa: E402
+
+PREDICTED = "predicted class"
+
+
+@dataclass
+class Request:
+    index: int
+    endpoint: str            # "classify" or "explain"
+    image: int               # index into the saved test images
+    methods: list[str]       # explain only
+
+
+@dataclass
+class Outcome:
+    index: int
+    endpoint: str
+    methods: int
+    status: str              # "ok", "wrong" (answered, but not what a direct call gives) or "error"
+    detail: str
+    started_s: float         # since the burst began
+    latency_ms: float
+
+
+def save_test_images(folder: Path, n: int) -> list[Path]:
+    """The first n images of the repository's real test slice, as the PNG files a user would upload."""
+    import train
+    _, _, raw = train.load_images("tests/data/fashion_mnist", "test")
+    paths = []
+    for i in range(n):
+        paths.append(folder / f"test{i:03d}.png")
+        Image.fromarray(raw[i]).save(paths[-1])
+    return paths
+
+
+def expected_answers(model_dir: Path, paths: list[Path]) -> list[dict[str, float]]:
+    """{class name: probability} for each file by a direct call, the reference every answer must match."""
+    model = load_model(model_dir)
+    with torch.inference_mode():
+        probs = [model.predict_proba(preprocess(Image.open(p))[None])[0].numpy() for p in paths]
+    return [{name: float(v) for name, v in zip(model.label_names, p)} for p in probs]
+
+
+def plan(cli, n_images: int, method_names: list[str]) -> list[Request]:
+    """A seeded, fixed mix: --explain-share of the requests are /explain, every --full-every-th with all methods."""
+    rng = random.Random(cli.seed)
+    reqs, n_explain = [], 0
+    for i in range(cli.requests):
+        image = rng.randrange(n_images)
+        if rng.random() < cli.explain_share:
+            n_explain += 1
+            full = cli.full_every and n_explain % cli.full_every == 0
+            reqs.append(Request(i, "explain", image, method_names if full else list(cli.explain_methods)))
+        else:
+            reqs.append(Request(i, "classify", image, []))
+    return reqs
+
+
+def check_label(value, expected: dict[str, float], tol: float) -> str:
+    """'' when a gr.Label answer matches the direct call, else what differs."""
+    if not isinstance(value, dict) or "label" not in value:
+        return f"not a label value: {str(value)[:200]}"
+    top = max(expected, key=expected.get)
+    if value["label"] != top:
+        return f"top label {value['label']!r}, expected {top!r}"
+    for c in value.get("confidences") or []:
+        if abs(c["confidence"] - expected[c["label"]]) > tol:
+            return f"P({c['label']}) = {c['confidence']:.5f}, expected {expected[c['label']]:.5f}"
+    if not value.get("confidences"):
+        return "no confidences in the answer"
+    return ""
+
+
+def check(req: Request, result, expected: dict[str, float], tol: float) -> str:
+    if req.endpoint == "classify":
+        return check_label(result, expected, tol)
+    if not isinstance(result, (list, tuple)) or len(result) != 4:
+        return f"explain returned {type(result).__name__} of length {len(result) if hasattr(result, '__len__') else '?'}"
+    view, label, gallery, scores = result
+    problem = check_label(label, expected, tol)
+    if problem:
+        return problem
+    if not view:
+        return "no model view image"
+    if len(gallery or []) != len(req.methods):
+        return f"{len(gallery or [])} maps for {len(req.methods)} methods"
+    if sorted((scores or {}).get("methods", {})) != sorted(req.methods):
+        return f"scores for {sorted((scores or {}).get('methods', {}))}, asked {sorted(req.methods)}"
+    return ""
+
+
+def open_clients(url: str, n: int) -> list:
+    """n independent clients (each fetches the app's config, has its own session), opened in parallel."""
+    from gradio_client import Client
+    with ThreadPoolExecutor(max_workers=min(n, 8)) as pool:
+        return list(pool.map(lambda _: Client(url, verbose=False, download_files=False), range(n)))
+
+
+def burst(clients: list, reqs: list[Request], paths: list[Path], expected: list[dict], cli, api: dict) -> tuple:
+    """All workers start together (a barrier), then take requests until none are left or time runs out."""
+    from gradio_client import handle_file
+    todo: queue.Queue[Request] = queue.Queue()
+    for r in reqs:
+        todo.put(r)
+    outcomes: list[Outcome] = []
+    lock = threading.Lock()
+    start_line = threading.Barrier(len(clients) + 1)
+    t0_box: list[float] = []
+
+    def worker(client):
+        start_line.wait()
+        t0 = t0_box[0]
+        while True:
+            try:
+                req = todo.get_nowait()
+            except queue.Empty:
+                return
+            remaining = cli.timeout - (time.perf_counter() - t0)
+            if remaining <= 0:
+                return                                             # left in the queue: "not sent"
+            args = [handle_file(str(paths[req.image]))]
+            if req.endpoint == "explain":
+                args += [req.methods, PREDICTED]
+            began = time.perf_counter()
+            try:
+                job = client.submit(*args, api_name=api[req.endpoint])
+                result = job.result(timeout=remaining)
+                problem = check(req, result, expected[req.image], cli.tolerance)
+                status, detail = ("wrong", problem) if problem else ("ok", "")
+            except Exception as e:  # timeouts, queue full, server errors: all counted, none hidden
+                status, detail = "error", f"{type(e).__name__}: {str(e)[:300]}"
+            done = time.perf_counter()
+            with lock:
+                outcomes.append(Outcome(req.index, req.endpoint, len(req.methods), status, detail,
+                                        began - t0, (done - began) * 1000))
+
+    threads = [threading.Thread(target=worker, args=(c,), daemon=True) for c in clients]
+    for t in threads:
+        t.start()
+    t0_box.append(time.perf_counter())
+    start_line.wait()
+    for t in threads:
+        t.join(timeout=cli.timeout + 60)
+    wall = time.perf_counter() - t0_box[0]
+    not_sent = todo.qsize()
+    return outcomes, wall, not_sent
+
+
+def endpoint_stats(outcomes: list[Outcome], endpoint: str | None, methods: int | None = None) -> dict:
+    sel = [o for o in outcomes if (endpoint is None or o.endpoint == endpoint)
+           and (methods is None or o.methods == methods)]
+    served = [o for o in sel if o.status == "ok"]
+    lat = common.summarize_ms([o.latency_ms for o in sel if o.status != "error"])
+    return {"sent": len(sel), "served": len(served), "wrong": sum(o.status == "wrong" for o in sel),
+            "errors": sum(o.status == "error" for o in sel), "p50_ms": lat["median_ms"], "p95_ms": lat["p95_ms"],
+            "max_ms": lat["max_ms"]}
+
+
+def markdown(res: dict) -> str:
+    info, mem, cli = res["info"], res["memory"], res["settings"]
+    rows = []
+    for key, s in res["stats"].items():
+        rows.append([key, s["sent"], s["served"], s["wrong"], s["errors"],
+                     f"{s['p50_ms']:.0f}" if s["p50_ms"] is not None else "",
+                     f"{s['p95_ms']:.0f}" if s["p95_ms"] is not None else "",
+                     f"{s['max_ms']:.0f}" if s["max_ms"] is not None else ""])
+    errors = "\n".join(f"- {e}" for e in res["first_problems"]) or "- none"
+    return f"""# Load test: {cli['requests']} requests, {cli['concurrency']} at once
+
+The real app (`python app.py`, {info['model']}) on 127.0.0.1, {cli['concurrency']} gradio_client clients (one
+per worker, each its own session) released together by a barrier, sharing {cli['requests']} requests until
+done or {cli['timeout']:.0f} s passed. Requests (seeded mix, seed {cli['seed']}): /classify, or with probability
+{cli['explain_share']} /explain with methods {cli['explain_methods']} (every explain request
+number {cli['full_every']}, {2*cli['full_every']}, ...: all {len(info['methods'])} methods), target "{PREDICTED}", on {cli['images']} real test images
+uploaded as PNG files. Each answer is checked against a direct call in the bench process (`load_model` +
+`preprocess` + `predict_proba`): same top label, every returned probability within {cli['tolerance']}; an
+explain answer must also carry one map and one score entry per asked method. Clients do not download the
+returned image files.
+
+{common.md_table(['requests', 'sent', 'served (correct)', 'wrong', 'errors', 'p50 ms', 'p95 ms', 'max ms'], rows)}
+
+Burst wall time {res['wall_seconds']:.1f} s: {res['throughput_per_s']:.1f} requests/s served; not sent before the
+timeout: {res['not_sent']}. Latency is the round trip seen by a client, queueing included.
+
+{common.md_table(['app RSS at start (MiB)', 'peak during burst (MiB)', f"after {cli['idle']:.0f} s idle (MiB)",
+                  'after - start (MiB)'],
+                 [[mem['start_mib'], mem['peak_mib'], mem['after_idle_mib'], round(mem['after_idle_mib'] - mem['start_mib'], 1)]])}
+
+Resident memory of the app process and its children, sampled every 50 ms ({mem['samples']} samples).
+Problems (first {len(res['first_problems'])}):
+{errors}
+
+Machine: {info['machine']['cpu_model']}, {info['machine']['cpu_count']} cores, torch {info['machine']['torch']};
+the clients run on the same cores as the app. Load average before the run: {info['machine']['load_average_1_5_15min'][0]:.2f}.
+
+```bash
+{info['command']}
+```
+"""
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default=None, help="model folder (default: weights/ if it holds model.safetensors, else outputs/smoke)")
+    p.add_argument("--requests", type=int, default=500, help="requests in all")
+    p.add_argument("--concurrency", type=int, default=50, help="clients released at once")
+    p.add_argument("--explain-share", type=float, default=0.4, help="fraction of requests sent to /explain")
+    p.add_argument("--explain-methods", nargs="+", default=["Saliency", "Grad-CAM"], help="methods of most explain requests")
+    p.add_argument("--full-every", type=int, default=10, help="every n-th explain request asks for all methods (0: never)")
+    p.add_argument("--images", type=int, default=20, help="distinct test images")
+    p.add_argument("--tolerance", type=float, default=1e-3, help="largest accepted probability difference")
+    p.add_argument("--timeout", type=float, default=600, help="global limit in seconds for the burst")
+    p.add_argument("--idle", type=float, default=20, help="seconds of rest before the 'after' memory reading")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--classify-api", default="/classify")
+    p.add_argument("--explain-api", default="/explain")
+    p.add_argument("--results-dir", default=str(common.RESULTS), help="where load.json and load.md go")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    cli = parse_args(argv)
+    import explain
+    unknown = [m for m in cli.explain_methods if m not in explain.METHODS]
+    if unknown:
+        sys.exit(f"unknown methods {unknown}; known: {list(explain.METHODS)}")
+    model_dir, note = (Path(cli.model), common.model_note(cli.model)) if cli.model else common.default_model_dir()
+    info = {"model": note, "model_dir": common.rel(model_dir), "machine": common.machine_info(),
+            "methods": list(explain.METHODS), "command": common.command_line("bench/load.py")}
+    api = {"classify": cli.classify_api, "explain": cli.explain_api}
+    with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
+        paths = save_test_images(Path(tmp), cli.images)
+        expected = expected_answers(model_dir, paths)
+        reqs = plan(cli, len(paths), list(explain.METHODS))
+        with common.AppProcess(model_dir, Path(tmp) / "app.log") as app:
+            clients = open_clients(app.url, cli.concurrency)
+            time.sleep(1.0)
+            start_rss, t_start = app.sampler.rss(), app.sampler.samples[-1][0]
+            processes = app.sampler.breakdown()
+            print(f"[load] {len(clients)} clients connected; app RSS {common.mib(start_rss)} MiB; "
+                  f"sending {len(reqs)} requests", flush=True)
+            outcomes, wall, not_sent = burst(clients, reqs, paths, expected, cli, api)
+            t_end = app.sampler.samples[-1][0]
+            peak = app.sampler.peak(since=t_start)
+            for c in clients:
+                c.close()
+            time.sleep(cli.idle)
+            after = app.sampler.rss()
+            samples = app.sampler.samples
+            log_tail = (Path(tmp) / "app.log").read_text()[-3000:]
+    outcomes.sort(key=lambda o: o.index)
+    stats = {"all": endpoint_stats(outcomes, None), "classify": endpoint_stats(outcomes, "classify"),
+             f"explain ({len(cli.explain_methods)} methods)": endpoint_stats(outcomes, "explain", len(cli.explain_methods)),
+             f"explain (all {len(explain.METHODS)} methods)": endpoint_stats(outcomes, "explain", len(explain.METHODS))}
+    stats = {k: v for k, v in stats.items() if v["sent"]}
+    problems = [f"#{o.index} {o.endpoint}: {o.status}: {o.detail}" for o in outcomes if o.status != "ok"][:10]
+    step = max(1, len(samples) // 300)
+    res = {"info": info, "settings": vars(cli) | {"explain_methods": cli.explain_methods}, "stats": stats,
+           "wall_seconds": wall, "not_sent": not_sent,
+           "throughput_per_s": stats["all"]["served"] / wall if wall else 0.0,
+           "memory": {"start_mib": common.mib(start_rss), "peak_mib": common.mib(peak), "after_idle_mib": common.mib(after),
+                      "samples": len(samples), "processes_at_start": processes, "burst_window_s": [t_start, t_end],
+                      "series_s_mib": [(round(t, 2), common.mib(b)) for t, b in samples[::step]]},
+           "first_problems": problems, "outcomes": [asdict(o) for o in outcomes], "app_log_tail": log_tail}
+    md = markdown(res)
+    json_path, md_path = common.write_results(cli.results_dir, "load", res, md)
+    print(md)
+    print(f"[load] wrote {json_path} and {md_path}")
+    ok = stats["all"]["served"] == cli.requests
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
