@@ -1,0 +1,86 @@
+"""Execute Subject.ipynb top to bottom with nbclient; any cell error fails the test.
+
+The kernel is the "python3" kernel of this interpreter (jupyter_client starts it with
+sys.executable, i.e. the .venv's Python); the first cell prints the interpreter it runs on and
+the test checks it. The executed copy is kept in memory: the committed notebook is not rewritten.
+
+    .venv/bin/python -m pytest tests/test_notebook.py -q        # a few minutes on a CPU
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK = ROOT / "Subject.ipynb"
+
+
+def outputs_text(cell) -> str:
+    parts = []
+    for out in cell.get("outputs", []):
+        parts.append(out.get("text", ""))
+        data = out.get("data", {})
+        parts.append(data.get("text/plain", "") + data.get("text/markdown", ""))
+    return "".join(parts)
+
+
+@pytest.fixture(scope="module")
+def executed():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    for cell in nb.cells:                   # run from scratch, not from stored outputs
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    # No network: the notebook reads local data and artefacts only; offline mode makes any
+    # accidental Hub call fail fast instead of hanging.
+    env_backup = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "MPLBACKEND")}
+    os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", MPLBACKEND="module://matplotlib_inline.backend_inline")
+    try:
+        client = NotebookClient(nb, kernel_name="python3", timeout=600, allow_errors=False,
+                                resources={"metadata": {"path": str(ROOT)}})
+        try:
+            client.execute()
+        except CellExecutionError as e:
+            pytest.fail(f"Subject.ipynb failed:\n{str(e)[-4000:]}")
+    finally:
+        for k, v in env_backup.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return nb
+
+
+def test_notebook_runs_top_to_bottom_on_this_interpreter(executed):
+    code_cells = [c for c in executed.cells if c.cell_type == "code"]
+    assert code_cells and all(c.execution_count for c in code_cells), "every code cell must have run"
+    first = outputs_text(code_cells[0])
+    assert f"python    {sys.executable}" in first, first[:500]
+    errors = [o for c in code_cells for o in c.outputs if o.get("output_type") == "error"]
+    assert not errors
+
+
+def test_notebook_reads_the_artefacts_it_reports(executed):
+    """Numbers in the output come from the files: the accuracy printed equals metrics.json's."""
+    import json
+    text = "\n".join(outputs_text(c) for c in executed.cells if c.cell_type == "code")
+    weights = ROOT / "weights" if (ROOT / "weights" / "model.safetensors").is_file() else ROOT / "outputs" / "smoke"
+    metrics = json.loads((weights / "evaluation" / "metrics.json").read_text())
+    assert f"Test accuracy {metrics['accuracy']:.2%}" in text
+    assert "data: " in text and ("FULL dataset" in text or "SLICE" in text)
+
+
+def test_every_code_section_is_introduced_by_markdown():
+    """Question -> options -> choice -> source comes before the code: each numbered section opens with them."""
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    sections = [c.source for c in nb.cells if c.cell_type == "markdown" and c.source.startswith("## ")]
+    assert len(sections) >= 7
+    for title in ("The data", "Model choice", "Training choices", "Evaluation", "Interpretation"):
+        (section,) = [s for s in sections if title in s.splitlines()[0]]
+        for part in ("**Question.**", "**Options", "**Choice.**", "**Source.**"):
+            assert part in section, f"section {title!r} lacks {part}"
