@@ -406,7 +406,8 @@ def model_info() -> dict:
 # the result panel is cleared so no stale prediction is left beside it.
 # ---------------------------------------------------------------------------------------------
 
-EMPTY_RESULT = (None, None, [], None)
+SCORE_COLUMNS = ["Method", "Deletion AUC ↓", "Insertion AUC ↑", "Time (ms)"]
+EMPTY_RESULT = (None, None, [], pd.DataFrame(columns=SCORE_COLUMNS), None)
 
 
 def _status(text: str, ok: bool) -> str:
@@ -433,10 +434,18 @@ def ui_analyse(look, methods, target, progress=gr.Progress()):
     if look is None:
         return EMPTY_RESULT
     try:
-        return analyse_look(look, methods, target, progress)
+        view, label, gallery, summary = analyse_look(look, methods, target, progress)
+        return view, label, gallery, score_table(summary), summary
     except gr.Error as e:
         gr.Warning(e.message)
         return EMPTY_RESULT
+
+
+def score_table(summary: dict) -> pd.DataFrame:
+    """analyse_look's per-method scores as the table under the maps."""
+    return pd.DataFrame([[name, round(s["deletion_auc"], 3), round(s["insertion_auc"], 3),
+                          round(1000 * s["seconds"], 1)] for name, s in summary["methods"].items()],
+                        columns=SCORE_COLUMNS)
 
 
 def _mistake_rows(true_class: str, pred_class: str) -> np.ndarray:
@@ -633,9 +642,13 @@ def result_panel(prefix: str):
         label = gr.Label(num_top_classes=3, label="Prediction (top 3)", elem_id=f"{prefix}-label")
     gallery = gr.Gallery(label="Attribution maps (one colour scale for all)", columns=4, height="auto",
                          format="png", object_fit="contain", allow_preview=True, elem_id=f"{prefix}-maps")
+    table = gr.Dataframe(label="How faithful is each map for this image? Deletion: the class probability as the "
+                               "top-ranked pixels are removed (lower is better); insertion: as they are added "
+                               "to a blank image (higher is better).",
+                         value=EMPTY_RESULT[3], interactive=False, elem_id=f"{prefix}-scores")
     with gr.Accordion("Scores as JSON", open=False):
         scores = gr.JSON(label="Per-method scores for this image")
-    return view, label, gallery, scores
+    return view, label, gallery, table, scores
 
 
 def method_controls():
@@ -667,13 +680,13 @@ def build_demo() -> gr.Blocks:
                                 sketch = gr.Sketchpad(label="Draw a garment", type="numpy", image_mode="RGBA",
                                                       canvas_size=(280, 280), height=300, elem_id="sketch")
                                 draw_btn = gr.Button("Classify drawing", variant="primary")
+                        status = gr.Markdown("", elem_id="status")
                         if example_files:
                             gr.Examples(example_files, inputs=[image], example_labels=example_labels,
                                         label="Test-set examples (one per class)", examples_per_page=10)
                         methods, target = method_controls()
-                        status = gr.Markdown("", elem_id="status")
                     with gr.Column(scale=3):
-                        view, label, gallery, scores = result_panel("explain")
+                        view, label, gallery, table, scores = result_panel("explain")
 
             with gr.Tab("Mistakes", id="mistakes"):
                 mistake_look = gr.State(None)
@@ -689,7 +702,7 @@ def build_demo() -> gr.Blocks:
                     with gr.Column(scale=3):
                         mistake_note = gr.Markdown("Select an image to explain it.")
                         m_methods, m_target = method_controls()
-                        m_view, m_label, m_gallery, m_scores = result_panel("mistake")
+                        m_outputs = result_panel("mistake")
                 with gr.Row():
                     cm = ARTEFACTS.png("confusion_matrix.png")
                     if cm:
@@ -701,9 +714,9 @@ def build_demo() -> gr.Blocks:
 
             with gr.Tab("Trust", id="trust"):
                 gr.Markdown(trust_markdown(), elem_id="trust-text")
-                table = trust_table()
-                if table is not None:
-                    gr.Dataframe(table, label="Per-method results over the test sample", interactive=False)
+                trust_df = trust_table()
+                if trust_df is not None:
+                    gr.Dataframe(trust_df, label="Per-method results over the test sample", interactive=False)
                     with gr.Row():
                         for kind in ("deletion", "insertion"):
                             df = trust_curves(kind)
@@ -729,7 +742,7 @@ def build_demo() -> gr.Blocks:
                 with gr.Accordion("Network layers", open=False):
                     gr.Code(str(MODEL), language=None)
 
-        outputs = [view, label, gallery, scores]
+        outputs = [view, label, gallery, table, scores]
         private = dict(api_visibility="private")
         # Explain view: any new image (upload, example click, clear) -> decode -> analyse.
         image.change(lambda v: ui_decode(v), image, [look_state, status], preprocess=False, **private) \
@@ -742,7 +755,6 @@ def build_demo() -> gr.Blocks:
         for control in (true_f, pred_f):
             control.change(filter_mistakes, [true_f, pred_f], [mistakes, shown_rows, mistakes_text], **private)
         demo.load(filter_mistakes, [true_f, pred_f], [mistakes, shown_rows, mistakes_text], **private)
-        m_outputs = [m_view, m_label, m_gallery, m_scores]
         mistakes.select(select_mistake, shown_rows, [mistake_look, mistake_note], **private) \
             .then(ui_analyse, [mistake_look, m_methods, m_target], m_outputs, **private)
         for control in (m_methods, m_target):
@@ -752,7 +764,7 @@ def build_demo() -> gr.Blocks:
         api_classify = gr.Button(visible=False)
         api_classify.click(classify, image, label, api_name="classify", preprocess=False)
         api_explain = gr.Button(visible=False)
-        api_explain.click(explain_image, [image, methods, target], outputs, api_name="explain",
+        api_explain.click(explain_image, [image, methods, target], [view, label, gallery, scores], api_name="explain",
                           preprocess=False)
         api_sketch = gr.Button(visible=False)
         api_sketch.click(classify_sketch, sketch, label, api_name="classify_sketch", preprocess=False)
