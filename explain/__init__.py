@@ -6,3 +6,19 @@ infidelity, sensitivity, the model-parameter randomisation test) and `trust` (th
 table precomputed at evaluation time: `python -m explain.trust <model_dir>`).
 """
 from explain.methods import METHODS, MethodSpec, background_value, explain, resolve_target
+from explain.render import colorbar, common_scale, render_overlay, share
+from explain.faithfulness import deletion_insertion, infidelity, randomisation_test, sensitivity, spearman
+
+
+def __getattr__(name: str):
+    # explain.trust is imported on first use, so `python -m explain.trust` runs it fresh
+    # (runpy warns when the module is already in sys.modules).
+    if name in ("precompute_trust", "write_trust", "format_table"):
+        from explain import trust
+        return getattr(trust, name)
+    raise AttributeError(f"module 'explain' has no attribute {name!r}")
+
+
+__all__ = ["METHODS", "MethodSpec", "explain", "resolve_target", "background_value", "render_overlay",
+           "common_scale", "colorbar", "share", "deletion_insertion", "infidelity", "sensitivity",
+           "randomisation_test", "spearman", "precompute_trust", "write_trust", "format_table"]
