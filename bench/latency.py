@@ -132,12 +132,13 @@ def measure_app(model_dir: Path, cli) -> dict:
                         t0 = time.perf_counter()
                         client.predict(handle_file(str(p)), methods, "predicted class", api_name=cli.explain_api)
                         explain_ms.setdefault(key, []).append((time.perf_counter() - t0) * 1000)
-            peak = app.sampler.peak()
+            peak, startup_peak = app.sampler.peak(since=t_drive), app.sampler.peak()
             end_rss = app.sampler.rss()
             client.close()
             log_tail = (Path(tmp) / "app.log").read_text()[-2000:]
     calls = len(classify_ms) + sum(len(v) for v in explain_ms.values())
     return {"endpoints": api, "calls": calls, "start_rss_mib": common.mib(start_rss), "peak_rss_mib": common.mib(peak),
+            "peak_rss_including_startup_mib": common.mib(startup_peak),
             "end_rss_mib": common.mib(end_rss), "processes_at_start": processes, "ready_seconds": app.ready_s,
             "classify_http": common.summarize_ms(classify_ms),
             "explain_http": {k: common.summarize_ms(v) for k, v in explain_ms.items()},
@@ -172,6 +173,8 @@ Model: {info['model']}. Machine: {info['machine']['cpu_model']}, {info['machine'
 torch {info['machine']['torch']} with {info['machine']['torch_threads']} threads. Median of {info['repeats']} calls
 ({info['explain_repeats']} per explanation method) in one process, on a real Fashion-MNIST test image;
 inference under `torch.inference_mode()`; classify = {loc['classify_source']}.
+Load average (1 min) when the measurement started: {info['machine']['load_average_1_5_15min'][0]:.2f}, at the end:
+{info['load_average_end'][0]:.2f} (2 cores: above ~0.5 means other work shared the CPU).
 
 {common.md_table(['step', 'median ms', 'target', 'met'], rows)}
 """
@@ -188,8 +191,8 @@ computes each map's deletion/insertion AUC and renders the overlays, so it costs
  Resident memory of the app process and its children,
 sampled every 50 ms:
 
-{common.md_table(['start RSS (MiB)', 'peak RSS (MiB)', 'end RSS (MiB)'],
-                 [[app['start_rss_mib'], app['peak_rss_mib'], app['end_rss_mib']]])}
+{common.md_table(['after start-up (MiB)', 'peak while serving (MiB)', 'end (MiB)', 'peak incl. start-up (MiB)'],
+                 [[app['start_rss_mib'], app['peak_rss_mib'], app['end_rss_mib'], app['peak_rss_including_startup_mib']]])}
 
 Round trip through the HTTP API (client included):
 
@@ -224,6 +227,7 @@ def main(argv=None) -> int:
     res = {"info": info, "local": measure_local(model_dir, cli)}
     if not cli.no_app:
         res["app"] = measure_app(model_dir, cli)
+    info["load_average_end"] = os.getloadavg()
     md = markdown(res)
     json_path, md_path = common.write_results(cli.results_dir, "latency", res, md)
     print(md)

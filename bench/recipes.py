@@ -13,7 +13,7 @@ The shipped recipe takes ~1 hour on 2 CPU cores, so its row is read from weights
 training_history.json, written by the run that produced the weights) unless --rerun-shipped.
 `shipped-budget` is the shipped recipe squeezed into a short budget (few epochs).
 
-    python bench/recipes.py                                             # ~20 min on 2 cores
+    python bench/recipes.py                                             # ~20 min on 2 idle cores
     python bench/recipes.py --recipes quickstart-mlp two-conv-cnn shipped
     python bench/recipes.py --rerun-shipped                             # + ~1 h
     python bench/recipes.py --dataset tests/data/fashion_mnist --val-size 100 --max-epochs 1 \\
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shlex
 import sys
 import tempfile
@@ -243,7 +244,9 @@ TTA; the references 1 view), `torch.inference_mode`.
 {notes}
 
 Dataset: `{dataset}`. Machine: {info['machine']['cpu_model']}, {info['machine']['cpu_count']} cores, torch
-{info['machine']['torch']} ({info['machine']['torch_threads']} threads).
+{info['machine']['torch']} ({info['machine']['torch_threads']} threads); load average at the start
+{info['machine']['load_average_1_5_15min'][0]:.2f}, at the end {info['load_average_end'][0]:.2f}. Whole run:
+{info['total_seconds'] / 60:.1f} min.
 
 ```bash
 {cli_command}
@@ -259,7 +262,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--weights", default="weights", help="the shipped model folder (its row is read from here)")
     p.add_argument("--rerun-shipped", action="store_true", help="retrain the shipped recipe (its metrics.json command) instead of reading it")
     p.add_argument("--shipped-budget-epochs", type=int, default=4, help="one-cycle length of the shipped-budget row")
-    p.add_argument("--shipped-budget-minutes", type=float, default=8, help="wall-time cap of the shipped-budget row")
+    p.add_argument("--shipped-budget-minutes", type=float, default=10, help="wall-time cap of the shipped-budget row")
     p.add_argument("--val-size", type=int, default=5000, help="training images held out for validation")
     p.add_argument("--max-epochs", type=int, default=0, help="cap every recipe's epochs (0: none; for smoke runs)")
     p.add_argument("--seed", type=int, default=0)
@@ -298,7 +301,7 @@ def main(argv=None) -> int:
         return 1
     info = {"machine": common.machine_info(), "dataset": cli.dataset, "val_size": cli.val_size, "seed": cli.seed,
             "inference_repeats": cli.inference_repeats, "command": common.command_line("bench/recipes.py"),
-            "total_seconds": time.perf_counter() - t0}
+            "total_seconds": time.perf_counter() - t0, "load_average_end": os.getloadavg()}
     md = markdown(rows, info, info["command"], cli.dataset)
     json_path, md_path = common.write_results(cli.results_dir, "recipes", {"info": info, "rows": rows}, md)
     print(md)
