@@ -66,6 +66,7 @@ MAX_FILE_SIZE = "10mb"                 # uploads above this are refused by the s
 DEFAULT_METHODS = ("Saliency", "Integrated Gradients", "Grad-CAM", "Occlusion")
 MISTAKES_SHOWN = 60                    # gallery size in the Mistakes view
 VIEW_SIZE = 224                        # pixels a side of every displayed 28x28 image
+MAP_COLUMNS, MAP_ROW_PX = 4, 200       # attribution gallery layout
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -435,7 +436,9 @@ def ui_analyse(look, methods, target, progress=gr.Progress()):
         return EMPTY_RESULT
     try:
         view, label, gallery, summary = analyse_look(look, methods, target, progress)
-        return view, label, gallery, score_table(summary), summary
+        rows = -(-len(gallery) // MAP_COLUMNS)
+        # The gallery's height follows its rows, so one row of maps leaves no empty box below.
+        return view, label, gr.Gallery(gallery, height=rows * MAP_ROW_PX + 50), score_table(summary), summary
     except gr.Error as e:
         gr.Warning(e.message)
         return EMPTY_RESULT
@@ -551,13 +554,28 @@ def model_markdown() -> str:
     return "\n\n".join(lines)
 
 
-def trust_methods() -> dict:
-    """trust.json's per-method results, read defensively (the table may sit one level deeper)."""
+RANDOM_ORDER = "(random order)"    # the baseline row: pixels removed/added in random order
+
+
+def trust_methods(baseline: bool = False) -> dict[str, dict]:
+    """trust.json's per-method results {name: {...}}, read defensively.
+
+    explain.trust writes {"methods": [names], name: {...}, "random_order": {...}}; a nested
+    {"methods": {name: {...}}} or a list of dicts with a "name" is accepted too.
+    """
     t = ARTEFACTS.trust or {}
-    methods = t.get("methods", t)
-    if isinstance(methods, list):
-        methods = {m.get("name", m.get("method", str(i))): m for i, m in enumerate(methods)}
-    return {k: v for k, v in methods.items() if isinstance(v, dict)}
+    listed = t.get("methods")
+    if isinstance(listed, dict):
+        table = listed
+    elif isinstance(listed, list):
+        table = {(m.get("name") if isinstance(m, dict) else m): (m if isinstance(m, dict) else t.get(m))
+                 for m in listed}
+    else:
+        table = {k: v for k, v in t.items() if k in explain.METHODS}
+    table = {str(k): v for k, v in table.items() if isinstance(v, dict)}
+    if baseline and isinstance(t.get("random_order"), dict):
+        table[RANDOM_ORDER] = t["random_order"]
+    return table
 
 
 def _num(v, fmt: str):
@@ -565,13 +583,16 @@ def _num(v, fmt: str):
 
 
 def trust_table() -> pd.DataFrame | None:
-    methods = trust_methods()
+    methods = trust_methods(baseline=True)
     if not methods:
         return None
     rows = [{"Method": name,
              "Deletion AUC ↓": _num(r.get("deletion_auc"), "{:.3f}"),
              "Insertion AUC ↑": _num(r.get("insertion_auc"), "{:.3f}"),
              "Randomisation ρ ↓": _num(r.get("randomisation_rho"), "{:.2f}"),
+             "Passes randomisation": {True: "yes", False: "no"}.get(r.get("randomisation_passes"), "–"),
+             "Infidelity ↓": _num(r.get("infidelity"), "{:.4f}"),
+             "Sensitivity ↓": _num(r.get("sensitivity"), "{:.3f}"),
              "Latency (ms)": _num(r.get("latency_ms"), "{:.1f}")} for name, r in methods.items()]
     return pd.DataFrame(rows)
 
@@ -579,7 +600,7 @@ def trust_table() -> pd.DataFrame | None:
 def trust_curves(kind: str) -> pd.DataFrame | None:
     """Mean deletion or insertion curves, long format (fraction, probability, method)."""
     t, rows = ARTEFACTS.trust or {}, []
-    for name, r in trust_methods().items():
+    for name, r in trust_methods(baseline=True).items():
         curve = r.get(f"mean_{kind}_curve")
         fractions = r.get("fractions", t.get("fractions"))
         if curve is None:
@@ -598,24 +619,42 @@ def randomisation_curves() -> pd.DataFrame | None:
         if not curve:
             continue
         layers = layers if layers and len(layers) == len(curve) else list(range(len(curve)))
-        rows += [{"layers randomised": i, "layer": str(l), "rank correlation": float(v), "method": name}
+        rows += [{"layers randomised": i + 1, "layer": str(l), "rank correlation": float(v), "method": name}
                  for i, (l, v) in enumerate(zip(layers, curve))]
     return pd.DataFrame(rows) if rows else None
+
+
+def trust_verdict() -> str:
+    """Which methods beat the random-order baseline on both curves and pass the randomisation test."""
+    table = trust_methods()
+    base = (ARTEFACTS.trust or {}).get("random_order") or {}
+    if not table or base.get("deletion_auc") is None:
+        return ""
+    earn, fail = [], []
+    for name, r in table.items():
+        beats = (r.get("deletion_auc") is not None and r["deletion_auc"] < base["deletion_auc"]
+                 and r.get("insertion_auc") is not None and r["insertion_auc"] > base["insertion_auc"])
+        (earn if beats and r.get("randomisation_passes") else fail).append(name)
+    return (f"**Earn belief here:** {', '.join(earn) or 'none'} — better than removing pixels in random "
+            f"order on both curves, and their maps change when the weights are randomised. "
+            f"**Not on this evidence:** {', '.join(fail) or 'none'}.")
 
 
 def trust_markdown() -> str:
     if ARTEFACTS.trust is None:
         where = _short(LOADED.folder / "evaluation" / "trust.json")
         return (f"**No trust results for these weights:** `{where}` is missing, so the per-method table "
-                f"and curves cannot be shown. The per-image deletion/insertion AUCs in the Explain view "
-                f"still work.")
+                f"and curves cannot be shown (they are computed once with `python -m explain.trust "
+                f"<model folder>`). The per-image deletion/insertion AUCs in the Explain view still work.")
     n = (ARTEFACTS.trust or {}).get("n_images", "?")
-    return (f"Measured over **{n}** test images. **Deletion AUC** (lower is better): the class "
-            f"probability as the most-attributed pixels are removed first. **Insertion AUC** (higher is "
-            f"better): as they are added first to a blank image. **Randomisation ρ** (lower is better): "
-            f"the rank correlation between a method's map and its map after the network's weights are "
-            f"randomised layer by layer (Adebayo et al. 2018) — a method whose map survives "
-            f"randomisation is not explaining the model. Latency is per map on this machine's CPU.")
+    return (f"Measured over **{n}** test images, explaining the predicted class. "
+            f"**Deletion AUC** (lower is better): the class probability as the most-attributed pixels "
+            f"are removed first. **Insertion AUC** (higher is better): as they are restored first to a "
+            f"blank image. *{RANDOM_ORDER}* is the baseline a method must beat. **Randomisation ρ** "
+            f"(lower is better): rank correlation between a method's map and its map once the network's "
+            f"weights are re-initialised layer by layer (Adebayo et al. 2018); a map that survives "
+            f"randomisation is not explaining the model. Latency: median per map when measured.\n\n"
+            + trust_verdict())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -640,7 +679,7 @@ def result_panel(prefix: str):
         view = gr.Image(label="What the model saw (28x28)", type="numpy", format="png", interactive=False,
                         height=VIEW_SIZE, width=VIEW_SIZE, buttons=[], elem_id=f"{prefix}-view")
         label = gr.Label(num_top_classes=3, label="Prediction (top 3)", elem_id=f"{prefix}-label")
-    gallery = gr.Gallery(label="Attribution maps (one colour scale for all)", columns=4, height="auto",
+    gallery = gr.Gallery(label="Attribution maps (one colour scale for all)", columns=MAP_COLUMNS, height=MAP_ROW_PX + 50,
                          format="png", object_fit="contain", allow_preview=True, elem_id=f"{prefix}-maps")
     table = gr.Dataframe(label="How faithful is each map for this image? Deletion: the class probability as the "
                                "top-ranked pixels are removed (lower is better); insertion: as they are added "
@@ -697,8 +736,8 @@ def build_demo() -> gr.Blocks:
                             true_f = gr.Dropdown(["All"] + LABELS, value="All", label="True class")
                             pred_f = gr.Dropdown(["All"] + LABELS, value="All", label="Predicted as")
                         mistakes_text = gr.Markdown()
-                        mistakes = gr.Gallery(label="Misclassified test images (true → predicted)", columns=6,
-                                              height=420, format="png", allow_preview=False, elem_id="mistakes")
+                        mistakes = gr.Gallery(label="Misclassified test images (true → predicted)", columns=4,
+                                              height=480, format="png", allow_preview=False, elem_id="mistakes")
                     with gr.Column(scale=3):
                         mistake_note = gr.Markdown("Select an image to explain it.")
                         m_methods, m_target = method_controls()
@@ -706,11 +745,11 @@ def build_demo() -> gr.Blocks:
                 with gr.Row():
                     cm = ARTEFACTS.png("confusion_matrix.png")
                     if cm:
-                        gr.Image(cm, label="Confusion matrix (rows: true class)", interactive=False, buttons=[])
+                        gr.Image(cm, label="Confusion matrix", show_label=False, interactive=False, buttons=[])
                     acc = per_class_accuracy()
                     if acc is not None:
                         gr.BarPlot(acc, x="class", y="accuracy", title="Per-class accuracy (recall)",
-                                   y_lim=[0, 1], x_label_angle=-30, sort=None)
+                                   y_lim=[0, 1], x_label_angle=-30, sort=LABELS)
 
             with gr.Tab("Trust", id="trust"):
                 gr.Markdown(trust_markdown(), elem_id="trust-text")
@@ -725,8 +764,10 @@ def build_demo() -> gr.Blocks:
                                             color="method", title=f"Mean {kind} curve", y_lim=[0, 1])
                     rnd = randomisation_curves()
                     if rnd is not None:
+                        order = " → ".join(dict.fromkeys(rnd["layer"]))
                         gr.LinePlot(rnd, x="layers randomised", y="rank correlation", color="method",
-                                    title="Cascading randomisation: similarity to the trained model's map")
+                                    title=f"Cascading randomisation ({order}): similarity to the trained "
+                                          f"model's map", x_lim=[1, int(rnd["layers randomised"].max())])
 
             with gr.Tab("Model", id="model"):
                 gr.Markdown(model_markdown(), elem_id="model-text")
@@ -735,10 +776,10 @@ def build_demo() -> gr.Blocks:
                     if hist is not None:
                         gr.LinePlot(hist, x="epoch", y="accuracy", color="series", title="Training curves")
                     elif ARTEFACTS.png("training_curves.png"):
-                        gr.Image(ARTEFACTS.png("training_curves.png"), label="Training curves", buttons=[])
+                        gr.Image(ARTEFACTS.png("training_curves.png"), show_label=False, buttons=[])
                     if ARTEFACTS.png("reliability.png"):
                         gr.Image(ARTEFACTS.png("reliability.png"), label="Calibration (reliability diagram)",
-                                 interactive=False, buttons=[])
+                                 show_label=False, interactive=False, buttons=[])
                 with gr.Accordion("Network layers", open=False):
                     gr.Code(str(MODEL), language=None)
 
