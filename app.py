@@ -716,8 +716,13 @@ def build_demo() -> gr.Blocks:
                                 image = gr.Image(type="filepath", image_mode=None, label="Garment image",
                                                  sources=["upload", "clipboard"], height=260, elem_id="upload")
                             with gr.Tab("Draw", id="draw"):
-                                sketch = gr.Sketchpad(label="Draw a garment", type="numpy", image_mode="RGBA",
-                                                      canvas_size=(280, 280), height=300, elem_id="sketch")
+                                gr.Markdown("Pick the brush in the left toolbar, draw the garment's outline "
+                                            "or fill it, then *Classify drawing*.")
+                                sketch = gr.Sketchpad(label="Draw a garment",
+                                                      type="numpy", image_mode="RGBA", canvas_size=(280, 280),
+                                                      height=300, elem_id="sketch",
+                                                      brush=gr.Brush(default_size=14, colors=["#000000"],
+                                                                     color_mode="fixed"))
                                 draw_btn = gr.Button("Classify drawing", variant="primary")
                         status = gr.Markdown("", elem_id="status")
                         if example_files:

@@ -1,5 +1,8 @@
 """One real-browser test: headless Chromium opens the running app, uploads an image, sees a prediction.
 
+Then, in the same page: a file that is not an image (a message, the app keeps serving), a test-set
+example click, and the sketchpad (empty: "Draw something first"; a drawing: classified).
+
 Debian's chromium driven by Playwright (no browser download). The screenshots go to
 tests/artifacts/ (git-ignored); with UPDATE_SCREENSHOT=1 the full-page one also replaces
 docs/screenshot.png, the README's picture.
@@ -71,5 +74,29 @@ def test_browser_upload_shows_prediction_and_maps(app_server, garment_photo, tmp
             page.locator("#upload input[type=file]").set_input_files(str(bad))
             expect(page.locator("#status")).to_contain_text("not an image", timeout=60_000)
             page.screenshot(path=str(ARTIFACTS / "browser_bad_input.png"), full_page=True)
+
+            # A test-set example, one click: classified and explained like an upload.
+            page.get_by_role("button", name="Sneaker", exact=True).click()
+            expect(page.locator("#status")).to_contain_text("Classified", timeout=60_000)
+            expect(label).to_contain_text(re.compile("|".join(map(re.escape, CLASS_NAMES))), timeout=60_000)
+
+            # The sketchpad: an empty canvas is refused, a drawing is classified.
+            page.get_by_role("tab", name="Draw").click()
+            draw = page.get_by_role("button", name="Classify drawing")
+            draw.click()
+            expect(page.locator("#status")).to_contain_text("Draw something first", timeout=60_000)
+            page.locator("#sketch button[aria-label='Brush']").click()
+            page.mouse.click(5, 5)                                     # close the brush options
+            box = page.locator("#sketch canvas").first.bounding_box()
+            x0, y0, w, h = box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.2, box["width"], box["height"]
+            page.mouse.move(x0 - 0.15 * w, y0)                         # a rough pair of trousers
+            page.mouse.down()
+            for dx, dy in ((-0.15, 0), (0.15, 0), (0.15, 0.6), (0.03, 0.6), (0, 0.15), (-0.03, 0.6), (-0.15, 0.6),
+                           (-0.15, 0)):
+                page.mouse.move(x0 + dx * w, y0 + dy * h, steps=8)
+            page.mouse.up()
+            draw.click()
+            expect(page.locator("#status")).to_contain_text("Classified", timeout=60_000)
+            page.screenshot(path=str(ARTIFACTS / "browser_sketch.png"), full_page=True)
         finally:
             browser.close()
