@@ -729,6 +729,10 @@ def build_demo() -> gr.Blocks:
                             gr.Examples(example_files, inputs=[image], example_labels=example_labels,
                                         label="Test-set examples (one per class)", examples_per_page=10)
                         methods, target = method_controls()
+                        with gr.Accordion("About the methods", open=False):
+                            gr.Markdown("\n".join(f"- **{n}** ({'signed' if m.signed else 'magnitude'}): "
+                                                   f"{m.description} [paper]({m.reference})"
+                                                   for n, m in explain.METHODS.items()))
                     with gr.Column(scale=3):
                         view, label, gallery, table, scores = result_panel("explain")
 
@@ -815,7 +819,7 @@ def build_demo() -> gr.Blocks:
         api_sketch = gr.Button(visible=False)
         api_sketch.click(classify_sketch, sketch, label, api_name="classify_sketch", preprocess=False)
         api_info = gr.Button(visible=False)
-        api_info.click(model_info, None, scores, api_name="model_info")
+        api_info.click(model_info, None, gr.JSON(visible=False, label="model info"), api_name="model_info")
     # Two workers: decoding and rendering overlap while the model lock serialises the network.
     demo.queue(default_concurrency_limit=2, max_size=64)
     return demo
