@@ -10,7 +10,8 @@ training set; the test set is evaluated once, at the end, for the report.
     torchrun --nproc_per_node 4 train.py --device cuda --out weights-gpu   # several GPUs (DDP)
 
 The output folder is a Hub model repo: model.safetensors, config.json, README.md (the model card),
-training_history.json and evaluation/ (metrics.json, plots, misclassified.npz, samples.npz).
+training_history.json and evaluation/ (metrics.json, plots, misclassified.npz, samples.npz, and
+trust.json: the faithfulness and sanity checks of every explanation method, from explain/).
 """
 from __future__ import annotations
 
@@ -64,6 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--amp", default="auto", choices=["auto", "on", "off"], help="bf16 autocast (auto: on for CUDA)")
     p.add_argument("--channels-last", type=int, default=1, choices=[0, 1])
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--trust-images", type=int, default=100,
+                   help="test images for the faithfulness/randomisation table evaluation/trust.json (0: skip)")
     p.add_argument("--eval-only", action="store_true", help="evaluate --model on the test set, no training")
     p.add_argument("--model", default=None, help="with --eval-only: a local folder or a Hub repo id")
     p.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="upload the output folder to this Hub model repo")
@@ -564,6 +567,11 @@ def run(args, argv=None) -> int:
     metrics = write_evaluation(args.out, model, looks, labels, raw, history, extra, ctx["device"])
     if not args.eval_only:
         save_model_repo(args.out, model.cpu(), metrics, history, args, command, train_seconds)
+    if args.trust_images:
+        # Which explanation methods earn belief, measured once here rather than per click in the app.
+        from explain import write_trust
+        n = args.trust_images
+        write_trust(args.out, model.cpu(), n=n, n_randomisation=min(30, n), n_sensitivity=min(10, n))
     if args.push_to_hub:
         try:
             url = push_to_hub(args.out, args.push_to_hub, args.private)

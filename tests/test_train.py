@@ -22,7 +22,8 @@ SLICE = str(ROOT / "tests/data/fashion_mnist")
 FAKE_TOKEN = "hf_FAKEtokenForTests0123456789abcdef"
 EXPECTED = ["README.md", "config.json", "model.safetensors", "training_history.json",
             "evaluation/metrics.json", "evaluation/confusion_matrix.png", "evaluation/reliability.png",
-            "evaluation/training_curves.png", "evaluation/misclassified.npz", "evaluation/samples.npz"]
+            "evaluation/training_curves.png", "evaluation/misclassified.npz", "evaluation/samples.npz",
+            "evaluation/trust.json"]
 
 
 def run_cli(*args, env=None, check=True) -> subprocess.CompletedProcess:
@@ -45,7 +46,7 @@ def offline_env(tmp: Path) -> dict:
 def trained(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("run") / "model"
     proc = run_cli("--dataset", SLICE, "--epochs", "2", "--val-size", "100", "--batch-size", "64",
-                   "--out", str(out), "--seed", "1", "--no-progress",
+                   "--out", str(out), "--seed", "1", "--no-progress", "--trust-images", "4",
                    env=offline_env(out.parent) | {"HF_TOKEN": ""})
     return out, proc
 
@@ -74,6 +75,15 @@ def test_metrics_are_consistent(trained):
     assert len(wrong["index"]) == m["n"] - np.trace(cm)
     assert wrong["images"].shape[1:] == (28, 28) and wrong["images"].dtype == np.uint8
     assert (wrong["true"] != wrong["pred"]).all()
+
+
+def test_trust_table_covers_every_explanation_method(trained):
+    from explain import METHODS
+    out, _ = trained
+    trust = json.loads((out / "evaluation/trust.json").read_text())
+    assert trust["n_images"] == 4
+    for name in METHODS:
+        assert 0 <= trust[name]["deletion_auc"] <= 1 and 0 <= trust[name]["insertion_auc"] <= 1
 
 
 def test_model_card_has_hub_metadata(trained):
@@ -110,7 +120,8 @@ def test_loads_back_through_the_hub_path_with_identical_predictions(trained, tmp
 
 def test_eval_only_reproduces_the_test_accuracy(trained, tmp_path):
     out, _ = trained
-    proc = run_cli("--eval-only", "--model", str(out), "--dataset", SLICE, "--out", str(tmp_path / "ev"))
+    proc = run_cli("--eval-only", "--model", str(out), "--dataset", SLICE, "--out", str(tmp_path / "ev"),
+                   "--trust-images", "0")
     m = json.loads((out / "evaluation/metrics.json").read_text())
     assert proc.stdout.strip().splitlines()[-1] == f"test_accuracy={m['accuracy']:.4f}"
     assert (tmp_path / "ev/evaluation/misclassified.npz").is_file()
@@ -170,7 +181,7 @@ def snapshot(folder: Path) -> dict:
 def test_push_without_token_fails_in_one_line_and_keeps_files(trained, tmp_path):
     out, _ = trained
     before = snapshot(out)
-    proc = run_cli("--eval-only", "--model", str(out), "--dataset", SLICE, "--out", str(out),
+    proc = run_cli("--eval-only", "--model", str(out), "--dataset", SLICE, "--out", str(out), "--trust-images", "0",
                    "--push-to-hub", "someone/fashion-cnn", env=offline_env(tmp_path) | {"HF_TOKEN": ""}, check=False)
     assert proc.returncode == 1
     errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
@@ -182,7 +193,7 @@ def test_push_without_token_fails_in_one_line_and_keeps_files(trained, tmp_path)
 def test_push_to_unreachable_hub_fails_cleanly_without_leaking_the_token(trained, tmp_path):
     out, _ = trained
     proc = run_cli("--eval-only", "--model", str(out), "--dataset", SLICE, "--out", str(tmp_path / "ev"),
-                   "--push-to-hub", "someone/fashion-cnn",
+                   "--trust-images", "0", "--push-to-hub", "someone/fashion-cnn",
                    env=offline_env(tmp_path) | {"HF_TOKEN": FAKE_TOKEN, "HF_HUB_ETAG_TIMEOUT": "2"}, check=False)
     assert proc.returncode == 1
     errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
