@@ -46,7 +46,7 @@ def offline_env(tmp: Path) -> dict:
 def trained(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("run") / "model"
     proc = run_cli("--dataset", SLICE, "--epochs", "2", "--val-size", "100", "--batch-size", "64",
-                   "--out", str(out), "--seed", "1", "--no-progress", "--trust-images", "4",
+                   "--out", str(out), "--seed", "1", "--no-progress", "--trust-images", "2",
                    env=offline_env(out.parent) | {"HF_TOKEN": ""})
     return out, proc
 
@@ -81,7 +81,7 @@ def test_trust_table_covers_every_explanation_method(trained):
     from explain import METHODS
     out, _ = trained
     trust = json.loads((out / "evaluation/trust.json").read_text())
-    assert trust["n_images"] == 4
+    assert trust["n_images"] == 2
     for name in METHODS:
         assert 0 <= trust[name]["deletion_auc"] <= 1 and 0 <= trust[name]["insertion_auc"] <= 1
 
@@ -164,7 +164,7 @@ def test_torchrun_data_parallel_on_cpu(tmp_path):
     """Two processes (gloo on CPU; NCCL on GPUs) train one model; rank 0 writes the repo."""
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "train.py",
                            "--dataset", SLICE, "--epochs", "1", "--val-size", "100", "--batch-size", "64",
-                           "--threads", "1", "--out", str(tmp_path / "ddp"), "--no-progress"],
+                           "--threads", "1", "--out", str(tmp_path / "ddp"), "--no-progress", "--trust-images", "0"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count('"epoch": 1') == 1                  # one log line: rank 0 only
