@@ -4,7 +4,7 @@
   https://arxiv.org/abs/1806.07421) and their areas. Cost: ONE batched forward pass of
   2 x (steps + 1) images (58 for the default 28 steps).
 - `infidelity`: Captum's infidelity (Yeh et al. 2019) with Gaussian pixel noise. Cost: one batched
-  forward pass of `n_perturb` images (default 16); no new attribution.
+  forward pass of `n_perturb` images (default 8); no new attribution.
 - `sensitivity`: Captum's sensitivity_max (Yeh et al. 2019). Cost: `n_perturb` extra attributions
   (default 4), i.e. 4x the method's own cost: precomputed on a few images only.
 - `randomisation_test`: the cascading model-parameter randomisation test (Adebayo et al. 2018,
@@ -28,7 +28,7 @@ import torch.nn as nn
 from explain.methods import METHODS, as_batch, background_value, eval_mode, mean_std
 
 STEPS = 28               # deletion/insertion: 29 points, 0..784 pixels in steps of 28
-INFIDELITY_SAMPLES = 16
+INFIDELITY_SAMPLES = 8
 INFIDELITY_NOISE = 0.1   # Gaussian noise std as a fraction of the [0, 1] pixel range
 SENSITIVITY_SAMPLES = 4
 SENSITIVITY_RADIUS = 0.02  # uniform noise radius in [0, 1] pixel units (Captum's default)
@@ -195,22 +195,28 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def randomisation_test(model: nn.Module, x, target: int, methods: list[str] | None = None,
-                       seed: int = 0, _steps=None) -> dict[str, list[float]]:
+                       seed: int = 0, *, steps: list | None = None,
+                       trained_maps: dict[str, np.ndarray] | None = None) -> dict[str, list[float]]:
     """Rank correlation of |map| on the trained model vs on cascading randomised copies.
 
     |a| is compared (Adebayo et al.'s "absolute value" variant): a map that only flips sign is
     not a changed explanation. A method passes when the correlation falls as layers are
     randomised; one that stays high is explaining the input, not the model.
 
+    Args:
+        steps: `randomised_models(model, seed)`, when the caller reuses them over many images.
+        trained_maps: {method: map on the trained model}, when the caller already has them.
     Returns:
         {method: [rho after randomising the top 1, 2, ... layers]} (see `cascade_layers`).
     """
     from explain.methods import explain
     methods = list(METHODS) if methods is None else list(methods)
-    steps = randomised_models(model, seed) if _steps is None else _steps
+    steps = randomised_models(model, seed) if steps is None else steps
+    trained_maps = trained_maps or {}
     result = {}
     for method in methods:
-        trained = np.abs(explain(model, x, method, target))
+        trained = trained_maps.get(method)
+        trained = np.abs(explain(model, x, method, target) if trained is None else trained)
         result[method] = [spearman(trained, np.abs(explain(random_model, x, method, target)))
                           for _, random_model in steps]
     return result

@@ -249,12 +249,14 @@ def class_probabilities(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def resolve_target(model: nn.Module, x: torch.Tensor, target) -> int:
     """target None -> the predicted class; otherwise checked against the number of classes."""
-    probs = class_probabilities(model, x)                                  # (1, C)
-    num_classes = probs.shape[-1]
     if target is None:
-        return int(probs[0].argmax())
+        return int(class_probabilities(model, x)[0].argmax())
     if isinstance(target, bool) or not isinstance(target, (int, np.integer)):
         raise ValueError(f"target must be a class index (int), got {target!r}")
+    # The config says how many classes there are; other models are asked (one forward pass).
+    num_classes = getattr(getattr(model, "config", None), "num_classes", None)
+    if num_classes is None:
+        num_classes = class_probabilities(model, x).shape[-1]
     if not 0 <= int(target) < num_classes:
         raise ValueError(f"target {int(target)} is out of range: the model has {num_classes} classes (0..{num_classes - 1})")
     return int(target)

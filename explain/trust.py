@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -24,8 +25,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from explain.faithfulness import (STEPS, deletion_insertion, infidelity, randomised_models,
-                                  randomisation_test, sensitivity)
+from explain.faithfulness import (deletion_insertion, infidelity, randomised_models,
+                                  randomisation_test, sensitivity, INFIDELITY_SAMPLES,
+                                  SENSITIVITY_SAMPLES)
 from explain.methods import METHODS, explain, mean_std, resolve_target
 
 RANDOMISATION_PASS_RHO = 0.5   # a method "passes" when the fully randomised map keeps less rank order
@@ -37,7 +39,8 @@ def _mean(values: list[float]) -> float | None:
 
 def precompute_trust(model: nn.Module, images_uint8: np.ndarray, labels: np.ndarray,
                      methods: list[str] | None = None, n: int = 100, seed: int = 0, *,
-                     n_randomisation: int = 30, n_sensitivity: int = 10, steps: int = STEPS) -> dict:
+                     n_randomisation: int = 20, n_sensitivity: int = 8, steps: int = 20,
+                     progress: bool = False) -> dict:
     """Faithfulness and cost of each method over a fixed sample of images; JSON-ready.
 
     Args:
@@ -48,7 +51,9 @@ def precompute_trust(model: nn.Module, images_uint8: np.ndarray, labels: np.ndar
         methods: names from `METHODS` (default: all).
         n: images used (a seeded random subset when N > n, all of them otherwise).
         n_randomisation, n_sensitivity: images (the first of the sample) for the two costly measures.
-        steps: deletion/insertion steps.
+        steps: deletion/insertion steps (20: 21 points, 39 pixels a step; fewer than
+            `deletion_insertion`'s default 28 to keep the whole table to a few minutes).
+        progress: print a line every 10 images to stderr.
     Returns:
         {method: {deletion_auc, insertion_auc, mean_deletion_curve, mean_insertion_curve,
                   infidelity, sensitivity, randomisation_rho, randomisation_curve,
@@ -77,10 +82,11 @@ def precompute_trust(model: nn.Module, images_uint8: np.ndarray, labels: np.ndar
     for i, index in enumerate(chosen):
         x = preprocess(images_uint8[index], mean, std)[None]            # (1, 1, 28, 28)
         target = resolve_target(model, x, None)
+        maps = {}
         for method in methods:
             row = rows[method]
             t0 = time.perf_counter()
-            a = explain(model, x, method, target)
+            a = maps[method] = explain(model, x, method, target)
             row["ms"].append(1000 * (time.perf_counter() - t0))
             curves = deletion_insertion(model, x, a, target, steps)
             fractions = curves["fractions"]
@@ -90,11 +96,14 @@ def precompute_trust(model: nn.Module, images_uint8: np.ndarray, labels: np.ndar
             if i < n_sensitivity:
                 row["sens"].append(sensitivity(model, x, method, target, seed=seed))
         if i < n_randomisation:
-            for method, rhos in randomisation_test(model, x, target, methods, seed, _steps=cascade).items():
+            for method, rhos in randomisation_test(model, x, target, methods, seed, steps=cascade,
+                                                   trained_maps=maps).items():
                 rows[method]["rho"].append(rhos)
         curves = deletion_insertion(model, x, rng.random(x.shape[-2:]), target, steps)
         random_rows["del"].append(curves["deletion_curve"]); random_rows["ins"].append(curves["insertion_curve"])
         random_rows["del_auc"].append(curves["deletion_auc"]); random_rows["ins_auc"].append(curves["insertion_auc"])
+        if progress and (i + 1) % 10 == 0:
+            print(f"trust: {i + 1}/{len(chosen)} images, {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
 
     result: dict = {"methods": methods}
     for method, row in rows.items():
@@ -119,9 +128,9 @@ def precompute_trust(model: nn.Module, images_uint8: np.ndarray, labels: np.ndar
             "deletion": "pixels set to the black background in attribution order; lower AUC is better",
             "insertion": "from a blank (black) image, pixels restored in attribution order; higher AUC is better",
             "probability": "softmax of the single-view logits for the target",
-            "infidelity": "Captum infidelity, Gaussian noise std 10% of pixel range, 16 samples, "
+            "infidelity": f"Captum infidelity, Gaussian noise std 10% of pixel range, {INFIDELITY_SAMPLES} samples, "
                           "normalize=True; lower is better; all images",
-            "sensitivity": f"Captum sensitivity_max, radius 2% of pixel range, 4 samples; lower is "
+            "sensitivity": f"Captum sensitivity_max, radius 2% of pixel range, {SENSITIVITY_SAMPLES} samples; lower is "
                            f"steadier; first {min(n_sensitivity, len(chosen))} images",
             "randomisation": f"Spearman rho of |a| trained vs cascading re-initialised ({', '.join(layer_names)}); "
                              f"passes when rho < {RANDOMISATION_PASS_RHO} fully randomised; "
@@ -179,15 +188,16 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("model_dir", nargs="?", default="weights", help="folder with evaluation/samples.npz")
     parser.add_argument("--n", type=int, default=100, help="images from samples.npz")
-    parser.add_argument("--n-randomisation", type=int, default=30, help="images for the randomisation test")
-    parser.add_argument("--n-sensitivity", type=int, default=10, help="images for sensitivity_max")
+    parser.add_argument("--n-randomisation", type=int, default=20, help="images for the randomisation test")
+    parser.add_argument("--n-sensitivity", type=int, default=8, help="images for sensitivity_max")
+    parser.add_argument("--steps", type=int, default=20, help="deletion/insertion steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     path = write_trust(args.model_dir, n=args.n, seed=args.seed, n_randomisation=args.n_randomisation,
-                       n_sensitivity=args.n_sensitivity)
+                       n_sensitivity=args.n_sensitivity, steps=args.steps, progress=True)
     print(format_table(json.loads(path.read_text())))
     print(f"wrote {path}")
     return 0

@@ -143,7 +143,7 @@ def test_default_target_is_the_served_prediction(x_real):
                                   explain.explain(fashion, x_real, "Saliency", predicted))
 
 
-CALLS = 150
+CALLS = 100
 
 
 def _live_tensors() -> int:
@@ -330,10 +330,11 @@ def test_precompute_trust_and_write_trust(tmp_path, images):
     (tmp_path / "evaluation").mkdir()
     np.savez_compressed(tmp_path / "evaluation" / "samples.npz", index=np.arange(3), label=labels[:3],
                         pred=labels[:3], images=raw[:3])
-    path = explain.write_trust(tmp_path, methods=["Occlusion"], n=2, n_randomisation=1, n_sensitivity=0, steps=4)
+    path = explain.write_trust(tmp_path, methods=["Occlusion"], n=1, n_randomisation=0, n_sensitivity=0, steps=4)
     assert path == tmp_path / "evaluation" / "trust.json"
     written = json.loads(path.read_text())
-    assert written["methods"] == ["Occlusion"] and written["n_images"] == 2 and written["Occlusion"]["sensitivity"] is None
+    assert written["methods"] == ["Occlusion"] and written["n_images"] == 1 and written["Occlusion"]["sensitivity"] is None
+    assert written["Occlusion"]["randomisation_rho"] is None and written["Occlusion"]["randomisation_curve"] == []
 
 
 # ---------------------------------------------------------------------------------------------
