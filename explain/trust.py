@@ -11,7 +11,9 @@ latency. Targets are the predicted classes, as the app explains by default. Writ
 Cost per image and method (see faithfulness.py): one attribution, one batched forward for the
 curves, one for infidelity; the randomisation test adds one attribution per cascade step and
 sensitivity n_perturb + 1, so those two run on the first `n_randomisation` / `n_sensitivity`
-images only. About 1.5-3 minutes for the defaults on a 2-core CPU.
+images only. Measured on outputs/smoke with the defaults (100 images, randomisation on 20,
+sensitivity on 8, 20 steps): 100 s on this 2-core CPU with other work running (load ~2);
+44 minutes while a training run held both cores, so run it after training, not beside it.
 """
 from __future__ import annotations
 

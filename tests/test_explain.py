@@ -143,7 +143,7 @@ def test_default_target_is_the_served_prediction(x_real):
                                   explain.explain(fashion, x_real, "Saliency", predicted))
 
 
-CALLS = 100
+CALLS = 300
 
 
 def _live_tensors() -> int:
