@@ -570,8 +570,7 @@ def run(args, argv=None) -> int:
     if args.trust_images:
         # Which explanation methods earn belief, measured once here rather than per click in the app.
         from explain import write_trust
-        n = args.trust_images
-        write_trust(args.out, model.cpu(), n=n, n_randomisation=min(30, n), n_sensitivity=min(10, n))
+        write_trust(args.out, model.cpu(), n=args.trust_images)
     if args.push_to_hub:
         try:
             url = push_to_hub(args.out, args.push_to_hub, args.private)

@@ -171,6 +171,13 @@ def test_non_images_give_a_clear_error(bad, message):
         preprocess(bad)
 
 
+def test_extreme_float_range_is_scaled_not_lost():
+    a = np.zeros((20, 20))
+    a[5:15, 5:15], a[0, 0] = 1e308, -1e308          # hi - lo overflows float64
+    look = fashion_look(a)
+    assert np.isfinite(look).all() and look.max() > 0.9   # the square is still there
+
+
 def test_decompression_bomb_is_refused_before_decoding():
     buf = io.BytesIO()
     Image.new("1", (20000, 20000)).save(buf, "PNG")      # ~50 KB on disk, 400M pixels decoded
