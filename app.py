@@ -57,7 +57,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 import explain
 from explain.render import share
 from model import (MAX_IMAGE_PIXELS, FashionCNN, InvalidImageError, WeightsError, count_parameters,
-                   fashion_look, load_model, normalize)
+                   fashion_look, load_model, normalize, resolve_model_dir)
 
 ROOT = Path(__file__).resolve().parent
 COMMITTED_WEIGHTS = ROOT / "weights"
@@ -99,35 +99,6 @@ def _looks_like_path(source: str) -> bool:
     return Path(source).exists() or source.startswith((".", "/", "~")) or source.count("/") > 1
 
 
-def _download_bounded(repo_id: str, timeout: float) -> Path:
-    """Download a Hub repo's weights and evaluation artefacts, waiting at most `timeout` seconds.
-
-    huggingface_hub retries and its timeouts are read once at import, so a Hub that hangs or
-    answers 5xx could stall start-up for minutes; a daemon thread bounds the wait whatever it does.
-    """
-    from huggingface_hub import snapshot_download
-    result: dict = {}
-
-    def fetch():
-        try:
-            result["folder"] = Path(snapshot_download(
-                repo_id, allow_patterns=["config.json", "model.safetensors", "training_history.json",
-                                         "evaluation/*"]))
-        except Exception as e:  # network, auth, unknown repo: reported as one WeightsError below
-            result["error"] = e
-
-    worker = threading.Thread(target=fetch, name="hub-download", daemon=True)
-    worker.start()
-    worker.join(timeout)
-    if worker.is_alive():
-        raise WeightsError(f"the Hub did not answer within {timeout:.0f} s for {repo_id!r}")
-    if "error" in result:
-        e = result["error"]
-        first = str(e).splitlines()[0] if str(e) else ""
-        raise WeightsError(f"could not download {repo_id!r} from the Hub: {type(e).__name__}: {first}")
-    return result["folder"]
-
-
 def load_weights(requested: str | None, fallback: Path = COMMITTED_WEIGHTS,
                  hub_timeout: float = 20.0) -> LoadedModel:
     """Load `requested` (local folder or Hub repo id); on any WeightsError, the committed weights.
@@ -147,7 +118,7 @@ def load_weights(requested: str | None, fallback: Path = COMMITTED_WEIGHTS,
                     raise WeightsError(f"{folder}: no such folder")
                 where = f"local folder `{folder}`"
             else:
-                folder = _download_bounded(requested, hub_timeout)
+                folder = resolve_model_dir(requested, hub_timeout, ("training_history.json", "evaluation/*"))
                 where = f"Hugging Face Hub repo `{requested}`"
             return LoadedModel(load_model(folder), folder, f"weights from the {where}")
         except WeightsError as e:

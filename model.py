@@ -288,18 +288,41 @@ class WeightsError(RuntimeError):
     """The weights cannot be loaded; the message names the file and the reason."""
 
 
-def resolve_model_dir(source: str | os.PathLike, timeout: float = 10.0) -> Path:
-    """A local folder as is; otherwise a Hub repo id, downloaded (config + safetensors only)."""
+HUB_FILES = ("config.json", "model.safetensors")
+
+
+def resolve_model_dir(source: str | os.PathLike, timeout: float = 20.0, extra_patterns: tuple[str, ...] = ()) -> Path:
+    """A local folder as is; otherwise a Hub repo id, downloaded (config + safetensors, plus `extra_patterns`).
+
+    huggingface_hub reads its timeouts once, at import, and retries; a Hub that hangs or answers
+    5xx could stall a caller for minutes. A daemon thread bounds the wait to `timeout` seconds.
+
+    Raises:
+        WeightsError: the Hub did not answer in time, or refused (network, auth, unknown repo).
+    """
     path = Path(source)
     if path.is_dir():
         return path
+    import threading
     from huggingface_hub import snapshot_download
-    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", str(int(timeout)))
-    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", str(int(timeout)))
-    try:
-        return Path(snapshot_download(str(source), allow_patterns=["config.json", "model.safetensors"]))
-    except Exception as e:  # network, auth, missing repo: all end in one clear message
-        raise WeightsError(f"could not download {source!r} from the Hub: {type(e).__name__}: {e}") from e
+    result: dict = {}
+
+    def fetch():
+        try:
+            result["folder"] = Path(snapshot_download(str(source), allow_patterns=[*HUB_FILES, *extra_patterns]))
+        except Exception as e:  # network, auth, missing repo: all end in one WeightsError below
+            result["error"] = e
+
+    worker = threading.Thread(target=fetch, name="hub-download", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise WeightsError(f"the Hub did not answer within {timeout:.0f} s for {str(source)!r}")
+    if "error" in result:
+        e = result["error"]
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise WeightsError(f"could not download {str(source)!r} from the Hub: {type(e).__name__}: {first}")
+    return result["folder"]
 
 
 def load_model(source: str | os.PathLike, device: str | torch.device = "cpu") -> FashionCNN:
