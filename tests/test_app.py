@@ -30,7 +30,7 @@ from conftest import REPO, start_app, stop_app
 from bad_inputs.corpus import ACCEPTED, REFUSED, write_corpus
 
 gradio_client = pytest.importorskip("gradio_client")
-from gradio_client import handle_file  # noqa: E402
+from gradio_client import Client, handle_file  # noqa: E402
 
 DATASET = REPO / "tests" / "data" / "fashion_mnist"
 N_IMAGES = 20
@@ -206,9 +206,13 @@ def test_empty_sketch_says_draw_something(client, tmp_path, image_files):
 def test_concurrent_requests_get_consistent_answers(client, image_files):
     """Explainers hook the shared network; parallel requests must not see each other's hooks."""
     jobs = [(image_files[i % 2], m) for i in range(6) for m in (["Guided Backprop", "Grad-CAM"],)]
+    # The scores are what this test compares, so the rendered maps are not downloaded: Gradio
+    # rewrites a cached output file named by its content hash on every request, and a client
+    # downloading identical maps at the same moment can read it mid-write (a Gradio race, not ours).
+    quiet = Client(client.src, download_files=False, verbose=False)
     with ThreadPoolExecutor(6) as pool:
-        results = list(pool.map(lambda j: client.predict(handle_file(str(j[0])), j[1], "predicted class",
-                                                         api_name="/explain")[3], jobs))
+        results = list(pool.map(lambda j: quiet.predict(handle_file(str(j[0])), j[1], "predicted class",
+                                                        api_name="/explain")[3], jobs))
     def answer(scores):          # everything but the timing
         return scores["target"], {m: (s["deletion_auc"], s["insertion_auc"]) for m, s in scores["methods"].items()}
     for i in (0, 1):

@@ -29,7 +29,7 @@ def tiny_weights(tmp_path_factory) -> Path:
     """A real (tiny) model folder, as train.py writes it: one epoch on the test slice."""
     weights = tmp_path_factory.mktemp("bench") / "weights"
     run(["train.py", "--dataset", DATA, "--epochs", "1", "--val-size", "100", "--batch-size", "64",
-         "--out", str(weights), "--no-progress"], timeout=120)
+         "--out", str(weights), "--no-progress", "--trust-images", "0"], timeout=300)
     return weights
 
 
