@@ -167,6 +167,12 @@ def _pil_to_gray(img: Image.Image) -> np.ndarray:
         img.seek(0)                           # animated: classify the first frame
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         return _array_to_gray(np.asarray(img))  # 16/32-bit grayscale: keep the full range
+    if img.mode in ("L", "RGB", "RGBA", "LA") and max(img.size) > 2 * _WORK_SIZE:
+        # A phone photo: shrink in 8 bits before the float conversion (about 4x less work for
+        # 1024 px); `_shrink` does the same area averaging later anyway.
+        scale = 2 * _WORK_SIZE / max(img.size)
+        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
+                         Image.Resampling.BOX)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         # Transparent pixels become white, as a product photo's background would be.
         rgba = img.convert("RGBA")
