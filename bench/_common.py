@@ -176,8 +176,10 @@ class AppProcess:
     Usage: `with AppProcess(model_dir) as app: Client(app.url) ...`; `app.sampler` holds the RSS.
     """
 
-    def __init__(self, model_dir: Path | str, log_path: Path | str, ready_timeout: float = 180.0):
+    def __init__(self, model_dir: Path | str, log_path: Path | str, ready_timeout: float = 180.0,
+                 env: dict[str, str] | None = None):
         self.model_dir, self.log_path, self.ready_timeout = str(model_dir), Path(log_path), ready_timeout
+        self.extra_env = dict(env or {})
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.proc: subprocess.Popen | None = None
@@ -186,7 +188,7 @@ class AppProcess:
     def __enter__(self) -> "AppProcess":
         env = os.environ | {"MODEL_ID": self.model_dir, "GRADIO_ANALYTICS_ENABLED": "False",
                             "HF_HUB_OFFLINE": "1", "GRADIO_SERVER_NAME": "127.0.0.1",
-                            "PYTHONUNBUFFERED": "1"}
+                            "PYTHONUNBUFFERED": "1"} | self.extra_env
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen([sys.executable, "app.py", "--port", str(self.port), "--model", self.model_dir],
                                      cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT,

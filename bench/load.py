@@ -125,9 +125,14 @@ def check(req: Request, result, expected: dict[str, float], tol: float) -> str:
     return ""
 
 
-def open_clients(url: str, n: int) -> list:
-    """n independent clients (each fetches the app's config, has its own session), opened in parallel."""
+def open_clients(url: str, n: int, shared: bool = False) -> list:
+    """n independent clients (each fetches the app's config, has its own session), opened in parallel.
+
+    With `shared`, one client (one session) used by all n workers: its pool is sized so all n jobs are in flight.
+    """
     from gradio_client import Client
+    if shared:
+        return [Client(url, verbose=False, download_files=False, max_workers=n)] * n
     with ThreadPoolExecutor(max_workers=min(n, 8)) as pool:
         return list(pool.map(lambda _: Client(url, verbose=False, download_files=False), range(n)))
 
@@ -194,6 +199,8 @@ def endpoint_stats(outcomes: list[Outcome], endpoint: str | None, methods: int |
 
 def markdown(res: dict) -> str:
     info, mem, cli = res["info"], res["memory"], res["settings"]
+    who = ("sharing one gradio_client client, so one session per burst" if cli.get("shared_client")
+           else "one gradio_client client each, each its own session; new clients each burst")
     rows = []
     for key, s in res["stats"].items():
         rows.append([key, s["sent"], s["served"], s["wrong"], s["errors"],
@@ -201,10 +208,9 @@ def markdown(res: dict) -> str:
                      f"{s['p95_ms']:.0f}" if s["p95_ms"] is not None else "",
                      f"{s['max_ms']:.0f}" if s["max_ms"] is not None else ""])
     errors = "\n".join(f"- {e}" for e in res["first_problems"]) or "- none"
-    return f"""# Load test: {cli['requests']} requests, {cli['concurrency']} at once
+    return f"""# Load test: {cli['requests']} requests, {cli['concurrency']} at once{f" (x {cli['bursts']} bursts)" if cli['bursts'] > 1 else ""}
 
-The real app (`python app.py`, {info['model']}) on 127.0.0.1, {cli['concurrency']} gradio_client clients (one
-per worker, each its own session) released together by a barrier, sharing {cli['requests']} requests until
+The real app (`python app.py`, {info['model']}) on 127.0.0.1, {cli['concurrency']} workers ({who}) released together by a barrier, sharing {cli['requests']} requests until
 done or {cli['timeout']:.0f} s passed. Requests (seeded mix, seed {cli['seed']}): /classify, or with probability
 {cli['explain_share']} /explain with methods {cli['explain_methods']} (every explain request
 number {cli['full_every']}, {2*cli['full_every']}, ...: all {len(info['methods'])} methods), target "{PREDICTED}", on {cli['images']} real test images
@@ -215,18 +221,19 @@ returned image files.
 
 {common.md_table(['requests', 'sent', 'served (correct)', 'wrong', 'errors', 'p50 ms', 'p95 ms', 'max ms'], rows)}
 
-Burst wall time {res['wall_seconds']:.1f} s: {res['throughput_per_s']:.1f} requests/s served; not sent before the
+Burst wall time {res['wall_seconds']:.1f} s in all: {res['throughput_per_s']:.1f} requests/s served; not sent before the
 timeout: {res['not_sent']}. Latency is the round trip seen by a client, queueing included.
 
-{common.md_table(['app RSS at start (MiB)', 'peak during burst (MiB)', f"after {cli['idle']:.0f} s idle (MiB)",
-                  'after - start (MiB)'],
-                 [[mem['start_mib'], mem['peak_mib'], mem['after_idle_mib'], round(mem['after_idle_mib'] - mem['start_mib'], 1)]])}
+{common.md_table(['burst', 'requests served', 'wall s', 'app RSS before the first (MiB)', 'peak during burst (MiB)',
+                  f"after {cli['idle']:.0f} s idle (MiB)", 'after - start (MiB)'],
+                 [[b['burst'], b['served'], f"{b['wall_seconds']:.1f}", mem['start_mib'], b['peak_mib'], b['after_idle_mib'],
+                   round(b['after_idle_mib'] - mem['start_mib'], 1)] for b in mem['bursts']])}
 
 Resident memory of the app process and its children, sampled every 50 ms ({mem['samples']} samples).
 Problems (first {len(res['first_problems'])}):
 {errors}
 
-Machine: {info['machine']['cpu_model']}, {info['machine']['cpu_count']} cores, torch {info['machine']['torch']};
+App environment added: {cli.get('app_env') or 'none'}. Machine: {info['machine']['cpu_model']}, {info['machine']['cpu_count']} cores, torch {info['machine']['torch']};
 the clients run on the same cores as the app. Load average before the run: {info['machine']['load_average_1_5_15min'][0]:.2f}.
 
 ```bash
@@ -247,6 +254,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tolerance", type=float, default=1e-3, help="largest accepted probability difference")
     p.add_argument("--timeout", type=float, default=600, help="global limit in seconds for the burst")
     p.add_argument("--idle", type=float, default=20, help="seconds of rest before the 'after' memory reading")
+    p.add_argument("--bursts", type=int, default=1, help="bursts in a row, each with new clients (memory: plateau or growth?)")
+    p.add_argument("--shared-client", action="store_true", help="one gradio_client.Client (one session) for all workers")
+    p.add_argument("--app-env", nargs="*", default=[], metavar="KEY=VALUE", help="extra environment of the app process")
+    p.add_argument("--name", default="load", help="results file name (<name>.json, <name>.md)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--classify-api", default="/classify")
     p.add_argument("--explain-api", default="/explain")
@@ -268,20 +279,29 @@ def main(argv=None) -> int:
         paths = save_test_images(Path(tmp), cli.images)
         expected = expected_answers(model_dir, paths)
         reqs = plan(cli, len(paths), list(explain.METHODS))
-        with common.AppProcess(model_dir, Path(tmp) / "app.log") as app:
-            clients = open_clients(app.url, cli.concurrency)
+        app_env = dict(kv.split("=", 1) for kv in cli.app_env)
+        with common.AppProcess(model_dir, Path(tmp) / "app.log", env=app_env) as app:
             time.sleep(1.0)
-            start_rss, t_start = app.sampler.rss(), app.sampler.samples[-1][0]
+            start_rss = app.sampler.rss()
             processes = app.sampler.breakdown()
-            print(f"[load] {len(clients)} clients connected; app RSS {common.mib(start_rss)} MiB; "
-                  f"sending {len(reqs)} requests", flush=True)
-            outcomes, wall, not_sent = burst(clients, reqs, paths, expected, cli, api)
-            t_end = app.sampler.samples[-1][0]
-            peak = app.sampler.peak(since=t_start)
-            for c in clients:
-                c.close()
-            time.sleep(cli.idle)
-            after = app.sampler.rss()
+            outcomes, walls, not_sent, per_burst = [], [], 0, []
+            for b in range(cli.bursts):
+                clients = open_clients(app.url, cli.concurrency, cli.shared_client)   # new users each burst
+                t_start = app.sampler.samples[-1][0]
+                print(f"[load] burst {b + 1}/{cli.bursts}: {len(clients)} clients connected; app RSS "
+                      f"{common.mib(app.sampler.rss())} MiB; sending {len(reqs)} requests", flush=True)
+                got, wall, left = burst(clients, reqs, paths, expected, cli, api)
+                for o in got:
+                    o.index += b * len(reqs)
+                outcomes += got
+                walls.append(wall)
+                not_sent += left
+                peak = app.sampler.peak(since=t_start)
+                for c in {id(c): c for c in clients}.values():          # a shared client once
+                    c.close()
+                time.sleep(cli.idle)
+                per_burst.append({"burst": b + 1, "wall_seconds": wall, "served": sum(o.status == "ok" for o in got),
+                                  "peak_mib": common.mib(peak), "after_idle_mib": common.mib(app.sampler.rss())})
             samples = app.sampler.samples
             log_tail = (Path(tmp) / "app.log").read_text()[-3000:]
     outcomes.sort(key=lambda o: o.index)
@@ -292,17 +312,20 @@ def main(argv=None) -> int:
     problems = [f"#{o.index} {o.endpoint}: {o.status}: {o.detail}" for o in outcomes if o.status != "ok"][:10]
     step = max(1, len(samples) // 300)
     res = {"info": info, "settings": vars(cli) | {"explain_methods": cli.explain_methods}, "stats": stats,
-           "wall_seconds": wall, "not_sent": not_sent,
-           "throughput_per_s": stats["all"]["served"] / wall if wall else 0.0,
-           "memory": {"start_mib": common.mib(start_rss), "peak_mib": common.mib(peak), "after_idle_mib": common.mib(after),
-                      "samples": len(samples), "processes_at_start": processes, "burst_window_s": [t_start, t_end],
+           "wall_seconds": sum(walls), "not_sent": not_sent,
+           "throughput_per_s": stats["all"]["served"] / sum(walls) if sum(walls) else 0.0,
+           "memory": {"start_mib": common.mib(start_rss), "peak_mib": max(b["peak_mib"] for b in per_burst),
+                      "after_idle_mib": per_burst[-1]["after_idle_mib"], "bursts": per_burst,
+                      "samples": len(samples), "processes_at_start": processes,
                       "series_s_mib": [(round(t, 2), common.mib(b)) for t, b in samples[::step]]},
-           "first_problems": problems, "outcomes": [asdict(o) for o in outcomes], "app_log_tail": log_tail}
+           "first_problems": problems, "app_log_tail": log_tail,
+           # Every request's record, for audit, while it stays small (one default burst).
+           "outcomes": [asdict(o) for o in outcomes] if len(outcomes) <= 500 else "omitted (over 500 requests)"}
     md = markdown(res)
-    json_path, md_path = common.write_results(cli.results_dir, "load", res, md)
+    json_path, md_path = common.write_results(cli.results_dir, cli.name, res, md)
     print(md)
     print(f"[load] wrote {json_path} and {md_path}")
-    ok = stats["all"]["served"] == cli.requests
+    ok = stats["all"]["served"] == cli.requests * cli.bursts
     return 0 if ok else 1
 
 
