@@ -81,7 +81,7 @@ def write_corpus(folder: Path, garment: np.ndarray) -> dict[str, Path]:
 
 
 if __name__ == "__main__":
-    sample = np.load(Path(__file__).resolve().parents[2] / "outputs/smoke/evaluation/samples.npz")["images"][0] \
+    sample = np.load(Path(__file__).resolve().parents[2] / "weights/evaluation/samples.npz")["images"][0] \
         if len(sys.argv) < 3 else np.asarray(Image.open(sys.argv[2]).convert("L"))
     for name, path in write_corpus(Path(sys.argv[1]), sample).items():
         print(f"{path.stat().st_size:>9,}  {path}")
