@@ -42,11 +42,19 @@ import tempfile
 import threading
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 # Before gradio is imported: no usage analytics or version check, so start-up needs no network.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import allocator  # noqa: E402
+
+# Before any worker thread exists: few malloc arenas, so memory freed after a burst can go back
+# to the OS (allocator.py has the measurements). An explicit MALLOC_ARENA_MAX wins.
+if "MALLOC_ARENA_MAX" not in os.environ:
+    allocator.cap_arenas(2)
 
 import gradio as gr
 import numpy as np
@@ -270,6 +278,15 @@ MODEL = LOADED.model
 ARTEFACTS = load_artefacts(LOADED.folder)
 LABELS = list(MODEL.label_names)
 _MODEL_LOCK = threading.Lock()
+TRIMMER = allocator.IdleTrimmer(idle_s=2.0)   # gives a burst's freed memory back once requests stop
+
+
+@contextmanager
+def _model_turn():
+    """The network, one request at a time; each use also moves the idle memory trim later."""
+    with _MODEL_LOCK:
+        yield
+    TRIMMER.touch()
 
 
 def _input(look: np.ndarray) -> torch.Tensor:
@@ -278,7 +295,7 @@ def _input(look: np.ndarray) -> torch.Tensor:
 
 def predict(look: np.ndarray) -> np.ndarray:
     """Served class probabilities (num_classes,) for a 28x28 look (flip TTA as configured)."""
-    with _MODEL_LOCK:
+    with _model_turn():
         return MODEL.predict_proba(_input(look))[0].numpy()
 
 
@@ -338,7 +355,7 @@ def analyse_look(look: np.ndarray, methods, target: str | None = PREDICTED,
     for i, name in enumerate(methods):
         progress((i, len(methods) + 1), desc=f"{name}")
         start = time.perf_counter()
-        with _MODEL_LOCK:
+        with _model_turn():
             attribution = np.asarray(explain.explain(MODEL, x, name, target=t), dtype=np.float32)
             seconds = time.perf_counter() - start
             curves = explain.deletion_insertion(MODEL, x, attribution, t)

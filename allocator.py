@@ -1,0 +1,77 @@
+"""Give memory freed after a burst of requests back to the OS (glibc on Linux; a no-op elsewhere).
+
+Why this exists: under 50 concurrent requests, glibc's malloc gives Gradio's worker threads
+arenas of their own (up to 8 per core), and what they free stays inside those arenas. The app
+kept 440 to 610 MiB more than its start after every burst, even after 30 s of rest
+(bench/results/load_repeated.md). Two glibc calls fix it: `mallopt(M_ARENA_MAX, n)` caps the
+number of arenas, and `malloc_trim(0)` returns the free pages of every arena to the OS.
+`IdleTrimmer` calls the latter once the app has been idle for a moment, never during a request.
+
+    >>> import allocator
+    >>> allocator.cap_arenas(2)                    # before the worker threads start
+    >>> trimmer = allocator.IdleTrimmer(idle_s=2)  # then trimmer.touch() after each request
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import threading
+import time
+
+M_ARENA_MAX = -8   # glibc's mallopt parameter number (malloc.h)
+
+
+def _glibc() -> ctypes.CDLL | None:
+    """libc if it is glibc (it has malloc_trim), else None: musl, macOS and Windows lack both calls."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim, libc.mallopt   # AttributeError where they do not exist
+        return libc
+    except (OSError, AttributeError, TypeError):
+        return None
+
+
+_LIBC = _glibc()
+
+
+def cap_arenas(n: int = 2) -> bool:
+    """At most `n` malloc arenas for the process's threads; True if glibc accepted it."""
+    return bool(_LIBC is not None and _LIBC.mallopt(M_ARENA_MAX, int(n)) == 1)
+
+
+def trim() -> bool:
+    """Return free heap pages to the OS; True if glibc released some."""
+    return bool(_LIBC is not None and _LIBC.malloc_trim(0))
+
+
+class IdleTrimmer:
+    """Calls `trim()` once the app has had no request for `idle_s` seconds after the last `touch()`.
+
+    A daemon thread that sleeps; trimming while requests run would only free pages that the next
+    request allocates again, and it takes the arenas' locks.
+    """
+
+    def __init__(self, idle_s: float = 2.0):
+        self.idle_s = idle_s
+        self.trims = 0                         # how many times it trimmed (read by tests)
+        self._last = 0.0
+        self._pending = threading.Event()
+        if _LIBC is not None:
+            threading.Thread(target=self._run, name="idle-trimmer", daemon=True).start()
+
+    def touch(self) -> None:
+        """A request just finished: trim after the next quiet `idle_s` seconds."""
+        self._last = time.monotonic()
+        self._pending.set()
+
+    def _run(self) -> None:
+        while True:
+            self._pending.wait()
+            while True:
+                self._pending.clear()         # touches so far are covered by this trim
+                left = self._last + self.idle_s - time.monotonic()
+                if left <= 0:
+                    break
+                time.sleep(left)              # a touch() meanwhile moves the deadline on
+            trim()
+            self.trims += 1
