@@ -53,6 +53,7 @@ class ModelConfig:
     std: float = STD
     input_size: int = INPUT_SIZE
     flip_tta: bool = True                     # average with the mirror image at inference
+    temperature: float = 1.0                  # logits / T before softmax, fitted on validation (Guo et al. 2017)
     arch: str = ARCH
 
 
@@ -87,7 +88,7 @@ class FashionCNN(nn.Module, PyTorchModelHubMixin,
 
     def __init__(self, widths=(32, 64, 128), dropout=0.1, num_classes=10,
                  label_names=CLASS_NAMES, mean=MEAN, std=STD, input_size=INPUT_SIZE, flip_tta=True,
-                 arch=ARCH):
+                 temperature=1.0, arch=ARCH):
         super().__init__()
         if arch != ARCH:
             raise ValueError(f"unknown architecture {arch!r}: this code builds {ARCH!r}")
@@ -95,13 +96,36 @@ class FashionCNN(nn.Module, PyTorchModelHubMixin,
             raise ValueError(f"{len(label_names)} label names for {num_classes} classes")
         self.config = ModelConfig(tuple(widths), float(dropout), int(num_classes),
                                   tuple(label_names), float(mean), float(std), int(input_size),
-                                  bool(flip_tta), arch)
+                                  bool(flip_tta), float(temperature), arch)
         w1, w2, w3 = widths
         self.stage1 = nn.Sequential(conv_bn(1, w1), Residual(w1))                       # (B, w1, 28, 28)
         self.stage2 = nn.Sequential(nn.MaxPool2d(2), conv_bn(w1, w2), Residual(w2))     # (B, w2, 14, 14)
         self.stage3 = nn.Sequential(nn.MaxPool2d(2), conv_bn(w2, w3), Residual(w3))     # (B, w3, 7, 7)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                                   nn.Dropout(dropout), nn.Linear(w3, num_classes))
+
+    fused = False   # True after fuse_batchnorm_: inference only, never saved
+
+    def fuse_batchnorm_(self) -> "FashionCNN":
+        """Fold each BatchNorm into the conv before it, in place, for inference; returns self.
+
+        In eval mode BatchNorm is a per-channel affine map, so conv -> BN is one conv with a bias:
+        one pass over the activations fewer per layer (bench/results/latency.md has the gain).
+        The outputs match the unfused network to float rounding; its state dict does not, so a
+        fused model refuses to be saved.
+        """
+        from torch.nn.utils.fusion import fuse_conv_bn_eval
+        self.eval()
+        for block in self.modules():
+            if isinstance(block, nn.Sequential) and len(block) == 3 and isinstance(block[1], nn.BatchNorm2d):
+                block[0], block[1] = fuse_conv_bn_eval(block[0], block[1]), nn.Identity()
+        self.fused = True
+        return self
+
+    def _save_pretrained(self, save_directory) -> None:
+        if self.fused:
+            raise RuntimeError("this model's BatchNorm is folded for inference; save the unfused model")
+        super()._save_pretrained(save_directory)
 
     @property
     def last_conv(self) -> nn.Module:
@@ -123,10 +147,11 @@ class FashionCNN(nn.Module, PyTorchModelHubMixin,
         symmetric, so this is free accuracy (measured in the README). Explanations attribute the
         single-view logits of `forward`, for the class this returns.
         """
+        t = self.config.temperature
         if not self.config.flip_tta:
-            return self(x).float().softmax(-1)
+            return (self(x).float() / t).softmax(-1)
         # Both views in one batch: one forward call costs less than two on a CPU.
-        p = self(torch.cat([x, x.flip(-1)])).float().softmax(-1)   # (2B, C)
+        p = (self(torch.cat([x, x.flip(-1)])).float() / t).softmax(-1)   # (2B, C)
         return (p[:len(x)] + p[len(x):]) / 2
 
 
@@ -331,8 +356,11 @@ def resolve_model_dir(source: str | os.PathLike, timeout: float = 20.0, extra_pa
     return result["folder"]
 
 
-def load_model(source: str | os.PathLike, device: str | torch.device = "cpu") -> FashionCNN:
+def load_model(source: str | os.PathLike, device: str | torch.device = "cpu", fuse: bool = False) -> FashionCNN:
     """Rebuild the network from `config.json` and load `model.safetensors`; eval mode.
+
+    `fuse=True` folds BatchNorm into the convolutions (`FashionCNN.fuse_batchnorm_`): the serving
+    form, faster and inference only.
 
     Raises:
         WeightsError: missing or corrupt files, a config that does not match the weights, an
@@ -363,7 +391,8 @@ def load_model(source: str | os.PathLike, device: str | torch.device = "cpu") ->
     except RuntimeError as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise WeightsError(f"{weights_path}: does not match {config_path.name} ({first} ...)") from e
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    return model.fuse_batchnorm_() if fuse else model
 
 
 def model_config_dict(model: FashionCNN) -> dict:

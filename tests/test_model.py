@@ -4,6 +4,7 @@
 """
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -204,3 +205,31 @@ def test_preprocess_never_crashes_on_arbitrary_arrays(a):
         assert str(e)                                   # a clear error, never an empty one
         return
     check_valid(x)
+
+
+def test_batchnorm_folding_keeps_outputs_and_refuses_saving(tmp_path, test_images):
+    # Trained BN statistics (not the identity init) so that folding has something to fold.
+    weights = Path(__file__).resolve().parents[1] / "weights"
+    trained, fused = load_model(weights), load_model(weights, fuse=True)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in trained.modules())
+    x = torch.stack([preprocess(im) for im in test_images[:64]])
+    with torch.no_grad():
+        assert torch.allclose(trained(x), fused(x), atol=1e-4)
+        assert torch.equal(trained.predict_proba(x).argmax(1), fused.predict_proba(x).argmax(1))
+    with pytest.raises(RuntimeError, match="folded"):
+        fused.save_pretrained(tmp_path)
+
+
+def test_temperature_from_config_scales_the_served_probabilities(tmp_path, model):
+    plain = FashionCNN(flip_tta=False).eval()
+    hot = FashionCNN(flip_tta=False, temperature=2.0).eval()
+    plain.load_state_dict(model.state_dict()), hot.load_state_dict(model.state_dict())
+    hot.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["temperature"] == 2.0
+    loaded = load_model(tmp_path)
+    assert loaded.config.temperature == 2.0
+    x = torch.randn(4, 1, 28, 28)
+    logits = plain(x)
+    assert torch.allclose(loaded.predict_proba(x), (logits / 2).softmax(-1), atol=1e-6)
+    assert torch.allclose(plain.predict_proba(x), logits.softmax(-1), atol=1e-6)
