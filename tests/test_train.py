@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import train
-from model import CLASS_NAMES, load_model
+from model import CLASS_NAMES, load_model, normalize
 
 ROOT = Path(__file__).resolve().parents[1]
 SLICE = str(ROOT / "tests/data/fashion_mnist")
@@ -234,3 +234,33 @@ def test_push_uploads_the_complete_repo_and_no_secrets(trained, tmp_path, monkey
     assert set(EXPECTED) <= set(api.files) and ".env" not in api.files
     for name in api.files:
         assert FAKE_TOKEN.encode() not in (folder / name).read_bytes()
+
+
+def test_temperature_fit_follows_the_logit_scale():
+    # Logits 3x larger (the last layer scaled) need a 3x higher temperature for the same probabilities.
+    model = load_model(ROOT / "weights")
+    looks, labels, _ = train.load_images(SLICE, "test")
+    t, fit = train.fit_temperature(model, looks, labels)
+    sharp = load_model(ROOT / "weights")
+    sharp.head[-1].weight.data *= 3
+    sharp.head[-1].bias.data *= 3
+    t3, _ = train.fit_temperature(sharp, looks, labels)
+    assert t3 == pytest.approx(3 * t, abs=0.03)
+    assert fit["val_nll_calibrated"] <= fit["val_nll_t1"]
+    calibrated = train.with_temperature(model, t)
+    assert calibrated.config.temperature == t
+    x = normalize(looks[:50, None])
+    assert torch.equal(calibrated.predict_proba(x).argmax(1), model.predict_proba(x).argmax(1))
+
+
+def test_time_budget_ends_the_schedule_at_zero_within_the_budget(tmp_path):
+    # 50 epochs asked, 4 seconds allowed: the one-cycle schedule follows the clock and ends at lr 0.
+    args = train.parse_args(["--dataset", SLICE, "--epochs", "50", "--budget-minutes", str(4 / 60), "--val-size", "100",
+                             "--batch-size", "32", "--out", str(tmp_path / "b"), "--no-progress", "--trust-images", "0"])
+    ctx = train.setup_device(args)
+    _, history, _, seconds = train.train(args, ctx)
+    assert len(history) < 50
+    assert history[-1]["schedule_progress"] == 1.0
+    assert seconds < 4 + 10                      # the budget plus at most one validation pass
+    lrs = [train.lr_at(p * 100, 100, args.lr, args.warmup) for p in (0.0, args.warmup, 1.0)]
+    assert lrs == [0.0, args.lr, 0.0]
