@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import copy
 import json
 import os
 import re
@@ -275,6 +276,10 @@ def to_look(image, sketch: bool = False) -> np.ndarray:
 SETTINGS = parse_args(sys.argv[1:] if __name__ == "__main__" else [])
 LOADED = load_weights(SETTINGS.model, hub_timeout=SETTINGS.hub_timeout)
 MODEL = LOADED.model
+# Predictions run on a copy with BatchNorm folded into the convolutions and channels-last memory:
+# the same probabilities to float rounding, faster (bench/results/latency.md). Explanations use
+# MODEL, the network exactly as trained and as the trust table measured it.
+SERVING = copy.deepcopy(MODEL).optimize_for_inference_()
 ARTEFACTS = load_artefacts(LOADED.folder)
 LABELS = list(MODEL.label_names)
 _MODEL_LOCK = threading.Lock()
@@ -296,7 +301,7 @@ def _input(look: np.ndarray) -> torch.Tensor:
 def predict(look: np.ndarray) -> np.ndarray:
     """Served class probabilities (num_classes,) for a 28x28 look (flip TTA as configured)."""
     with _model_turn():
-        return MODEL.predict_proba(_input(look))[0].numpy()
+        return SERVING.predict_proba(_input(look))[0].numpy()
 
 
 def confidences(probs: np.ndarray) -> dict[str, float]:
