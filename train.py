@@ -3,8 +3,9 @@
 Every choice (epochs, learning rate, checkpoint) is made on a validation split held out from the
 training set; the test set is evaluated once, at the end, for the report.
 
-    python train.py --out weights                                  # the shipped recipe
-    python train.py --dataset tests/data/fashion_mnist --epochs 1 --out /tmp/smoke   # seconds
+    python train.py --out weights --epochs 200 --budget-minutes 50  # the shipped recipe (50 min, 2 CPU cores)
+    python train.py --out weights                                  # the same recipe, 30 epochs by count
+    python train.py --dataset tests/data/fashion_mnist --epochs 1 --val-size 100 --out /tmp/smoke   # seconds
     python train.py --eval-only --model weights --dataset ../shared/data/fashion_mnist
     python train.py --out weights --push-to-hub <user>/fashion-mnist-cnn
     torchrun --nproc_per_node 4 train.py --device cuda --out weights-gpu   # several GPUs (DDP)
@@ -43,7 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="output folder (default: outputs/fashion-cnn, or outputs/eval with --eval-only)")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"], help="sgd: Nesterov momentum 0.9")
+    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"], help="sgd: with Nesterov momentum (--momentum)")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum, Nesterov when above 0 (0: plain SGD)")
     p.add_argument("--lr", type=float, default=0.1, help="peak learning rate")
     p.add_argument("--schedule", default="onecycle", choices=["onecycle", "constant"],
                    help="onecycle: linear warm-up then linear decay to 0")
@@ -420,7 +422,7 @@ dashboard.
 | Test accuracy | **{metrics['accuracy']:.2%}** (95% CI {lo:.2%} to {hi:.2%}, n={metrics['n']:,}) |
 | Validation accuracy (chosen checkpoint) | {metrics.get('val_accuracy', float('nan')):.2%} |
 | Macro F1 | {metrics['macro_f1']:.4f} |
-| Expected calibration error | {metrics['calibration']['ece']:.4f} |
+| Expected calibration error | {metrics['calibration']['ece']:.4f} (softmax temperature {model.config.temperature:g}, fitted on validation) |
 | Parameters | {count_parameters(model):,} |
 | Flip test-time augmentation | {'yes' if metrics['tta'] else 'no'} |
 | Training time | {timing} |
@@ -437,7 +439,7 @@ Trained with:
 from huggingface_hub import snapshot_download
 from model import load_model, preprocess          # model.py from the project's repository
 model = load_model("<repo id or folder>")         # reads config.json + model.safetensors only
-probs = model(preprocess(image)[None]).softmax(-1)
+probs = model.predict_proba(preprocess(image)[None])   # (1, 10): flip average and temperature, as served
 ```
 
 `FashionCNN.from_pretrained("<repo id>")` (`huggingface_hub`'s `PyTorchModelHubMixin`) works too.
@@ -533,12 +535,12 @@ def build_model(args) -> FashionCNN:
 
 
 def make_optimizer(model: nn.Module, args) -> torch.optim.Optimizer:
-    """SGD with Nesterov momentum (or Adam); no weight decay on BatchNorm and biases."""
+    """SGD with Nesterov momentum (plain SGD at --momentum 0), or Adam; no weight decay on BatchNorm and biases."""
     decay, no_decay = [p for p in model.parameters() if p.ndim > 1], [p for p in model.parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if args.optimizer == "adam":
         return torch.optim.Adam(groups, lr=args.lr)
-    return torch.optim.SGD(groups, lr=args.lr, momentum=0.9, nesterov=True)
+    return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, nesterov=args.momentum > 0)
 
 
 def train(args, ctx, model: nn.Module | None = None, data=None) -> tuple[nn.Module, list[dict], float, float]:
@@ -553,6 +555,8 @@ def train(args, ctx, model: nn.Module | None = None, data=None) -> tuple[nn.Modu
     if args.budget_minutes and ctx["world"] > 1:
         raise ValueError("--budget-minutes needs a single process: DDP ranks would disagree on the last step")
     looks, labels = data if data is not None else load_images(args.dataset, "train")[:2]
+    if not 0 < args.val_size < len(looks):
+        raise ValueError(f"--val-size {args.val_size} must leave training images: the training split has {len(looks)}")
     train_idx, val_idx = split_train_val(len(looks), args.val_size, args.seed)
     if args.train_limit:
         train_idx = train_idx[:args.train_limit]
@@ -625,7 +629,11 @@ def run(args, argv=None) -> int:
             return 2
         history, extra, train_seconds = [], {"model_source": str(args.model)}, None
     else:
-        model, history, val_acc, train_seconds = train(args, ctx)
+        try:
+            model, history, val_acc, train_seconds = train(args, ctx)
+        except ValueError as e:   # options that cannot work together: one line, no traceback
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         extra = {"val_accuracy": val_acc, "train_seconds": train_seconds,
                  "best_epoch": max(history, key=lambda h: h["val_accuracy"])["epoch"], "epochs_run": len(history)}
     if ctx["rank"] != 0:

@@ -264,3 +264,9 @@ def test_time_budget_ends_the_schedule_at_zero_within_the_budget(tmp_path):
     assert seconds < 4 + 10                      # the budget plus at most one validation pass
     lrs = [train.lr_at(p * 100, 100, args.lr, args.warmup) for p in (0.0, args.warmup, 1.0)]
     assert lrs == [0.0, args.lr, 0.0]
+
+
+def test_a_validation_split_larger_than_the_data_is_a_clear_error(tmp_path):
+    proc = run_cli("--dataset", SLICE, "--epochs", "1", "--out", str(tmp_path / "m"), check=False)
+    assert proc.returncode == 2
+    assert "--val-size 5000 must leave training images" in proc.stderr and "Traceback" not in proc.stderr
