@@ -82,3 +82,11 @@ def test_load_checks_every_answer_of_the_real_app(tmp_path, tiny_weights):
     data = json.loads((results / "load.json").read_text())
     assert data["stats"]["all"] == data["stats"]["all"] | {"sent": 8, "served": 8, "wrong": 0, "errors": 0}
     assert len(data["outcomes"]) == 8 and data["memory"]["peak_mib"] >= data["memory"]["start_mib"] > 0
+
+
+def test_throughput_compares_float32_with_bf16(tmp_path):
+    run(["bench/throughput.py", "--steps", "2", "--batch-size", "16", "--results-dir", str(tmp_path)], timeout=300)
+    data = json.loads((tmp_path / "throughput.json").read_text())
+    assert [(r["bf16"], r["channels_last"]) for r in data["rows"]] == [(False, False), (False, True), (True, False), (True, True)]
+    assert all(r["images_per_s"] > 0 for r in data["rows"])
+    assert "| float32 |" in (tmp_path / "throughput.md").read_text()

@@ -1,0 +1,87 @@
+"""Training throughput of FashionCNN on this machine: float32 against bf16 autocast, memory layouts.
+
+The reason train.py's `--amp auto` turns bf16 autocast on for CPUs with AMX units: this script
+times train.py's own training step (forward, label-smoothed loss, backward, SGD step) on random
+batches for each setting, in one process, and writes bench/results/throughput.md.
+
+    python bench/throughput.py                  # ~2 min on 2 idle cores
+    python bench/throughput.py --steps 3        # smoke run
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as common  # noqa: E402  (puts the repository root on sys.path)
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import train  # noqa: E402
+from model import FashionCNN  # noqa: E402
+
+SETTINGS = [("float32", False, False), ("float32, channels-last", False, True),
+            ("bf16 autocast", True, False), ("bf16 autocast, channels-last (train.py default here)", True, True)]
+
+
+def images_per_s(bf16: bool, channels_last: bool, batch: int, steps: int) -> float:
+    """Median images/s over `steps` training steps (after 3 warm-up steps)."""
+    torch.manual_seed(0)
+    model = FashionCNN().train()
+    x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
+    if channels_last:
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    times = []
+    for i in range(steps + 3):
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if i >= 3:
+            times.append(time.perf_counter() - start)
+    return batch / sorted(times)[len(times) // 2]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--steps", type=int, default=20, help="timed steps per setting")
+    p.add_argument("--results-dir", default=str(common.RESULTS))
+    cli = p.parse_args(argv)
+    info = {"machine": common.machine_info(), "amx_bf16": train.cpu_has_fast_bf16(torch.device("cpu")),
+            "batch_size": cli.batch_size, "steps": cli.steps, "command": common.command_line("bench/throughput.py")}
+    rows = []
+    for name, bf16, cl in SETTINGS:
+        rate = images_per_s(bf16, cl, cli.batch_size, cli.steps)
+        rows.append({"setting": name, "bf16": bf16, "channels_last": cl, "images_per_s": rate})
+        print(f"[throughput] {name}: {rate:.0f} img/s", flush=True)
+    base = rows[0]["images_per_s"]
+    table = [[r["setting"], f"{r['images_per_s']:,.0f}", f"{r['images_per_s'] / base:.2f}x"] for r in rows]
+    m = info["machine"]
+    md = f"""# Training throughput (FashionCNN, batch {cli.batch_size})
+
+{common.md_table(["setting", "images/s (median step)", "vs float32"], table)}
+
+One training step as train.py runs it (forward, label-smoothed cross-entropy, backward, Nesterov SGD),
+on random batches; median of {cli.steps} steps after 3 warm-up steps. Augmentation, EMA and validation
+are not included (train.py's per-epoch images/s in training_history.json include them).
+Machine: {m['cpu_model']}, {m['cpu_count']} cores, AMX bf16 units: {'yes' if info['amx_bf16'] else 'no'};
+torch {m['torch']} with {m['torch_threads']} threads; load average at the start {m['load_average_1_5_15min'][0]:.2f}.
+
+```bash
+{info['command']}
+```
+"""
+    common.write_results(cli.results_dir, "throughput", {"info": info, "rows": rows}, md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
