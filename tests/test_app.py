@@ -39,12 +39,11 @@ N_IMAGES = 20
 @pytest.fixture(scope="module")
 def test_images():
     """(images uint8 (N, 28, 28), labels) from the committed test slice: two of each class."""
-    import datasets
     import train
-    ds = datasets.load_dataset(str(DATASET), cache_dir=train.local_cache_dir(str(DATASET)))["test"]
-    labels = np.asarray(ds["label"])
+    _, labels, raw = train.load_images(str(DATASET), "test")
+    labels = labels.numpy()
     picks = np.concatenate([np.flatnonzero(labels == c)[:N_IMAGES // 10] for c in range(10)])
-    return np.stack([np.asarray(ds[int(i)]["image"], dtype=np.uint8) for i in picks]), labels[picks]
+    return raw[picks], labels[picks]
 
 
 @pytest.fixture(scope="module")

@@ -33,12 +33,9 @@ CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", 
 @pytest.fixture(scope="module")
 def garment_photo(tmp_path_factory) -> Path:
     """A test-set trouser as a user would upload it: dark garment on white, 10x larger, RGB."""
-    import datasets
     import train
-    folder = REPO / "tests" / "data" / "fashion_mnist"
-    ds = datasets.load_dataset(str(folder), cache_dir=train.local_cache_dir(str(folder)))["test"]
-    index = next(i for i, label in enumerate(ds["label"]) if label == 1)        # a Trouser
-    look = np.asarray(ds[index]["image"], dtype=np.uint8)
+    _, labels, raw = train.load_images(str(REPO / "tests" / "data" / "fashion_mnist"), "test")
+    look = raw[int((labels == 1).nonzero()[0, 0])]                                # the first Trouser
     photo = Image.fromarray(255 - look).resize((280, 280), Image.Resampling.BICUBIC).convert("RGB")
     path = tmp_path_factory.mktemp("browser") / "trousers.png"
     photo.save(path)

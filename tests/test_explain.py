@@ -88,11 +88,9 @@ def tiny():
 @pytest.fixture(scope="module")
 def images():
     """Real Fashion-MNIST test images from the committed slice (uint8, (N, 28, 28))."""
-    import datasets
     import train
-    path = "tests/data/fashion_mnist"
-    ds = datasets.load_dataset(path, split="test", cache_dir=train.local_cache_dir(path))
-    return np.stack([np.asarray(im) for im in ds[:12]["image"]]).astype(np.uint8), np.asarray(ds[:12]["label"])
+    _, labels, raw = train.load_images("tests/data/fashion_mnist", "test")
+    return raw[:12], labels[:12].numpy()
 
 
 @pytest.fixture(scope="module")
