@@ -82,6 +82,7 @@ def test_load_checks_every_answer_of_the_real_app(tmp_path, tiny_weights):
     data = json.loads((results / "load.json").read_text())
     assert data["stats"]["all"] == data["stats"]["all"] | {"sent": 8, "served": 8, "wrong": 0, "errors": 0}
     assert len(data["outcomes"]) == 8 and data["memory"]["peak_mib"] >= data["memory"]["start_mib"] > 0
+    assert data["memory"]["warm_mib"] > 0 and "after - warm-up (MiB)" in (results / "load.md").read_text()
 
 
 def test_throughput_compares_float32_with_bf16(tmp_path):
