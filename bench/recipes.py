@@ -12,7 +12,7 @@ on validation), then is evaluated once on the test set with `train.predict_probs
 The shipped recipe takes ~50 min on 2 CPU cores, so its row is read from weights/ (metrics.json and
 training_history.json, written by the run that produced the weights) unless --rerun-shipped.
 `shipped-budget` is the shipped recipe with its one-cycle fitted to a short wall-time budget
-(train.py --budget-minutes), about what the two-conv CNN takes: accuracy at equal time.
+(train.py --budget-minutes; 7 minutes by default): what the recipe gives when time is short.
 
     python bench/recipes.py                                             # ~20 min on 2 idle cores
     python bench/recipes.py --recipes quickstart-mlp two-conv-cnn shipped
