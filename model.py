@@ -140,20 +140,24 @@ class FashionCNN(nn.Module, PyTorchModelHubMixin,
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.stage3(self.stage2(self.stage1(x))))
 
+    def view_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (V, B, C) of the views `predict_proba` averages: the image and, with `flip_tta`,
+        its mirror (V = 2), for a normalised batch (B, 1, 28, 28)."""
+        if not self.config.flip_tta:
+            return self(x).float()[None]
+        # Both views in one batch: one forward call costs less than two on a CPU.
+        return self(torch.cat([x, x.flip(-1)])).float().unflatten(0, (2, len(x)))
+
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities (B, C) for a normalised batch (B, 1, 28, 28), as served.
 
         With `flip_tta`, the average over the image and its mirror: garments are left-right
-        symmetric, so this is free accuracy (measured in the README). Explanations attribute the
+        symmetric, so this is free accuracy (measured in the README). Logits are divided by the
+        config's temperature (fitted on validation by train.py). Explanations attribute the
         single-view logits of `forward`, for the class this returns.
         """
-        t = self.config.temperature
-        if not self.config.flip_tta:
-            return (self(x).float() / t).softmax(-1)
-        # Both views in one batch: one forward call costs less than two on a CPU.
-        p = (self(torch.cat([x, x.flip(-1)])).float() / t).softmax(-1)   # (2B, C)
-        return (p[:len(x)] + p[len(x):]) / 2
+        return (self.view_logits(x) / self.config.temperature).softmax(-1).mean(0)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -199,6 +199,21 @@ def schedule_progress(step: int, total_steps: int, args, ctx) -> float:
     return min(1.0, done)
 
 
+def train_step(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, optimizer: torch.optim.Optimizer,
+               label_smoothing: float, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step (bf16 autocast when `amp`); returns the loss and the logits.
+
+    bench/throughput.py times this very function.
+    """
+    with torch.autocast(xb.device.type, dtype=torch.bfloat16, enabled=amp):
+        logits = model(xb)
+        loss = F.cross_entropy(logits, yb, label_smoothing=label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, logits
+
+
 def train_one_epoch(model, ema, x, y, optimizer, args, epoch, step, total_steps, ctx) -> tuple[dict, int]:
     """One pass over (x, y) in random order; returns the epoch's log entry and the global step."""
     from tqdm import tqdm
@@ -211,23 +226,18 @@ def train_one_epoch(model, ema, x, y, optimizer, args, epoch, step, total_steps,
                mininterval=1 if sys.stderr.isatty() else 20, file=sys.stderr)
     t0, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
     for i in bar:
+        progress = schedule_progress(step, total_steps, args, ctx)
+        if progress >= 1 and seen:
+            break                                           # time budget spent: the schedule is at its end
         idx = perm[i * args.batch_size:(i + 1) * args.batch_size]
         xb = augment(normalize(x[idx][:, None]).to(ctx["device"]), args, gen, float(normalize(0.0)))  # (B, 1, 28, 28)
         yb = y[idx].to(ctx["device"])
         if args.channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
-        progress = schedule_progress(step, total_steps, args, ctx)
-        if progress >= 1 and seen:
-            break                                           # time budget spent: the schedule is at its end
         if args.schedule == "onecycle":
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(progress * total_steps, total_steps, args.lr, args.warmup)
-        with torch.autocast(ctx["device"].type, dtype=torch.bfloat16, enabled=ctx["amp"]):
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb, label_smoothing=args.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss, logits = train_step(model, xb, yb, optimizer, args.label_smoothing, ctx["amp"])
         step += 1
         if ema is not None:
             ema.update(ctx["raw_model"], step)
@@ -264,11 +274,10 @@ def fit_temperature(model: FashionCNN, looks: torch.Tensor, labels: torch.Tensor
     """
     model.eval()
     x = normalize(looks[:, None])
-    views = [x, x.flip(-1)] if model.config.flip_tta else [x]
-    logits = [torch.cat([model(v[i:i + 1000]).float() for i in range(0, len(v), 1000)]) for v in views]
+    logits = torch.cat([model.view_logits(x[i:i + 1000]) for i in range(0, len(x), 1000)], dim=1)   # (V, N, C)
 
     def nll(t: float) -> float:
-        p = sum((z / t).softmax(-1) for z in logits) / len(logits)
+        p = (logits / t).softmax(-1).mean(0)          # exactly predict_proba at temperature t
         return F.nll_loss(p.clamp_min(1e-12).log(), labels).item()
 
     grid = [round(0.30 + 0.01 * i, 2) for i in range(271)]   # 0.30 .. 3.00

@@ -1,8 +1,9 @@
 """Training throughput of FashionCNN on this machine: float32 against bf16 autocast, memory layouts.
 
 The reason train.py's `--amp auto` turns bf16 autocast on for CPUs with AMX units: this script
-times train.py's own training step (forward, label-smoothed loss, backward, SGD step) on random
-batches for each setting, in one process, and writes bench/results/throughput.md.
+times train.py's own training step (`train.train_step` with `train.make_optimizer` and the default
+options: forward, label-smoothed loss, backward, Nesterov SGD step) on random batches for each
+setting, in one process, and writes bench/results/throughput.md.
 
     python bench/throughput.py                  # ~2 min on 2 idle cores
     python bench/throughput.py --steps 3        # smoke run
@@ -18,7 +19,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402  (puts the repository root on sys.path)
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 import train  # noqa: E402
 from model import FashionCNN  # noqa: E402
@@ -30,19 +30,16 @@ SETTINGS = [("float32", False, False), ("float32, channels-last", False, True),
 def images_per_s(bf16: bool, channels_last: bool, batch: int, steps: int) -> float:
     """Median images/s over `steps` training steps (after 3 warm-up steps)."""
     torch.manual_seed(0)
+    args = train.parse_args([])                                    # train.py's defaults
     model = FashionCNN().train()
     x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
     if channels_last:
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    optimizer = train.make_optimizer(model, args)
     times = []
     for i in range(steps + 3):
         start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train.train_step(model, x, y, optimizer, args.label_smoothing, bf16)
         if i >= 3:
             times.append(time.perf_counter() - start)
     return batch / sorted(times)[len(times) // 2]
@@ -68,7 +65,7 @@ def main(argv=None) -> int:
 
 {common.md_table(["setting", "images/s (median step)", "vs float32"], table)}
 
-One training step as train.py runs it (forward, label-smoothed cross-entropy, backward, Nesterov SGD),
+One training step as train.py runs it (`train.train_step`: forward, label-smoothed cross-entropy, backward, Nesterov SGD),
 on random batches; median of {cli.steps} steps after 3 warm-up steps. Augmentation, EMA and validation
 are not included (train.py's per-epoch images/s in training_history.json include them).
 Machine: {m['cpu_model']}, {m['cpu_count']} cores, AMX bf16 units: {'yes' if info['amx_bf16'] else 'no'};
