@@ -270,3 +270,37 @@ def test_a_validation_split_larger_than_the_data_is_a_clear_error(tmp_path):
     proc = run_cli("--dataset", SLICE, "--epochs", "1", "--out", str(tmp_path / "m"), check=False)
     assert proc.returncode == 2
     assert "--val-size 5000 must leave training images" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_final_fit_trains_on_every_image_and_keeps_the_given_temperature(tmp_path):
+    # --val-size 0: the second step of the validation protocol. Nothing is held out, the last epoch
+    # is kept, and the temperature comes from the validation run instead of being fitted.
+    out = tmp_path / "final"
+    run_cli("--dataset", SLICE, "--epochs", "2", "--val-size", "0", "--temperature", "0.7", "--batch-size", "50",
+            "--out", str(out), "--no-progress", "--trust-images", "0")
+    n_train = len(train.load_images(SLICE, "train")[1])
+    history = json.loads((out / "training_history.json").read_text())
+    assert [h["images"] for h in history] == [n_train // 50 * 50] * 2
+    assert not any("val_accuracy" in h for h in history)
+    metrics = json.loads((out / "evaluation/metrics.json").read_text())
+    assert metrics["val_accuracy"] is None and metrics["best_epoch"] == 2
+    assert load_model(out).config.temperature == 0.7
+    card = (out / "README.md").read_text()
+    assert "none held out" in card and "set with --temperature" in card
+    assert (out / "evaluation/training_curves.png").is_file()
+
+
+def test_a_negative_temperature_is_refused(tmp_path):
+    proc = run_cli("--dataset", SLICE, "--temperature", "-1", "--out", str(tmp_path / "m"), check=False)
+    assert proc.returncode == 2 and "--temperature must be positive" in proc.stderr
+
+
+def test_final_fit_keeps_the_weights_of_the_last_step(tmp_path):
+    # Without EMA the kept weights must be the trained network's own, as it stands after the last step.
+    args = train.parse_args(["--dataset", SLICE, "--epochs", "3", "--val-size", "0", "--ema", "0", "--batch-size", "100",
+                             "--out", str(tmp_path / "f"), "--no-progress", "--trust-images", "0"])
+    ctx = train.setup_device(args)
+    final, history, val_acc, _ = train.train(args, ctx)
+    assert val_acc is None and len(history) == 3
+    last = {k: v.float() for k, v in ctx["raw_model"].state_dict().items()}
+    assert all(torch.equal(v, last[k]) for k, v in final.state_dict().items())
