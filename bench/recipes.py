@@ -162,21 +162,24 @@ def train_recipe(recipe: Recipe, cli, data, test, out_dir: Path) -> dict:
             "history": history}
 
 
-def shipped_from_weights(folder: Path, test_looks: torch.Tensor, repeats: int) -> dict:
-    """The shipped row as recorded by the run that produced `folder` (no retraining, test set not re-read)."""
+def row_from_run(name: str, folder: Path, test_looks: torch.Tensor, repeats: int) -> dict:
+    """A row as recorded by the train.py run that produced `folder` (no retraining, test set not re-read)."""
     metrics = json.loads((folder / "evaluation" / "metrics.json").read_text())
     history = json.loads((folder / "training_history.json").read_text())
     model = load_model(folder)
     trained = sum(h["images_per_s"] * h["seconds"] for h in history)
-    return {"name": "shipped", "source": f"from {common.rel(folder)}/, trained by `{metrics.get('command', '?')}`",
+    return {"name": name, "source": f"from {common.rel(folder)}/, trained by `{metrics.get('command', '?')}`",
             "test_accuracy": metrics["accuracy"], "test_accuracy_ci95": metrics["accuracy_ci95"],
             "macro_f1": metrics["macro_f1"], "val_accuracy": metrics.get("val_accuracy"),
-            "parameters": count_parameters(model), "train_seconds": metrics.get("train_seconds"),
+            "parameters": count_parameters(model), "widths": list(model.config.widths),
+            "train_seconds": metrics.get("train_seconds"),
             "images_per_s": trained / sum(h["seconds"] for h in history) if history else None,
             "epochs_run": metrics.get("epochs_run", len(history)), "best_epoch": metrics.get("best_epoch"),
-            "inference": inference_ms(model, test_looks, repeats),
+            "inference": inference_ms(model, test_looks, repeats), "history": history,
             "notes": [f"Read from {common.rel(folder)}/evaluation/metrics.json and training_history.json: the training "
-                      "time is that run's own measurement. Retrain with --rerun-shipped."]}
+                      "time is that run's own measurement."]
+            + (["A final fit (--val-size 0): trained on every training image, last epoch kept, no validation "
+                "accuracy; its recipe was chosen on validation."] if metrics.get("val_accuracy") is None else [])}
 
 
 def shipped_rerun_recipe(folder: Path) -> Recipe:
@@ -184,7 +187,7 @@ def shipped_rerun_recipe(folder: Path) -> Recipe:
     command = json.loads((folder / "evaluation" / "metrics.json").read_text())["command"]
     argv, keep, i = shlex.split(command)[2:], [], 0               # drop "python train.py"
     while i < len(argv):
-        if argv[i] in ("--out", "--dataset", "--val-size", "--seed", "--threads"):
+        if argv[i] in ("--out", "--dataset", "--val-size", "--seed", "--threads", "--temperature"):
             i += 2
         elif argv[i] == "--no-progress":
             i += 1
@@ -248,6 +251,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    choices=["quickstart-mlp", "two-conv-cnn", "shipped-budget", "shipped"], help="rows, in order")
     p.add_argument("--weights", default="weights", help="the shipped model folder (its row is read from here)")
     p.add_argument("--rerun-shipped", action="store_true", help="retrain the shipped recipe (its metrics.json command) instead of reading it")
+    p.add_argument("--run", nargs="+", default=[], metavar="NAME=FOLDER",
+                   help="more rows read from train.py output folders (a candidate judged on validation, say)")
     p.add_argument("--shipped-budget-minutes", type=float, default=7, help="wall-time budget of the shipped-budget row")
     p.add_argument("--val-size", type=int, default=5000, help="training images held out for validation")
     p.add_argument("--max-epochs", type=int, default=0, help="cap every recipe's epochs (0: none; for smoke runs)")
@@ -274,13 +279,16 @@ def main(argv=None) -> int:
                 if not (Path(cli.weights) / "evaluation" / "metrics.json").is_file():
                     print(f"[recipes] skipping shipped: no {cli.weights}/evaluation/metrics.json", flush=True)
                     continue
-                row = shipped_from_weights(Path(cli.weights), test_looks, cli.inference_repeats)
+                row = row_from_run("shipped", Path(cli.weights), test_looks, cli.inference_repeats)
             else:
                 recipe = shipped_rerun_recipe(Path(cli.weights)) if name == "shipped" else table[name]
                 row = train_recipe(recipe, cli, (looks, labels), (test_looks, test_labels), Path(tmp))
-            row["test_n"] = len(test_labels)
             rows.append(row)
-            print(f"[recipes] {name}: test {row['test_accuracy']:.4f} val {row['val_accuracy']} "
+        rows += [row_from_run(name, Path(folder), test_looks, cli.inference_repeats)
+                 for name, folder in (spec.split("=", 1) for spec in cli.run)]
+        for row in rows:
+            row["test_n"] = len(test_labels)
+            print(f"[recipes] {row['name']}: test {row['test_accuracy']:.4f} val {row['val_accuracy']} "
                   f"{row['train_seconds'] or 0:.0f} s", flush=True)
     if not rows:
         print("[recipes] nothing to report", file=sys.stderr)

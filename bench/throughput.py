@@ -1,9 +1,10 @@
-"""Training throughput of FashionCNN on this machine: float32 against bf16 autocast, memory layouts.
+"""Training throughput of FashionCNN on this machine: float32 against bf16 autocast, memory layouts, widths.
 
 The reason train.py's `--amp auto` turns bf16 autocast on for CPUs with AMX units: this script
 times train.py's own training step (`train.train_step` with `train.make_optimizer` and the default
 options: forward, label-smoothed loss, backward, Nesterov SGD step) on random batches for each
-setting, in one process, and writes bench/results/throughput.md.
+setting, in one process, and writes bench/results/throughput.md. A second table times stage
+widths (`--widths`) in train.py's setting: what a wider network costs per epoch.
 
     python bench/throughput.py                  # ~2 min on 2 idle cores
     python bench/throughput.py --steps 3        # smoke run
@@ -21,17 +22,18 @@ import _common as common  # noqa: E402  (puts the repository root on sys.path)
 import torch  # noqa: E402
 
 import train  # noqa: E402
-from model import FashionCNN  # noqa: E402
+from model import FashionCNN, count_parameters  # noqa: E402
 
+WIDTHS = [(32, 64, 128), (16, 64, 192), (32, 64, 192), (48, 96, 192)]
 SETTINGS = [("float32", False, False), ("float32, channels-last", False, True),
             ("bf16 autocast", True, False), ("bf16 autocast, channels-last (train.py default here)", True, True)]
 
 
-def images_per_s(bf16: bool, channels_last: bool, batch: int, steps: int) -> float:
+def images_per_s(bf16: bool, channels_last: bool, batch: int, steps: int, widths=(32, 64, 128)) -> float:
     """Median images/s over `steps` training steps (after 3 warm-up steps)."""
     torch.manual_seed(0)
     args = train.parse_args([])                                    # train.py's defaults
-    model = FashionCNN().train()
+    model = FashionCNN(widths=widths).train()
     x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
     if channels_last:
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
@@ -60,6 +62,13 @@ def main(argv=None) -> int:
         print(f"[throughput] {name}: {rate:.0f} img/s", flush=True)
     base = rows[0]["images_per_s"]
     table = [[r["setting"], f"{r['images_per_s']:,.0f}", f"{r['images_per_s'] / base:.2f}x"] for r in rows]
+    wide = []
+    for widths in WIDTHS:   # in train.py's setting on this machine (bf16 where AMX, channels-last)
+        rate = images_per_s(info["amx_bf16"], True, cli.batch_size, cli.steps, widths)
+        wide.append({"widths": list(widths), "parameters": count_parameters(FashionCNN(widths=widths)), "images_per_s": rate})
+        print(f"[throughput] widths {widths}: {rate:.0f} img/s", flush=True)
+    wide_table = [["/".join(map(str, w["widths"])), f"{w['parameters']:,}", f"{w['images_per_s']:,.0f}",
+                   f"{w['images_per_s'] / wide[0]['images_per_s']:.2f}x"] for w in wide]
     m = info["machine"]
     md = f"""# Training throughput (FashionCNN, batch {cli.batch_size})
 
@@ -68,6 +77,11 @@ def main(argv=None) -> int:
 One training step as train.py runs it (`train.train_step`: forward, label-smoothed cross-entropy, backward, Nesterov SGD),
 on random batches; median of {cli.steps} steps after 3 warm-up steps. Augmentation, EMA and validation
 are not included (train.py's per-epoch images/s in training_history.json include them).
+
+Stage widths (`train.py --widths`), {'bf16 autocast' if info['amx_bf16'] else 'float32'}, channels-last:
+
+{common.md_table(["widths", "parameters", "images/s (median step)", f"vs {wide_table[0][0]}"], wide_table)}
+
 Machine: {m['cpu_model']}, {m['cpu_count']} cores, AMX bf16 units: {'yes' if info['amx_bf16'] else 'no'};
 torch {m['torch']} with {m['torch_threads']} threads; load average at the start {m['load_average_1_5_15min'][0]:.2f}.
 
@@ -75,7 +89,7 @@ torch {m['torch']} with {m['torch_threads']} threads; load average at the start 
 {info['command']}
 ```
 """
-    common.write_results(cli.results_dir, "throughput", {"info": info, "rows": rows}, md)
+    common.write_results(cli.results_dir, "throughput", {"info": info, "rows": rows, "widths": wide}, md)
     print(md)
     return 0
 

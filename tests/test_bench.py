@@ -38,16 +38,17 @@ def test_recipes_writes_reference_and_shipped_rows(tmp_path, tiny_weights):
     results = tmp_path / "results"
     run(["bench/recipes.py", "--dataset", DATA, "--val-size", "100", "--max-epochs", "1",
          "--recipes", "quickstart-mlp", "two-conv-cnn", "shipped", "--weights", str(weights),
-         "--inference-repeats", "5", "--results-dir", str(results)], timeout=180)
+         "--run", f"candidate={weights}", "--inference-repeats", "5", "--results-dir", str(results)], timeout=180)
 
     data = json.loads((results / "recipes.json").read_text())
     rows = {r["name"]: r for r in data["rows"]}
-    assert list(rows) == ["quickstart-mlp", "two-conv-cnn", "shipped"]
+    assert list(rows) == ["quickstart-mlp", "two-conv-cnn", "shipped", "candidate"]
     # The references are the published architectures: their parameter counts say so.
     assert rows["quickstart-mlp"]["parameters"] == 784 * 512 + 512 + 512 * 512 + 512 + 512 * 10 + 10
     assert rows["two-conv-cnn"]["parameters"] == (9 * 32 + 32) + (9 * 32 * 64 + 64) + (9216 * 128 + 128) + (128 * 10 + 10)
     shipped_metrics = json.loads((weights / "evaluation" / "metrics.json").read_text())
     assert rows["shipped"]["test_accuracy"] == shipped_metrics["accuracy"]      # read, not re-evaluated
+    assert rows["candidate"]["history"] == json.loads((weights / "training_history.json").read_text())
     for r in rows.values():
         assert 0.0 <= r["test_accuracy"] <= 1.0 and 0.0 <= r["val_accuracy"] <= 1.0
         assert r["inference"]["served"]["median_ms"] > 0
@@ -56,7 +57,7 @@ def test_recipes_writes_reference_and_shipped_rows(tmp_path, tiny_weights):
 
     md = (results / "recipes.md").read_text()
     table = [line for line in md.splitlines() if line.startswith("| ")]
-    assert len(table) == 1 + 3, md                                # header + one line per recipe
+    assert len(table) == 1 + 4, md                                # header + one line per recipe
     assert all(line.count("|") == table[0].count("|") for line in table)
     assert "python bench/recipes.py" in md and "trained by `python train.py" in md
 
@@ -91,3 +92,5 @@ def test_throughput_compares_float32_with_bf16(tmp_path):
     assert [(r["bf16"], r["channels_last"]) for r in data["rows"]] == [(False, False), (False, True), (True, False), (True, True)]
     assert all(r["images_per_s"] > 0 for r in data["rows"])
     assert "| float32 |" in (tmp_path / "throughput.md").read_text()
+    assert [w["parameters"] for w in data["widths"]][:2] == [482_154, 865_402]   # 32/64/128, then 16/64/192
+    assert all(w["images_per_s"] > 0 for w in data["widths"])
