@@ -9,14 +9,16 @@ on validation), then is evaluated once on the test set with `train.predict_probs
 * two-conv-cnn: the pytorch/examples mnist `Net` (two convs, max-pool, dropout, 9216-128-10),
   Adam lr 1e-3 constant, batch 128, 10 epochs, no augmentation.
 
-The shipped recipe takes ~50 min on 2 CPU cores, so its row is read from weights/ (metrics.json and
-training_history.json, written by the run that produced the weights) unless --rerun-shipped.
+The shipped recipe takes ~57 min on 2 CPU cores, so its row is read from weights/ (metrics.json and
+training_history.json, written by the run that produced the weights) unless --rerun-shipped; `--run`
+adds rows read the same way from other train.py output folders (the validation runs that chose it).
 `shipped-budget` is the shipped recipe with its one-cycle fitted to a short wall-time budget
 (train.py --budget-minutes; 7 minutes by default): what the recipe gives when time is short.
 
     python bench/recipes.py                                             # ~20 min on 2 idle cores
     python bench/recipes.py --recipes quickstart-mlp two-conv-cnn shipped
-    python bench/recipes.py --rerun-shipped                             # + ~50 min
+    python bench/recipes.py --rerun-shipped                             # + ~57 min
+    python bench/recipes.py --run val-run-16-64-192=outputs/w16-64-192   # + a row per train.py run
     python bench/recipes.py --dataset tests/data/fashion_mnist --val-size 100 --max-epochs 1 \\
         --results-dir /tmp/bench                                        # smoke run, seconds
 
