@@ -295,6 +295,13 @@ def fit_temperature(model: FashionCNN, looks: torch.Tensor, labels: torch.Tensor
     return t, {"temperature": t, "val_nll_t1": nll(1.0), "val_nll_calibrated": nll(t)}
 
 
+def temperature_source(args) -> str:
+    """Where the stored temperature comes from; the training log and the model card both say it."""
+    if args.temperature:
+        return "set with --temperature"
+    return "none fitted: no validation split" if args.val_size == 0 else "fitted on validation"
+
+
 def with_temperature(model: FashionCNN, t: float) -> FashionCNN:
     """A copy whose config (and so config.json, via the Hub mixin) carries temperature t."""
     calibrated = FashionCNN(**model_config_dict(model) | {"temperature": t})
@@ -432,8 +439,6 @@ def model_card(model: FashionCNN, metrics: dict, args, command: str, train_secon
     validation = f"{val:.2%}" if val is not None else "n/a"
     if args.val_size == 0:
         validation = "none held out: the recipe was chosen on validation, then retrained on all training images (last epoch kept)"
-    t_source = ("set with --temperature" if args.temperature else
-                "none fitted: no validation split" if args.val_size == 0 else "fitted on validation")
     return f"""---
 {data.to_yaml()}
 ---
@@ -448,7 +453,7 @@ dashboard.
 | Test accuracy | **{metrics['accuracy']:.2%}** (95% CI {lo:.2%} to {hi:.2%}, n={metrics['n']:,}) |
 | Validation accuracy (chosen checkpoint) | {validation} |
 | Macro F1 | {metrics['macro_f1']:.4f} |
-| Expected calibration error | {metrics['calibration']['ece']:.4f} (softmax temperature {model.config.temperature:g}, {t_source}) |
+| Expected calibration error | {metrics['calibration']['ece']:.4f} (softmax temperature {model.config.temperature:g}, {temperature_source(args)}) |
 | Parameters | {count_parameters(model):,} |
 | Flip test-time augmentation | {'yes' if metrics['tta'] else 'no'} |
 | Training time | {timing} |
@@ -632,7 +637,7 @@ def train(args, ctx, model: nn.Module | None = None, data=None) -> tuple[nn.Modu
     final.load_state_dict({k: v.float().cpu().contiguous() for k, v in best_state.items()})
     if isinstance(final, FashionCNN):   # bench/'s reference models serve plain softmax
         t = args.temperature or 1.0
-        fit = {"temperature": t, "source": "--temperature" if args.temperature else "none fitted: no validation split"}
+        fit = {"temperature": t, "source": temperature_source(args)}
         if len(xv) and not args.temperature:
             t, fit = fit_temperature(final, xv, yv)
         final = with_temperature(final, t)

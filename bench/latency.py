@@ -17,6 +17,7 @@ single-image inference < 2 ms. Writes <results-dir>/latency.json and latency.md.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 import tempfile
@@ -62,7 +63,7 @@ def app_classify(model_dir: Path):
 def measure_local(model_dir: Path, cli) -> dict:
     import explain
     model = load_model(model_dir)
-    served = load_model(model_dir, fuse=True)                         # what app.py predicts with
+    served = copy.deepcopy(model).optimize_for_inference_()            # what app.py predicts with
     image, _ = test_images(1)[0]
     upload = as_upload(image)
     x = preprocess(image)[None]                                       # (1, 1, 28, 28)
