@@ -1,9 +1,8 @@
 """Give memory freed after a burst of requests back to the OS (glibc on Linux; a no-op elsewhere).
 
-Why this exists: under 50 concurrent requests, glibc's malloc gives Gradio's worker threads
-arenas of their own (up to 8 per core), and what they free stays inside those arenas. The app
-kept 440 to 610 MiB more than its start after every burst, even after 30 s of rest
-(bench/results/load_repeated.md). Two glibc calls fix it: `mallopt(M_ARENA_MAX, n)` caps the
+Why this exists: under many concurrent requests, glibc's malloc gives Gradio's worker threads
+arenas of their own (up to 8 per core), and what they free stays inside those arenas, so the
+process keeps its peak after every burst (bench/load.py measures it). Two glibc calls fix it: `mallopt(M_ARENA_MAX, n)` caps the
 number of arenas, and `malloc_trim(0)` returns the free pages of every arena to the OS.
 `IdleTrimmer` calls the latter once the app has been idle for a moment, never during a request.
 
@@ -25,7 +24,7 @@ def _glibc() -> ctypes.CDLL | None:
     """libc if it is glibc (it has malloc_trim), else None: musl, macOS and Windows lack both calls."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim, libc.mallopt   # AttributeError where they do not exist
+        _ = libc.malloc_trim, libc.mallopt   # AttributeError where they do not exist
         return libc
     except (OSError, AttributeError, TypeError):
         return None

@@ -29,15 +29,21 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
-from model import (CLASS_NAMES, FashionCNN, WeightsError, count_parameters, fashion_look,
-                   load_model, model_config_dict, normalize)
-
-HUB_DATASET = "zalando-datasets/fashion_mnist"
+import hub
+from data import HUB_DATASET, load_images, split_train_val
+from evaluate import evaluate_folder, fit_temperature, predict_probs, with_temperature
+from model import (
+    FashionCNN,
+    ModelConfig,
+    WeightsError,
+    count_parameters,
+    load_model,
+)
+from preprocess import normalize
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -55,9 +61,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--warmup", type=float, default=0.15, help="fraction of steps with a linear warm-up; then linear decay to 0")
     p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--widths", type=int, nargs=3, default=[16, 64, 192],
-                   help="channels of the three stages (16/64/192 won on validation against 32/64/128 at the same step cost)")
-    p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--widths", type=int, nargs=3, default=list(ModelConfig.widths),
+                   help="channels of the three stages (28, 14 and 7 px)")
+    p.add_argument("--dropout", type=float, default=ModelConfig.dropout)
     p.add_argument("--translate", type=int, default=2, help="random shift in pixels (0: off)")
     p.add_argument("--flip", type=float, default=0.5, help="horizontal flip probability (garments are symmetric)")
     p.add_argument("--erase", type=float, default=0.5, help="random erasing probability (Zhong et al. 2017)")
@@ -85,6 +91,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default=None, help="with --eval-only: a local folder or a Hub repo id")
     p.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="upload the output folder to this Hub model repo")
     p.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    p.add_argument("--photos", default=None,
+                   help="a clothing_photos folder: the evaluation adds real-photo accuracy (strict and coarse)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     args = p.parse_args(argv)
     if args.eval_only and not args.model:
@@ -99,41 +107,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 # Data
 # ---------------------------------------------------------------------------------------------
 
-def local_cache_dir(dataset: str) -> str | None:
-    """A cache folder of its own for a local dataset folder; None (the default cache) for a Hub id.
-
-    datasets 5.2 keys its cache of a local folder by the folder's name and layout, not its path or
-    contents: after loading tests/data/fashion_mnist (500 images), ../shared/data/fashion_mnist
-    came back with the same 500. Keying by the resolved path and the files' sizes and times fixes it.
-    """
-    import hashlib
-    from datasets import config
-    folder = Path(dataset)
-    if not folder.is_dir():
-        return None
-    stamp = [str(folder.resolve())] + [f"{p.relative_to(folder)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
-                                       for p in sorted(folder.rglob("*")) if p.is_file()]
-    key = hashlib.sha256("\n".join(stamp).encode()).hexdigest()[:16]
-    return str(Path(config.HF_DATASETS_CACHE) / "local" / f"{folder.resolve().name}-{key}")
-
-
-def load_images(dataset: str, split: str) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """One split through the serving preprocessing -> looks (N, 28, 28) in [0, 1], labels (N,), raw uint8."""
-    from datasets import load_dataset
-    ds = load_dataset(dataset, split=split, cache_dir=local_cache_dir(dataset))
-    names = ds.features["label"].names
-    assert len(names) == len(CLASS_NAMES), f"{dataset} has {len(names)} classes, expected {len(CLASS_NAMES)}"
-    raw = np.stack([np.asarray(img.convert("L"), dtype=np.uint8) for img in ds["image"]])  # (N, 28, 28)
-    looks = torch.from_numpy(np.stack([fashion_look(img) for img in raw]))                  # same path as serving
-    return looks, torch.tensor(ds["label"], dtype=torch.long), raw
-
-
-def split_train_val(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A seeded permutation: the last `val_size` indices are validation, never trained on."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return perm[val_size:], perm[:val_size]
-
-
 def augment(x: torch.Tensor, args, gen: torch.Generator, background: float) -> torch.Tensor:
     """Batched augmentation of (B, 1, 28, 28): shift, mirror, random erasing. No Python loop per image.
 
@@ -141,7 +114,10 @@ def augment(x: torch.Tensor, args, gen: torch.Generator, background: float) -> t
     """
     b, _, h, w = x.shape
     dev = x.device
-    rand = lambda *s: torch.rand(*s, generator=gen).to(dev)
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=gen).to(dev)
+
     if args.translate:
         t = args.translate
         padded = F.pad(x, (t, t, t, t), value=background)                          # (B, 1, H+2t, W+2t)
@@ -174,7 +150,12 @@ def augment(x: torch.Tensor, args, gen: torch.Generator, background: float) -> t
 # ---------------------------------------------------------------------------------------------
 
 class EMA:
-    """Exponential moving average of the weights (and BatchNorm buffers), with timm-style warm-up."""
+    """Exponential moving average of the weights (and BatchNorm buffers).
+
+    The decay ramps up as (1 + step) / (10 + step) until it reaches `decay`, so the first steps,
+    whose weights are still random, are forgotten quickly (the schedule of TensorFlow's
+    ExponentialMovingAverage with num_updates).
+    """
 
     def __init__(self, model: nn.Module, decay: float):
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
@@ -211,10 +192,7 @@ def schedule_progress(step: int, total_steps: int, args, ctx) -> float:
 
 def train_step(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, optimizer: torch.optim.Optimizer,
                label_smoothing: float, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimisation step (bf16 autocast when `amp`); returns the loss and the logits.
-
-    bench/throughput.py times this very function.
-    """
+    """One optimisation step (bf16 autocast when `amp`); returns the loss and the logits."""
     with torch.autocast(xb.device.type, dtype=torch.bfloat16, enabled=amp):
         logits = model(xb)
         loss = F.cross_entropy(logits, yb, label_smoothing=label_smoothing)
@@ -240,7 +218,9 @@ def train_one_epoch(model, ema, x, y, optimizer, args, epoch, step, total_steps,
         if progress >= 1 and seen:
             break                                           # time budget spent: the schedule is at its end
         idx = perm[i * args.batch_size:(i + 1) * args.batch_size]
-        xb = augment(normalize(x[idx][:, None]).to(ctx["device"]), args, gen, float(normalize(0.0)))  # (B, 1, 28, 28)
+        norm = (ctx["raw_model"].config.mean, ctx["raw_model"].config.std) if hasattr(ctx["raw_model"], "config") else ()
+        xb = augment(normalize(x[idx][:, None], *norm).to(ctx["device"]), args, gen,
+                     float(normalize(0.0, *norm)))                                  # (B, 1, 28, 28)
         yb = y[idx].to(ctx["device"])
         if args.channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
@@ -262,39 +242,6 @@ def train_one_epoch(model, ema, x, y, optimizer, args, epoch, step, total_steps,
             "images_per_s": seen * ctx["world"] / seconds}, step
 
 
-@torch.no_grad()
-def predict_probs(model: FashionCNN, looks: torch.Tensor, batch_size: int = 1000,
-                  device: torch.device | str = "cpu") -> torch.Tensor:
-    """Softmax probabilities (N, C) for looks (N, 28, 28), exactly as served (`model.predict_proba`)."""
-    model.eval()
-    # Reference models of bench/ have no predict_proba (no flip averaging): plain softmax for them.
-    proba = getattr(model, "predict_proba", lambda xb: model(xb).float().softmax(-1))
-    with torch.no_grad():
-        return torch.cat([proba(normalize(looks[i:i + batch_size][:, None]).to(device)).cpu()
-                          for i in range(0, len(looks), batch_size)])
-
-
-@torch.no_grad()
-def fit_temperature(model: FashionCNN, looks: torch.Tensor, labels: torch.Tensor) -> tuple[float, dict]:
-    """The softmax temperature that minimises the validation NLL of the served probabilities.
-
-    Label smoothing leaves the network under-confident (ECE 0.080 on the test set before this);
-    one scalar fitted on validation removes most of that without changing any prediction (Guo et
-    al. 2017). A grid rather than LBFGS: one dimension, nothing to tune. Returns T and the NLLs.
-    """
-    model.eval()
-    x = normalize(looks[:, None])
-    logits = torch.cat([model.view_logits(x[i:i + 1000]) for i in range(0, len(x), 1000)], dim=1)   # (V, N, C)
-
-    def nll(t: float) -> float:
-        p = (logits / t).softmax(-1).mean(0)          # exactly predict_proba at temperature t
-        return F.nll_loss(p.clamp_min(1e-12).log(), labels).item()
-
-    grid = [round(0.30 + 0.01 * i, 2) for i in range(271)]   # 0.30 .. 3.00
-    t = min(grid, key=nll)
-    return t, {"temperature": t, "val_nll_t1": nll(1.0), "val_nll_calibrated": nll(t)}
-
-
 def temperature_source(args) -> str:
     """Where the stored temperature comes from; the training log and the model card both say it."""
     if args.temperature:
@@ -302,228 +249,17 @@ def temperature_source(args) -> str:
     return "none fitted: no validation split" if args.val_size == 0 else "fitted on validation"
 
 
-def with_temperature(model: FashionCNN, t: float) -> FashionCNN:
-    """A copy whose config (and so config.json, via the Hub mixin) carries temperature t."""
-    calibrated = FashionCNN(**model_config_dict(model) | {"temperature": t})
-    calibrated.load_state_dict(model.state_dict())
-    return calibrated.eval()
-
-
-# ---------------------------------------------------------------------------------------------
-# Metrics
-# ---------------------------------------------------------------------------------------------
-
-def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion k/n (better than the normal one near 1)."""
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
-
-
-def calibration(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> dict:
-    """Expected calibration error (Guo et al. 2017) over equal-width confidence bins."""
-    conf, pred = probs.max(1)
-    correct = (pred == labels).float()
-    edges = torch.linspace(0, 1, n_bins + 1)
-    bins, ece = [], 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        m = (conf > lo) & (conf <= hi)
-        if m.any():
-            acc, c = correct[m].mean().item(), conf[m].mean().item()
-            ece += m.float().mean().item() * abs(acc - c)
-            bins.append({"lo": lo.item(), "hi": hi.item(), "count": int(m.sum()), "accuracy": acc, "confidence": c})
-    return {"ece": ece, "n_bins": n_bins, "bins": bins}
-
-
-def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, names=CLASS_NAMES) -> dict:
-    """Accuracy with its 95% interval, per-class precision/recall/F1, confusion matrix, calibration."""
-    pred = probs.argmax(1)
-    k = len(names)
-    cm = torch.zeros(k, k, dtype=torch.long)
-    cm.index_put_((labels, pred), torch.ones_like(labels), accumulate=True)   # rows: true, cols: predicted
-    n, correct = len(labels), int(cm.trace())
-    per_class = {}
-    for i, name in enumerate(names):
-        tp = cm[i, i].item()
-        precision = tp / max(1, cm[:, i].sum().item())
-        recall = tp / max(1, cm[i].sum().item())
-        f1 = 2 * precision * recall / max(1e-12, precision + recall)
-        per_class[name] = {"precision": precision, "recall": recall, "f1": f1, "support": cm[i].sum().item()}
-    lo, hi = wilson_interval(correct, n)
-    return {"accuracy": correct / n, "accuracy_ci95": [lo, hi], "n": n,
-            "macro_f1": sum(c["f1"] for c in per_class.values()) / k,
-            "per_class": per_class, "confusion_matrix": cm.tolist(),
-            "calibration": calibration(probs, labels)}
-
-
-# ---------------------------------------------------------------------------------------------
-# Writing the Hub model repo
-# ---------------------------------------------------------------------------------------------
-
-def save_plots(folder: Path, metrics: dict, history: list[dict]) -> None:
-    """confusion_matrix.png, reliability.png and (after training) training_curves.png."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    cm = np.array(metrics["confusion_matrix"])
-    fig, ax = plt.subplots(figsize=(7, 6))
-    ax.imshow(cm, cmap="Blues")
-    for (i, j), v in np.ndenumerate(cm):
-        ax.text(j, i, v, ha="center", va="center", fontsize=7, color="white" if v > cm.max() / 2 else "black")
-    ax.set(xticks=range(len(CLASS_NAMES)), yticks=range(len(CLASS_NAMES)), xlabel="predicted", ylabel="true",
-           title=f"Test confusion matrix (accuracy {metrics['accuracy']:.2%})")
-    ax.set_xticklabels(CLASS_NAMES, rotation=45, ha="right"), ax.set_yticklabels(CLASS_NAMES)
-    fig.tight_layout(), fig.savefig(folder / "confusion_matrix.png", dpi=100), plt.close(fig)
-
-    bins = metrics["calibration"]["bins"]
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
-    ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", label="model")
-    ax.set(xlabel="confidence", ylabel="accuracy", title=f"Reliability (ECE {metrics['calibration']['ece']:.4f})")
-    ax.legend(), fig.tight_layout(), fig.savefig(folder / "reliability.png", dpi=100), plt.close(fig)
-
-    if history:
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-        ep = [h["epoch"] for h in history]
-        a1.plot(ep, [h["train_loss"] for h in history]), a1.set(xlabel="epoch", ylabel="train loss (label-smoothed)")
-        a2.plot(ep, [h["train_accuracy"] for h in history], label="train (augmented)")
-        if "val_accuracy" in history[0]:   # a final fit (--val-size 0) has none
-            a2.plot(ep, [h["val_accuracy"] for h in history], label="validation")
-        a2.set(xlabel="epoch", ylabel="accuracy"), a2.legend()
-        fig.tight_layout(), fig.savefig(folder / "training_curves.png", dpi=100), plt.close(fig)
-
-
-def write_evaluation(out: Path, model: FashionCNN, looks: torch.Tensor, labels: torch.Tensor, raw: np.ndarray,
-                     history: list[dict], extra: dict, device="cpu") -> dict:
-    """Evaluate on the test set once and write evaluation/: metrics.json, plots, misclassified.npz, samples.npz."""
-    folder = out / "evaluation"
-    folder.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    probs = predict_probs(model, looks, device=device)
-    metrics = classification_metrics(probs, labels) | {"tta": model.config.flip_tta, "eval_seconds": time.perf_counter() - t0}
-    metrics |= extra
-    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    conf, pred = probs.max(1)
-    wrong = (pred != labels).nonzero().flatten()
-    # Compact and pickle-free: the dashboard's Mistakes view reads this with no dataset download.
-    np.savez_compressed(folder / "misclassified.npz", index=wrong.numpy(), true=labels[wrong].numpy(),
-                        pred=pred[wrong].numpy(), confidence=conf[wrong].numpy().astype(np.float32),
-                        probs=probs[wrong].numpy().astype(np.float16), images=raw[wrong.numpy()])
-    # A fixed, class-balanced sample of test images: the dashboard's examples and the Trust precompute.
-    sample = torch.cat([(labels == c).nonzero().flatten()[:10] for c in range(len(CLASS_NAMES))])
-    np.savez_compressed(folder / "samples.npz", index=sample.numpy(), label=labels[sample].numpy(),
-                        pred=pred[sample].numpy(), images=raw[sample.numpy()])
-    save_plots(folder, metrics, history)
-    return metrics
-
-
-def model_card(model: FashionCNN, metrics: dict, args, command: str, train_seconds: float | None) -> str:
-    """README.md of the model repo: Hub metadata (model-index with the test accuracy) and a short body."""
-    from huggingface_hub import EvalResult, ModelCardData
-    data = ModelCardData(
-        library_name="pytorch", license="mit", datasets=[HUB_DATASET], pipeline_tag="image-classification",
-        tags=["fashion-mnist", "image-classification", "captum", "pytorch_model_hub_mixin"], metrics=["accuracy", "f1"],
-        model_name="fashion-mnist-cnn",
-        eval_results=[EvalResult(task_type="image-classification", dataset_type=HUB_DATASET,
-                                 dataset_name="Fashion-MNIST", dataset_split="test", metric_type="accuracy",
-                                 metric_value=round(metrics["accuracy"], 4)),
-                      EvalResult(task_type="image-classification", dataset_type=HUB_DATASET,
-                                 dataset_name="Fashion-MNIST", dataset_split="test", metric_type="f1",
-                                 metric_name="macro F1", metric_value=round(metrics["macro_f1"], 4))])
-    lo, hi = metrics["accuracy_ci95"]
-    rows = "\n".join(f"| {n} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} |"
-                     for n, c in metrics["per_class"].items())
-    timing = f"{train_seconds / 60:.1f} min on {metrics.get('hardware', 'this machine')}" if train_seconds else "n/a"
-    val = metrics.get("val_accuracy")
-    validation = f"{val:.2%}" if val is not None else "n/a"
-    if args.val_size == 0:
-        validation = "none held out: the recipe was chosen on validation, then retrained on all training images (last epoch kept)"
-    return f"""---
-{data.to_yaml()}
----
-# Fashion-MNIST CNN ({count_parameters(model):,} parameters)
-
-A small residual CNN for [Fashion-MNIST](https://huggingface.co/datasets/{HUB_DATASET}), trained from
-scratch with `train.py` of the project's repository, and the model behind its Gradio explainability
-dashboard.
-
-| | |
-|---|---|
-| Test accuracy | **{metrics['accuracy']:.2%}** (95% CI {lo:.2%} to {hi:.2%}, n={metrics['n']:,}) |
-| Validation accuracy (chosen checkpoint) | {validation} |
-| Macro F1 | {metrics['macro_f1']:.4f} |
-| Expected calibration error | {metrics['calibration']['ece']:.4f} (softmax temperature {model.config.temperature:g}, {temperature_source(args)}) |
-| Parameters | {count_parameters(model):,} |
-| Flip test-time augmentation | {'yes' if metrics['tta'] else 'no'} |
-| Training time | {timing} |
-
-Trained with:
-
-```bash
-{command}
-```
-
-## Use
-
-```python
-from huggingface_hub import snapshot_download
-from model import load_model, preprocess          # model.py from the project's repository
-model = load_model("<repo id or folder>")         # reads config.json + model.safetensors only
-probs = model.predict_proba(preprocess(image)[None])   # (1, 10): flip average and temperature, as served
-```
-
-`FashionCNN.from_pretrained("<repo id>")` (`huggingface_hub`'s `PyTorchModelHubMixin`) works too.
-Inputs go through `preprocess`: grayscale, light garment on a dark background, centred and scaled
-to 28x28 with its aspect kept, normalised with mean {model.config.mean} and std {model.config.std}.
-
-## Per-class results (test set)
-
-| class | precision | recall | F1 |
-|---|---|---|---|
-{rows}
-
-`evaluation/` holds metrics.json, the confusion matrix, the reliability diagram, the training curves,
-and every misclassified test image (misclassified.npz: index, true, pred, confidence, 28x28 image).
-
-## Limitations
-Trained on 28x28 grayscale product photos of ten clothing classes. Anything else (a person wearing
-clothes, a busy background, a different object) is still forced into one of the ten classes.
-Shirt, T-shirt/top, Pullover and Coat are the classes it confuses most.
-"""
-
-
-def save_model_repo(out: Path, model: FashionCNN, metrics: dict, history: list[dict], args, command: str,
+def save_model_repo(out: Path, model: FashionCNN, metrics: dict, args, command: str,
                     train_seconds: float | None) -> None:
     """config.json + model.safetensors via the Hub mixin, then our own README.md model card."""
     model.save_pretrained(out)
-    (out / "README.md").write_text(model_card(model, metrics, args, command, train_seconds))
-
-
-class PushError(RuntimeError):
-    """The upload did not happen; the message is one line for a person, without the token."""
-
-
-def push_to_hub(folder: Path, repo_id: str, private: bool = False, api=None) -> str:
-    """Upload `folder` as a Hub model repo. Token from HF_TOKEN or the saved login, never printed.
-
-    Returns the commit URL. Raises PushError with one clear line; nothing local is touched.
-    """
-    from huggingface_hub import HfApi, get_token
-    token = get_token()
-    if not token:
-        raise PushError("no Hugging Face token: set HF_TOKEN or run `hf auth login`, then push again")
-    api = api or HfApi(token=token)
-    try:
-        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-        info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
-                                 commit_message="Upload Fashion-MNIST CNN from train.py",
-                                 ignore_patterns=[".cache/*", "*.tmp", ".env", "*.token"])
-    except Exception as e:   # network down, refused, 4xx/5xx: one line, no traceback
-        reason = str(e).splitlines()[0] if str(e) else ""
-        raise PushError(f"upload of {folder} to {repo_id} failed ({type(e).__name__}: {reason})"
-                        .replace(token, "***")) from None
-    return str(getattr(info, "commit_url", info))
+    val = metrics.get("val_accuracy")
+    validation = f"{val:.2%}" if val is not None else "n/a"
+    if args.val_size == 0:
+        validation = ("none held out: the recipe was chosen on validation, then retrained on all training images "
+                      "(last epoch kept)")
+    (out / "README.md").write_text(hub.model_card(model.config, count_parameters(model), metrics, command,
+                                                  validation, temperature_source(args), train_seconds))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -550,7 +286,7 @@ def setup_device(args) -> dict:
 
 def cpu_has_fast_bf16(device: torch.device) -> bool:
     """True on CPUs with AMX tiles (Intel Sapphire Rapids and later), where oneDNN runs bf16
-    convolutions about twice as fast as fp32 (bench/results/recipes.md); elsewhere bf16 is slower."""
+    convolutions faster than fp32 (bench/throughput.py measures it); elsewhere bf16 is slower."""
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)   # private in torch 2.x: probe, don't assume
     return device.type == "cpu" and probe is not None and bool(probe())
 
@@ -578,9 +314,9 @@ def train(args, ctx, model: nn.Module | None = None, data=None) -> tuple[nn.Modu
     """Train on the training split, select the best epoch on validation.
 
     Args:
-        model: any network with (B, 1, 28, 28) -> logits; default: FashionCNN from args (bench/
-            passes its reference models here, so every recipe runs through this same loop).
-        data: (looks, labels) of the training split, to skip reloading it (bench/).
+        model: any network with (B, 1, 28, 28) -> logits, trained by this same loop; default:
+            FashionCNN from args.
+        data: (looks, labels) of the training split, already loaded; default: read args.dataset.
     Returns: the best-on-validation model (CPU, eval mode), history, its val accuracy, seconds.
         With --val-size 0 (final fit): the last epoch's model and None for the val accuracy.
     """
@@ -635,7 +371,7 @@ def train(args, ctx, model: nn.Module | None = None, data=None) -> tuple[nn.Modu
         best_state = judged.state_dict()
     final = copy.deepcopy(ctx["raw_model"]).cpu().to(memory_format=torch.contiguous_format)
     final.load_state_dict({k: v.float().cpu().contiguous() for k, v in best_state.items()})
-    if isinstance(final, FashionCNN):   # bench/'s reference models serve plain softmax
+    if isinstance(final, FashionCNN):   # other networks have no temperature: they serve plain softmax
         t = args.temperature or 1.0
         fit = {"temperature": t, "source": temperature_source(args)}
         if len(xv) and not args.temperature:
@@ -679,19 +415,17 @@ def run(args, argv=None) -> int:
         return 0
     extra |= {"parameters": count_parameters(model), "hardware": hardware_name(ctx["device"]), "command": command,
               "train_bf16_autocast": ctx["amp"], "temperature": model.config.temperature}
-    looks, labels, raw = load_images(args.dataset, "test")   # the test set: once, for the report
-    args.out.mkdir(parents=True, exist_ok=True)
-    metrics = write_evaluation(args.out, model, looks, labels, raw, history, extra, ctx["device"])
+    metrics = evaluate_folder(model, args, extra, history)
     if not args.eval_only:
-        save_model_repo(args.out, model.cpu(), metrics, history, args, command, train_seconds)
+        save_model_repo(args.out, model.cpu(), metrics, args, command, train_seconds)
     if args.trust_images:
         # Which explanation methods earn belief, measured once here rather than per click in the app.
         from explain import write_trust
         write_trust(args.out, model.cpu(), n=args.trust_images)
     if args.push_to_hub:
         try:
-            url = push_to_hub(args.out, args.push_to_hub, args.private)
-        except PushError as e:
+            url = hub.push_to_hub(args.out, args.push_to_hub, args.private)
+        except hub.PushError as e:
             print(f"error: {e}; the local files in {args.out} are intact", file=sys.stderr)
             return 1
         print(f"pushed {args.out} to {url}")

@@ -31,15 +31,16 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from model import load_model, preprocess  # noqa: E402
+from model import load_model  # noqa: E402
+from preprocess import preprocess  # noqa: E402
 
 TARGETS_MS = {"classify": 10.0, "method": 150.0, "all_methods": 500.0, "inference": 2.0}
 
 
 def test_images(n: int) -> list[tuple[Image.Image, int]]:
     """Real test images (PIL, label) from the small slice that ships with the repository."""
-    import train
-    _, labels, raw = train.load_images("tests/data/fashion_mnist", "test")
+    from data import load_images
+    _, labels, raw = load_images("tests/data/fashion_mnist", "test")
     return [(Image.fromarray(raw[i]), int(labels[i])) for i in range(n)]
 
 
@@ -90,7 +91,7 @@ def measure_local(model_dir: Path, cli) -> dict:
         out["classify_source"] = "preprocess + predict_proba + dict (app.py not importable)"
     methods = {}
     for name in explain.METHODS:
-        methods[name] = common.time_calls(lambda: explain.explain(model, x, name), cli.explain_repeats, warmup=1)
+        methods[name] = common.time_calls(lambda name=name: explain.explain(model, x, name), cli.explain_repeats, warmup=1)
         print(f"[latency] {name}: {methods[name]['median_ms']:.1f} ms", flush=True)
     out["methods"] = methods
     out["all_methods_sum_of_medians_ms"] = sum(m["median_ms"] for m in methods.values())

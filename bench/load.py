@@ -30,11 +30,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402  (puts the repository root on sys.path)
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from model import load_model, preprocess  # noqa: E402
+from model import load_model  # noqa: E402
+from preprocess import preprocess  # noqa: E402
 
 PREDICTED = "predicted class"
 
@@ -60,8 +60,8 @@ class Outcome:
 
 def save_test_images(folder: Path, n: int) -> list[Path]:
     """The first n images of the repository's real test slice, as the PNG files a user would upload."""
-    import train
-    _, _, raw = train.load_images("tests/data/fashion_mnist", "test")
+    from data import load_images
+    _, _, raw = load_images("tests/data/fashion_mnist", "test")
     paths = []
     for i in range(n):
         paths.append(folder / f"test{i:03d}.png")

@@ -1,8 +1,8 @@
 """Train candidate recipes through train.py's own loop, side by side with two reference models.
 
 Every recipe runs through `train.train` (same data, same validation split, same checkpoint choice
-on validation), then is evaluated once on the test set with `train.predict_probs` +
-`train.classification_metrics`. The references are what a user would otherwise pick:
+on validation), then is evaluated once on the test set with `evaluate.predict_probs` +
+`evaluate.classification_metrics`. The references are what a user would otherwise pick:
 
 * quickstart-mlp: the PyTorch "Quickstart" Fashion-MNIST MLP (784-512-512-10), plain SGD lr 1e-3,
   batch 64, 5 epochs, no augmentation, as in the tutorial.
@@ -45,8 +45,11 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+import evaluate  # noqa: E402
 import train  # noqa: E402
-from model import count_parameters, load_model, normalize  # noqa: E402
+from data import load_images  # noqa: E402
+from model import count_parameters, load_model  # noqa: E402
+from preprocess import normalize  # noqa: E402
 
 # Every recipe trick of train.py switched off: what "trained the usual way" means here.
 NO_TRICKS = ["--translate", "0", "--flip", "0", "--erase", "0", "--ema", "0", "--label-smoothing", "0",
@@ -153,7 +156,7 @@ def train_recipe(recipe: Recipe, cli, data, test, out_dir: Path) -> dict:
     model = recipe.build() if recipe.build else None
     print(f"[recipes] {recipe.name}: python train.py {shlex.join(argv)}", flush=True)
     model, history, val_acc, seconds = train.train(args, ctx, model=model, data=data)
-    metrics = train.classification_metrics(train.predict_probs(model, test[0]), test[1])   # test: once
+    metrics = evaluate.classification_metrics(evaluate.predict_probs(model, test[0]), test[1])   # test: once
     trained = sum(h["images_per_s"] * h["seconds"] for h in history)
     return {"name": recipe.name, "source": "trained in this run", "train_options": argv,
             "test_accuracy": metrics["accuracy"], "test_accuracy_ci95": metrics["accuracy_ci95"],
@@ -270,8 +273,8 @@ def main(argv=None) -> int:
     if cli.threads:
         torch.set_num_threads(cli.threads)
     t0 = time.perf_counter()
-    looks, labels, _ = train.load_images(cli.dataset, "train")
-    test_looks, test_labels, _ = train.load_images(cli.dataset, "test")
+    looks, labels, _ = load_images(cli.dataset, "train")
+    test_looks, test_labels, _ = load_images(cli.dataset, "test")
     print(f"[recipes] data: {len(looks)} train, {len(test_looks)} test ({time.perf_counter() - t0:.0f} s)", flush=True)
     table = recipes(cli.shipped_budget_minutes)
     rows = []

@@ -1,11 +1,12 @@
 """Attribution methods for the Fashion-MNIST model, their rendering and their faithfulness.
 
-Importable without Gradio. Modules: `methods` (the `METHODS` registry and `explain()`),
+Importable without Gradio. Modules: `methods` (the `METHODS` registry, `explain()` for one image and
+`explain_batch()` for a batch with a target per image),
 `render` (heatmap overlays on a shared scale), `faithfulness` (deletion/insertion curves,
 infidelity, sensitivity, the model-parameter randomisation test) and `trust` (the per-method
 table precomputed at evaluation time: `python -m explain.trust <model_dir>`).
 """
-from explain.methods import METHODS, MethodSpec, background_value, explain, resolve_target
+from explain.methods import METHODS, MethodSpec, background_value, explain, explain_batch, resolve_target
 from explain.render import colorbar, common_scale, render_overlay, share
 from explain.faithfulness import deletion_insertion, infidelity, randomisation_test, sensitivity, spearman
 
@@ -19,6 +20,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'explain' has no attribute {name!r}")
 
 
-__all__ = ["METHODS", "MethodSpec", "explain", "resolve_target", "background_value", "render_overlay",
+__all__ = ["METHODS", "MethodSpec", "explain", "explain_batch", "resolve_target", "background_value", "render_overlay",
            "common_scale", "colorbar", "share", "deletion_insertion", "infidelity", "sensitivity",
            "randomisation_test", "spearman", "precompute_trust", "write_trust", "format_table"]

@@ -1,8 +1,9 @@
 """The registry of attribution methods (`METHODS`) and the one entry point `explain()`.
 
-Every method has the same call shape, `fn(model, x, target) -> (28, 28)` float32 tensor, for a
-normalised input x (1, 1, 28, 28) and an integer target class; the app's controls and the tests
-both read `METHODS`. Adding a method is one function and one registry entry.
+Every method has the same call shape, `fn(model, x, targets) -> (B, 28, 28)` float32 tensor, for
+a normalised batch x (B, 1, 28, 28) and one target class per image (B,), as Captum's `attribute`
+takes them; the app's controls and the tests both read `METHODS`. Adding a method is one function
+and one registry entry.
 
 Captum objects are created inside each function and dropped when it returns, so no hook or
 graph outlives a call (the memory test in tests/test_explain.py runs hundreds of calls).
@@ -10,6 +11,7 @@ Defaults are chosen for 28x28 grayscale inputs and for a few batched forward pas
 
     >>> from explain import explain, METHODS
     >>> a = explain(model, preprocess(image), "Integrated Gradients")   # (28, 28) numpy, target = predicted
+    >>> maps = explain_batch(model, x, "Grad-CAM", targets)            # (B, 28, 28) for x (B, 1, 28, 28)
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ OCCLUSION_STRIDE = 3
 class MethodSpec:
     """One attribution method as the UI and the tests see it."""
     name: str
-    fn: Callable[[nn.Module, torch.Tensor, int], torch.Tensor]   # (model, x (1,1,28,28), target) -> (28, 28)
+    fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]   # (model, x (B,1,28,28), targets (B,)) -> (B, 28, 28)
     signed: bool          # does the sign mean something? False: the map is >= 0 (shown as |a|)
     description: str      # one line for the UI, with the defaults
     reference: str        # paper or documentation link
@@ -117,54 +119,54 @@ def _input(x: torch.Tensor) -> torch.Tensor:
 
 
 def _map(attr: torch.Tensor) -> torch.Tensor:
-    """(1, 1, H, W) attribution -> (H, W) float32, detached."""
-    return attr.detach()[0, 0].float()
+    """(B, 1, H, W) attribution -> (B, H, W) float32, detached."""
+    return attr.detach()[:, 0].float()
 
 
 # ---------------------------------------------------------------------------------------------
-# The methods. Each: (model, x (1, 1, 28, 28) normalised, target int) -> (28, 28) float32.
+# The methods. Each: (model, x (B, 1, 28, 28) normalised, targets (B,) long) -> (B, 28, 28) float32.
 # ---------------------------------------------------------------------------------------------
 
-def saliency(model: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
+def saliency(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     from captum.attr import Saliency
     return _map(Saliency(model).attribute(_input(x), target=target, abs=True))
 
 
-def integrated_gradients(model: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
+def integrated_gradients(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     from captum.attr import IntegratedGradients
     baseline = torch.full_like(x, background_value(model))                # a black image
     attr = IntegratedGradients(model).attribute(
         _input(x), baselines=baseline, target=target,
-        n_steps=IG_STEPS, internal_batch_size=IG_STEPS)                   # one (32, 1, 28, 28) pass
+        n_steps=IG_STEPS, internal_batch_size=IG_STEPS * len(x))          # one (32B, 1, 28, 28) pass
     return _map(attr)
 
 
-def smoothgrad(model: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
-    from captum.attr import NoiseTunnel, Saliency
+def smoothgrad(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    from captum.attr import Saliency
     _, std = mean_std(model)
-    # Noise is set in pixel units and converted to the normalised scale the model sees. A fixed
-    # seed (in a forked RNG, so the caller's random stream is untouched) makes a click repeatable.
+    # Noise is set in pixel units and converted to the normalised scale the model sees. One fixed
+    # draw (in a forked RNG, so the caller's random stream is untouched), shared by every image:
+    # a click is repeatable and an image's map does not depend on the batch it came in.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        attr = NoiseTunnel(Saliency(model)).attribute(
-            _input(x), nt_type="smoothgrad", nt_samples=SMOOTHGRAD_SAMPLES,
-            nt_samples_batch_size=SMOOTHGRAD_SAMPLES, stdevs=SMOOTHGRAD_NOISE / std,
-            target=target, abs=True)                                      # one (16, 1, 28, 28) pass
-    return _map(attr)
+        noise = torch.randn(SMOOTHGRAD_SAMPLES, *x.shape[1:]) * (SMOOTHGRAD_NOISE / std)   # (S, 1, 28, 28)
+    noisy = (x[None] + noise[:, None]).flatten(0, 1)                                      # (S*B, 1, 28, 28)
+    grads = Saliency(model).attribute(_input(noisy), target=target.repeat(SMOOTHGRAD_SAMPLES), abs=True)
+    return _map(grads.unflatten(0, (SMOOTHGRAD_SAMPLES, len(x))).mean(0))                  # one (16B, ...) pass
 
 
-def grad_cam(model: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
+def grad_cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     from captum.attr import LayerAttribution, LayerGradCam
     layer = getattr(model, "last_conv", None)
     if not isinstance(layer, nn.Module):
         raise ValueError(f"Grad-CAM needs a model with a `last_conv` layer; {type(model).__name__} has none")
     cam = LayerGradCam(model, layer).attribute(_input(x), target=target,
-                                               relu_attributions=True)    # (1, 1, h, w), h = 7 for FashionCNN
-    cam = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), "bilinear")   # (1, 1, 28, 28)
+                                               relu_attributions=True)    # (B, 1, h, w), h = 7 for FashionCNN
+    cam = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), "bilinear")   # (B, 1, 28, 28)
     return _map(cam)
 
 
-def occlusion(model: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
+def occlusion(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     from captum.attr import Occlusion
     side = x.shape[-1]
     n_windows = ((side - OCCLUSION_WINDOW) // OCCLUSION_STRIDE + 1) ** 2
@@ -172,11 +174,11 @@ def occlusion(model: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
         attr = Occlusion(model).attribute(
             _input(x), sliding_window_shapes=(1, OCCLUSION_WINDOW, OCCLUSION_WINDOW),
             strides=(1, OCCLUSION_STRIDE, OCCLUSION_STRIDE), baselines=background_value(model),
-            target=target, perturbations_per_eval=n_windows)               # one (81, 1, 28, 28) pass
+            target=target, perturbations_per_eval=n_windows)               # one (81B, 1, 28, 28) pass
     return _map(attr)
 
 
-def deeplift(model: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
+def deeplift(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     from captum.attr import DeepLift
     net = relu_safe(model)
     baseline = torch.full_like(x, background_value(model))
@@ -185,7 +187,7 @@ def deeplift(model: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
     return _map(attr)
 
 
-def guided_backprop(model: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
+def guided_backprop(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     from captum.attr import GuidedBackprop
     net = relu_safe(model)
     with _quiet():
@@ -227,14 +229,14 @@ METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
 # ---------------------------------------------------------------------------------------------
 
 def as_batch(x) -> torch.Tensor:
-    """(28, 28), (1, 28, 28) or (1, 1, 28, 28) tensor or array -> (1, 1, H, W) float32 tensor."""
+    """(28, 28), (1, 28, 28) or (B, 1, 28, 28) tensor or array -> (B, 1, H, W) float32 tensor."""
     x = torch.as_tensor(x, dtype=torch.float32).detach()
     if x.ndim == 2:
         x = x[None]
     if x.ndim == 3:
         x = x[None]
-    if x.ndim != 4 or x.shape[:2] != (1, 1):
-        raise ValueError(f"expected one image of shape (1, 28, 28) or (1, 1, 28, 28), got {tuple(x.shape)}")
+    if x.ndim != 4 or x.shape[1] != 1 or len(x) == 0:
+        raise ValueError(f"expected images of shape (1, 28, 28) or (B, 1, 28, 28), got {tuple(x.shape)}")
     return x
 
 
@@ -246,43 +248,70 @@ def class_probabilities(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model(x).float().softmax(-1)
 
 
-def resolve_target(model: nn.Module, x: torch.Tensor, target) -> int:
-    """target None -> the predicted class; otherwise checked against the number of classes."""
-    if target is None:
-        return int(class_probabilities(model, x)[0].argmax())
-    if isinstance(target, bool) or not isinstance(target, (int, np.integer)):
-        raise ValueError(f"target must be a class index (int), got {target!r}")
+def _class_index(t) -> int:
+    """An int-like class index (Python or numpy int, 0-d integer tensor); never a bool or a float."""
+    if isinstance(t, torch.Tensor) and t.ndim == 0 and not t.is_floating_point() and t.dtype != torch.bool:
+        return int(t)
+    if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer)):
+        raise ValueError(f"target must be a class index (int), got {str(t)[:60]}")
+    return int(t)
+
+
+def resolve_targets(model: nn.Module, x: torch.Tensor, targets) -> torch.Tensor:
+    """targets None -> the predicted classes; one int or B ints -> a checked (B,) long tensor."""
+    if targets is None:
+        return class_probabilities(model, x).argmax(-1)
+    if isinstance(targets, torch.Tensor) and targets.ndim == 1:
+        targets = list(targets)
+    values = [_class_index(t) for t in (targets if isinstance(targets, (list, tuple, np.ndarray)) else [targets])]
+    if len(values) != len(x):
+        raise ValueError(f"{len(values)} targets for {len(x)} images")
     # The config says how many classes there are; other models are asked (one forward pass).
     num_classes = getattr(getattr(model, "config", None), "num_classes", None)
     if num_classes is None:
-        num_classes = class_probabilities(model, x).shape[-1]
-    if not 0 <= int(target) < num_classes:
-        raise ValueError(f"target {int(target)} is out of range: the model has {num_classes} classes (0..{num_classes - 1})")
-    return int(target)
+        num_classes = class_probabilities(model, x[:1]).shape[-1]
+    for t in values:
+        if not 0 <= t < num_classes:
+            raise ValueError(f"target {t} is out of range: the model has {num_classes} classes (0..{num_classes - 1})")
+    return torch.tensor(values, dtype=torch.long)
 
 
-def explain(model: nn.Module, x, method: str, target: int | None = None) -> np.ndarray:
-    """Attribution map of `method` for `target` (default: the predicted class).
+def resolve_target(model: nn.Module, x: torch.Tensor, target) -> int:
+    """One image's target: None -> the predicted class; otherwise checked against the classes."""
+    return int(resolve_targets(model, as_batch(x)[:1], target)[0])
+
+
+def explain_batch(model: nn.Module, x, method: str, targets=None) -> np.ndarray:
+    """Attribution maps (B, 28, 28) of `method` for a batch and one target per image (default: predicted).
 
     Args:
         model: a FashionCNN or any nn.Module mapping (B, 1, 28, 28) to logits; Grad-CAM also
             needs `model.last_conv`.
-        x: one normalised image, (1, 28, 28) as `preprocess` returns or (1, 1, 28, 28).
+        x: normalised images (B, 1, 28, 28) (or one image, (1, 28, 28)).
         method: a key of `METHODS`.
-        target: class index; None -> argmax of `model.predict_proba` (else of the logits).
+        targets: B class indices (or one int for a single image); None -> argmax of
+            `model.predict_proba` (else of the logits).
     Returns:
-        (28, 28) float32 array, always finite; >= 0 for methods with `signed=False`.
+        (B, 28, 28) float32 array, always finite; >= 0 for methods with `signed=False`.
     Raises:
         ValueError: unknown method (the message names it and the known ones), bad target or shape.
     """
     spec = METHODS.get(method)
     if spec is None:
-        raise ValueError(f"unknown attribution method {method!r}; known: {', '.join(METHODS)}")
+        raise ValueError(f"unknown attribution method {str(method)[:60]!r}; known: {', '.join(METHODS)}")
     x = as_batch(x)
     with eval_mode(model):
-        target = resolve_target(model, x, target)
-        attr = spec.fn(model, x, target)
+        targets = resolve_targets(model, x, targets)
+        attr = spec.fn(model, x, targets)
     # A non-finite value (overflow on an extreme input) carries no ranking information: zero it.
     a = np.nan_to_num(attr.detach().cpu().numpy().astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    assert a.shape == tuple(x.shape[-2:]) and np.isfinite(a).all(), f"{method}: bad map {a.shape}"
+    assert a.shape == (len(x), *x.shape[-2:]) and np.isfinite(a).all(), f"{method}: bad maps {a.shape}"
     return a
+
+
+def explain(model: nn.Module, x, method: str, target: int | None = None) -> np.ndarray:
+    """The map (28, 28) of `method` for one image x (1, 28, 28) and `target` (default: predicted)."""
+    x = as_batch(x)
+    if len(x) != 1:
+        raise ValueError(f"explain takes one image, got {tuple(x.shape)}: use explain_batch for a batch")
+    return explain_batch(model, x, method, None if target is None else [target])[0]

@@ -1,9 +1,10 @@
 """Attribution maps drawn over the input, in the input's own 28x28 pixel space.
 
-Captum's `visualize_image_attr` has no colormap choice for one-channel images and normalises
-before clipping (negative evidence vanishes), so maps are drawn here from the raw values:
-a grayscale copy of what the model saw, with the attribution blended on top (opacity grows with
-|a| / scale, so zero attribution leaves the image visible). Signed maps use a diverging scale
+Captum's `visualize_image_attr` scales each map by its own outlier percentile, so maps shown side
+by side cannot share one colour scale, and it blends at the input's resolution. Maps are drawn
+here from the raw values on a scale the caller passes (`common_scale`): a grayscale copy of what
+the model saw, with the attribution blended on top (opacity grows with |a| / scale, so zero
+attribution leaves the image visible). Signed maps use a diverging scale
 centred at 0 (red = raises the class score, blue = lowers it); unsigned maps a sequential one.
 Upsampling is nearest-neighbour: one model pixel stays one visible square.
 

@@ -14,9 +14,10 @@ from pathlib import Path
 
 from huggingface_hub import SpaceCardData
 
+from hub import HUB_DATASET, LICENSE
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_ID = "fashion-mnist-explainer/fashion-cnn"
-DATASET_ID = "zalando-datasets/fashion_mnist"
 PYTHON_VERSION = "3.11"
 
 # Colours must be one of the Hub's named gradient colours (red, yellow, green, blue, indigo,
@@ -29,7 +30,7 @@ METADATA = {
     "sdk": "gradio",
     "app_file": "app.py",
     "python_version": PYTHON_VERSION,
-    "license": "mit",
+    "license": LICENSE,
     "pinned": False,
     "short_description": "Classify clothes and see why: Captum saliency maps",
     "tags": ["fashion-mnist", "image-classification", "explainability", "captum", "pytorch"],
@@ -70,7 +71,7 @@ def render_card(model_id: str = DEFAULT_MODEL_ID, weights: str | Path = ROOT / "
         requirements: the file whose `gradio==` pin becomes `sdk_version`.
     """
     data = SpaceCardData(sdk_version=pinned_version("gradio", requirements), models=[model_id],
-                         datasets=[DATASET_ID], **METADATA)
+                         datasets=[HUB_DATASET], **METADATA)
     return f"""---
 {data.to_yaml()}
 ---
@@ -78,7 +79,7 @@ def render_card(model_id: str = DEFAULT_MODEL_ID, weights: str | Path = ROOT / "
 # Fashion-MNIST Explainer
 
 Upload a photo of a garment, draw one, or pick a test example: a small residual CNN trained on
-[Fashion-MNIST]({_hub_url("datasets", DATASET_ID)}) says which of ten classes it is (T-shirt/top,
+[Fashion-MNIST]({_hub_url("datasets", HUB_DATASET)}) says which of ten classes it is (T-shirt/top,
 Trouser, Pullover, Dress, Coat, Sandal, Shirt, Sneaker, Bag, Ankle boot), and attribution methods
 from [Captum](https://captum.ai) (saliency, Integrated Gradients, SmoothGrad, Grad-CAM, occlusion,
 DeepLIFT, guided backprop) show which pixels drove the answer, side by side on one colour scale.

@@ -17,7 +17,6 @@ import re
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -33,8 +32,8 @@ CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", 
 @pytest.fixture(scope="module")
 def garment_photo(tmp_path_factory) -> Path:
     """A test-set trouser as a user would upload it: dark garment on white, 10x larger, RGB."""
-    import train
-    _, labels, raw = train.load_images(str(REPO / "tests" / "data" / "fashion_mnist"), "test")
+    from data import load_images
+    _, labels, raw = load_images(str(REPO / "tests" / "data" / "fashion_mnist"), "test")
     look = raw[int((labels == 1).nonzero()[0, 0])]                                # the first Trouser
     photo = Image.fromarray(255 - look).resize((280, 280), Image.Resampling.BICUBIC).convert("RGB")
     path = tmp_path_factory.mktemp("browser") / "trousers.png"

@@ -27,7 +27,8 @@ from explain import (METHODS, common_scale, deletion_insertion, render_overlay, 
                      share)
 from explain.faithfulness import cascade_layers, pixel_order, spearman
 from explain.methods import background_value, relu_safe
-from model import MEAN, STD, FashionCNN, InvalidImageError, fashion_look, normalize, preprocess
+from model import MEAN, STD, FashionCNN
+from preprocess import InvalidImageError, fashion_look, normalize, preprocess
 
 METHOD_NAMES = list(METHODS)
 REGION = (slice(3, 11), slice(16, 24))          # 8x8, off-centre: a transposed map would miss it
@@ -88,8 +89,8 @@ def tiny():
 @pytest.fixture(scope="module")
 def images():
     """Real Fashion-MNIST test images from the committed slice (uint8, (N, 28, 28))."""
-    import train
-    _, labels, raw = train.load_images("tests/data/fashion_mnist", "test")
+    from data import load_images
+    _, labels, raw = load_images("tests/data/fashion_mnist", "test")
     return raw[:12], labels[:12].numpy()
 
 
@@ -120,8 +121,22 @@ def test_map_is_finite_28x28_on_tiny_and_real_architecture(method, tiny, x_real)
             assert np.abs(a).max() > 0, f"{method} gave an all-zero map"
             if not METHODS[method].signed:
                 assert (a >= 0).all()
-        raw = METHODS[method].fn(model, x_real[None], 0)             # the registry's own call shape
-        assert isinstance(raw, torch.Tensor) and raw.shape == (28, 28) and raw.dtype == torch.float32
+        batch = torch.cat([x_real[None], x_real[None].flip(-1)])         # (2, 1, 28, 28)
+        raw = METHODS[method].fn(model, batch, torch.tensor([0, 1]))     # the registry's own call shape
+        assert isinstance(raw, torch.Tensor) and raw.shape == (2, 28, 28) and raw.dtype == torch.float32
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_a_batch_gives_each_image_its_own_map_for_its_own_target(method, x_real):
+    """explain_batch with a target per image equals explain image by image (Captum's batched API)."""
+    model = FashionCNN(widths=(8, 8, 16)).eval()
+    torch.manual_seed(1)
+    batch = torch.cat([x_real[None], x_real[None].flip(-1), x_real[None].roll(3, -2)])   # (3, 1, 28, 28)
+    targets = [2, 7, 4]
+    maps = explain.explain_batch(model, batch, method, targets)
+    assert maps.shape == (3, 28, 28)
+    for i, t in enumerate(targets):
+        np.testing.assert_allclose(maps[i], explain.explain(model, batch[i], method, t), rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("method", METHOD_NAMES)
@@ -309,7 +324,6 @@ def test_randomisation_lowers_the_correlation_and_leaves_the_model_alone(tiny, i
 
 
 def test_precompute_trust_and_write_trust(tmp_path, images):
-    import train
     raw, labels = images
     model = FashionCNN(widths=(8, 8, 16)).eval()
     out = explain.precompute_trust(model, raw, labels, methods=["Saliency", "Grad-CAM"], n=3,

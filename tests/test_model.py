@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
-from model import (CLASS_NAMES, MEAN, STD, FashionCNN, InvalidImageError, WeightsError, count_parameters,
-                   fashion_look, load_model, preprocess)
+from model import CLASS_NAMES, MEAN, STD, FashionCNN, WeightsError, count_parameters, load_model
+from preprocess import InvalidImageError, fashion_look, preprocess
 
 
 SLICE = "tests/data/fashion_mnist"
@@ -24,7 +24,7 @@ SLICE = "tests/data/fashion_mnist"
 @pytest.fixture(scope="module")
 def test_images() -> np.ndarray:
     """Real Fashion-MNIST test images (200, 28, 28) uint8 from the shipped slice."""
-    from train import load_images
+    from data import load_images
     return load_images(SLICE, "test")[2]
 
 

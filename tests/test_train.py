@@ -14,8 +14,12 @@ import numpy as np
 import pytest
 import torch
 
+import evaluate
+import hub
 import train
-from model import CLASS_NAMES, load_model, normalize
+from data import load_images, split_train_val
+from model import CLASS_NAMES, load_model
+from preprocess import normalize
 
 ROOT = Path(__file__).resolve().parents[1]
 SLICE = str(ROOT / "tests/data/fashion_mnist")
@@ -111,8 +115,8 @@ def test_loads_back_through_the_hub_path_with_identical_predictions(trained, tmp
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
     from_hub, from_dir = load_model("someone/fashion-cnn"), load_model(out)
-    looks, labels, _ = train.load_images(SLICE, "test")
-    p_hub, p_dir = train.predict_probs(from_hub, looks), train.predict_probs(from_dir, looks)
+    looks, labels, _ = load_images(SLICE, "test")
+    p_hub, p_dir = evaluate.predict_probs(from_hub, looks), evaluate.predict_probs(from_dir, looks)
     assert torch.equal(p_hub, p_dir)
     m = json.loads((out / "evaluation/metrics.json").read_text())
     assert (p_dir.argmax(1) == labels).float().mean().item() == pytest.approx(m["accuracy"])
@@ -135,8 +139,8 @@ def test_eval_only_with_broken_weights_says_which_file(tmp_path):
 
 
 def test_validation_split_is_seeded_and_disjoint():
-    a_train, a_val = train.split_train_val(1000, 100, seed=3)
-    b_train, b_val = train.split_train_val(1000, 100, seed=3)
+    a_train, a_val = split_train_val(1000, 100, seed=3)
+    b_train, b_val = split_train_val(1000, 100, seed=3)
     assert torch.equal(a_val, b_val) and len(a_val) == 100
     assert not set(a_train.tolist()) & set(a_val.tolist())
     assert len(a_train) + len(a_val) == 1000
@@ -156,8 +160,8 @@ def test_local_datasets_cache_is_keyed_by_path(tmp_path):
     import pyarrow.parquet as pq
     test_file = small / "fashion_mnist" / "test-00000-of-00001.parquet"
     pq.write_table(pq.read_table(test_file).slice(0, 30), test_file)
-    assert len(train.load_images(SLICE, "test")[1]) == 200
-    assert len(train.load_images(str(small), "test")[1]) == 30
+    assert len(load_images(SLICE, "test")[1]) == 200
+    assert len(load_images(str(small), "test")[1]) == 30
 
 
 def test_torchrun_data_parallel_on_cpu(tmp_path):
@@ -184,7 +188,7 @@ def test_push_without_token_fails_in_one_line_and_keeps_files(trained, tmp_path)
     proc = run_cli("--eval-only", "--model", str(out), "--dataset", SLICE, "--out", str(out), "--trust-images", "0",
                    "--push-to-hub", "someone/fashion-cnn", env=offline_env(tmp_path) | {"HF_TOKEN": ""}, check=False)
     assert proc.returncode == 1
-    errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "no Hugging Face token" in errors[0] and "intact" in errors[0]
     assert set(snapshot(out)) == set(before)
     assert snapshot(out)["model.safetensors"] == before["model.safetensors"]
@@ -196,7 +200,7 @@ def test_push_to_unreachable_hub_fails_cleanly_without_leaking_the_token(trained
                    "--trust-images", "0", "--push-to-hub", "someone/fashion-cnn",
                    env=offline_env(tmp_path) | {"HF_TOKEN": FAKE_TOKEN, "HF_HUB_ETAG_TIMEOUT": "2"}, check=False)
     assert proc.returncode == 1
-    errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "someone/fashion-cnn failed" in errors[0]
     assert FAKE_TOKEN not in proc.stdout + proc.stderr
     written = b"".join(snapshot(tmp_path / "ev").values())
@@ -228,7 +232,7 @@ def test_push_uploads_the_complete_repo_and_no_secrets(trained, tmp_path, monkey
     (folder / ".env").write_text(f"HF_TOKEN={FAKE_TOKEN}")        # a stray secret must not go up
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
     api = RecordingApi()
-    url = train.push_to_hub(folder, "someone/fashion-cnn", api=api)
+    url = hub.push_to_hub(folder, "someone/fashion-cnn", api=api)
     assert url.endswith("/commit/abc")
     assert [c[0] for c in api.calls] == ["create_repo", "upload_folder"]
     assert set(EXPECTED) <= set(api.files) and ".env" not in api.files
@@ -239,15 +243,15 @@ def test_push_uploads_the_complete_repo_and_no_secrets(trained, tmp_path, monkey
 def test_temperature_fit_follows_the_logit_scale():
     # Logits 3x larger (the last layer scaled) need a 3x higher temperature for the same probabilities.
     model = load_model(ROOT / "weights")
-    looks, labels, _ = train.load_images(SLICE, "test")
-    t, fit = train.fit_temperature(model, looks, labels)
+    looks, labels, _ = load_images(SLICE, "test")
+    t, fit = evaluate.fit_temperature(model, looks, labels)
     sharp = load_model(ROOT / "weights")
     sharp.head[-1].weight.data *= 3
     sharp.head[-1].bias.data *= 3
-    t3, _ = train.fit_temperature(sharp, looks, labels)
+    t3, _ = evaluate.fit_temperature(sharp, looks, labels)
     assert t3 == pytest.approx(3 * t, abs=0.03)
     assert fit["val_nll_calibrated"] <= fit["val_nll_t1"]
-    calibrated = train.with_temperature(model, t)
+    calibrated = evaluate.with_temperature(model, t)
     assert calibrated.config.temperature == t
     x = normalize(looks[:50, None])
     assert torch.equal(calibrated.predict_proba(x).argmax(1), model.predict_proba(x).argmax(1))
@@ -278,7 +282,7 @@ def test_final_fit_trains_on_every_image_and_keeps_the_given_temperature(tmp_pat
     out = tmp_path / "final"
     run_cli("--dataset", SLICE, "--epochs", "2", "--val-size", "0", "--temperature", "0.7", "--batch-size", "50",
             "--out", str(out), "--no-progress", "--trust-images", "0")
-    n_train = len(train.load_images(SLICE, "train")[1])
+    n_train = len(load_images(SLICE, "train")[1])
     history = json.loads((out / "training_history.json").read_text())
     assert [h["images"] for h in history] == [n_train // 50 * 50] * 2
     assert not any("val_accuracy" in h for h in history)

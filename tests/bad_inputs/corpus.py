@@ -1,9 +1,10 @@
 """A corpus of hostile and awkward image files, written on demand (nothing binary is committed).
 
 Each entry is one way an upload goes wrong in the wild: not an image, empty, truncated, a
-decompression bomb, absurd header dimensions, animated, a GIF/JavaScript polyglot; plus two
-unusual but valid encodings (16-bit grayscale, CMYK JPEG) that the app must classify like the
-8-bit original. tests/test_app.py sends every file through the running app's API.
+decompression bomb, absurd header dimensions, animated, a GIF/JavaScript polyglot, formats outside
+the allow-list, a TIFF without dimensions; plus unusual but valid encodings (16-bit grayscale,
+CMYK JPEG, LAB TIFF, 32-bit float and integer TIFFs) that the app must classify like the 8-bit
+original. tests/test_app.py sends every file through the running app's API.
 
     python tests/bad_inputs/corpus.py /tmp/corpus      # write the files to look at them
 """
@@ -28,9 +29,14 @@ REFUSED = {
     "animated.gif": "animated image (3 frames)",
     "polyglot_gif_js.gif": "not an image",
     "blank_white.png": "blank",
+    # Formats PIL can read but the app does not accept (allow-list): refused before any decoder runs.
+    "image.qoi": "not an image that can be read",
+    "image.dds": "not an image that can be read",
+    "image.eps": "not an image that can be read",
+    "tiff_without_dimensions.tif": "not an image that can be read",
 }
 # name -> valid but unusual: must be classified like the 8-bit original.
-ACCEPTED = ("gray16.png", "cmyk.jpg")
+ACCEPTED = ("gray16.png", "cmyk.jpg", "lab.tif", "float32.tif", "int32.tif")
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -51,6 +57,12 @@ def huge_header_gif(side: int = 65_535) -> bytes:
     screen = b"GIF89a" + struct.pack("<HHBBB", side, side, 0x80, 0, 0) + b"\x00\x00\x00\xff\xff\xff"
     frame = b"\x2c" + struct.pack("<HHHHB", 0, 0, 1, 1, 0) + b"\x02\x02\x44\x01\x00"
     return screen + frame + b"\x3b"
+
+
+def _tiff_without_dimensions() -> bytes:
+    """A little-endian TIFF whose only directory entry is the compression tag: no width, no height."""
+    entries = struct.pack("<HHHII", 259, 3, 1, 1, 0)                    # Compression = none
+    return b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 1) + entries + struct.pack("<I", 0)
 
 
 def write_corpus(folder: Path, garment: np.ndarray) -> dict[str, Path]:
@@ -77,11 +89,19 @@ def write_corpus(folder: Path, garment: np.ndarray) -> dict[str, Path]:
     # 16-bit grayscale: the same picture on the 0..65535 scale (PIL writes mode I;16 as 16-bit PNG).
     Image.fromarray(garment.astype(np.uint16) * 257).save(folder / "gray16.png")
     big.convert("CMYK").save(folder / "cmyk.jpg", quality=95)
+    # LAB: its lightness channel is the picture; 32-bit float and integer TIFFs on their own scales.
+    lab = np.stack([big, np.full_like(big, 128), np.full_like(big, 128)], -1)
+    Image.frombytes("LAB", big.size, lab.tobytes()).save(folder / "lab.tif")
+    Image.fromarray(np.asarray(big, np.float32) / 255).save(folder / "float32.tif")
+    Image.fromarray(np.asarray(big, np.int32) * 257).save(folder / "int32.tif")
+    for fmt in ("QOI", "DDS", "EPS"):
+        big.convert("RGB").save(folder / f"image.{fmt.lower()}", fmt)
+    (folder / "tiff_without_dimensions.tif").write_bytes(_tiff_without_dimensions())
     return {name: folder / name for name in list(REFUSED) + list(ACCEPTED)}
 
 
 if __name__ == "__main__":
     sample = np.load(Path(__file__).resolve().parents[2] / "weights/evaluation/samples.npz")["images"][0] \
         if len(sys.argv) < 3 else np.asarray(Image.open(sys.argv[2]).convert("L"))
-    for name, path in write_corpus(Path(sys.argv[1]), sample).items():
+    for path in write_corpus(Path(sys.argv[1]), sample).values():
         print(f"{path.stat().st_size:>9,}  {path}")

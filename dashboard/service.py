@@ -1,0 +1,191 @@
+"""The model behind the dashboard: which weights are served (with the fallback), and its answers.
+
+`Service` owns the network as trained (for explanations), its serving copy (BatchNorm folded,
+channels-last, for predictions), the evaluation artefacts of the served folder and one lock: the
+hook-based explainers attach hooks to the shared network, so two requests never run it at once.
+Nothing here imports Gradio; app.py turns the errors into messages.
+"""
+from __future__ import annotations
+
+import copy
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import explain
+import hub
+from artefacts import load_artefacts
+from dashboard.uploads import clip
+from explain.render import share
+from model import FashionCNN, WeightsError, count_parameters, load_model
+from preprocess import normalize
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMITTED_WEIGHTS = ROOT / "weights"
+PREDICTED = "predicted class"          # the target choice that follows the prediction
+DEFAULT_METHODS = ("Saliency", "Integrated Gradients", "Grad-CAM", "Occlusion")
+VIEW_SIZE = 224                        # pixels a side of every displayed 28x28 image
+TOP_CLASSES = 3                        # classes listed in a prediction
+
+
+class RequestError(ValueError):
+    """A request the service cannot answer (unknown method or class); the message is for a person."""
+
+
+@dataclass
+class LoadedModel:
+    model: FashionCNN
+    folder: Path             # holds config.json, model.safetensors and (maybe) evaluation/
+    source: str              # what the UI says about where the weights came from
+    fallback: bool = False   # True when the requested weights could not be used
+
+
+def short_path(path: Path) -> str:
+    """A path as the page shows it: relative to the repository when inside it."""
+    try:
+        rel = str(Path(path).resolve().relative_to(ROOT))
+        return rel + "/" if Path(path).is_dir() else rel
+    except ValueError:
+        return str(path)
+
+
+def _looks_like_path(source: str) -> bool:
+    return Path(source).exists() or source.startswith((".", "/", "~")) or source.count("/") > 1
+
+
+def load_weights(requested: str | None, fallback: Path = COMMITTED_WEIGHTS,
+                 hub_timeout: float = hub.DEFAULT_TIMEOUT_S) -> LoadedModel:
+    """Load `requested` (local folder or Hub repo id); on any WeightsError, the committed weights.
+
+    Raises:
+        WeightsError: only when the fallback weights themselves cannot be loaded.
+    """
+    committed = f"the committed weights in `{short_path(fallback)}`"
+    if not requested:
+        return LoadedModel(load_model(fallback), fallback, committed)
+    try:
+        if _looks_like_path(requested):
+            folder = Path(requested).expanduser()
+            if not folder.is_dir():
+                raise WeightsError(f"{folder}: no such folder")
+            where = f"local folder `{folder}`"
+        else:
+            try:
+                folder = hub.resolve_model_dir(requested, hub_timeout, hub.ARTEFACT_PATTERNS)
+            except hub.HubError as e:
+                raise WeightsError(str(e)) from None
+            where = f"Hugging Face Hub repo `{requested}`"
+        return LoadedModel(load_model(folder), folder, f"weights from the {where}")
+    except WeightsError as e:
+        model = load_model(fallback)
+        print(f"[app] could not use {requested!r}: {e}; serving {fallback}", file=sys.stderr)
+        return LoadedModel(model, fallback, f"{committed}, because `{requested}` could not be used: {e}",
+                           fallback=True)
+
+
+def view_image(look: np.ndarray, size: int = VIEW_SIZE) -> np.ndarray:
+    """The 28x28 look as a (size, size) uint8 image, nearest-neighbour so each pixel stays visible."""
+    k = max(1, size // look.shape[0])
+    return np.kron((np.clip(look, 0, 1) * 255).astype(np.uint8), np.ones((k, k), dtype=np.uint8))
+
+
+def checked_methods(methods, known=explain.METHODS) -> list[str]:
+    """Method names, de-duplicated in order; at most one of each known method, so at most len(known)."""
+    if isinstance(methods, str):
+        methods = [methods]
+    if not isinstance(methods, (list, tuple)) or not all(isinstance(m, str) for m in methods):
+        raise RequestError(f"methods must be a list of method names from: {', '.join(known)}.")
+    unknown = [m for m in dict.fromkeys(methods) if m not in known]
+    if unknown:
+        shown = ", ".join(clip(m) for m in unknown[:3]) + (" ..." if len(unknown) > 3 else "")
+        raise RequestError(f"Unknown method(s) {shown}: choose from {', '.join(known)}.")
+    if not methods:
+        raise RequestError("Choose at least one explanation method.")
+    return list(dict.fromkeys(methods))
+
+
+class Service:
+    """Predictions and explanations of one loaded model; thread-safe."""
+
+    def __init__(self, loaded: LoadedModel):
+        self.loaded = loaded
+        self.model = loaded.model
+        # Predictions run on a copy with BatchNorm folded and channels-last memory: the same
+        # probabilities to float rounding, faster. Explanations use the network exactly as
+        # trained, as the trust table measured it.
+        self.serving = copy.deepcopy(self.model).optimize_for_inference_()
+        self.artefacts = load_artefacts(loaded.folder, short_path)
+        self.labels = list(self.model.label_names)
+        self._lock = threading.Lock()
+        self.on_use = lambda: None        # called after each use of the network (the idle trimmer)
+
+    @contextmanager
+    def _turn(self):
+        with self._lock:
+            yield
+        self.on_use()
+
+    def _input(self, look: np.ndarray) -> torch.Tensor:
+        cfg = self.model.config
+        return normalize(look, cfg.mean, cfg.std)[None, None]      # (1, 1, 28, 28)
+
+    def predict(self, look: np.ndarray) -> np.ndarray:
+        """Served class probabilities (num_classes,) for a 28x28 look."""
+        with self._turn():
+            return self.serving.predict_proba(self._input(look))[0].numpy()
+
+    def confidences(self, probs: np.ndarray) -> dict[str, float]:
+        return {name: float(p) for name, p in zip(self.labels, probs)}
+
+    def label_value(self, probs: np.ndarray) -> dict:
+        """The prediction as Gradio's Label shows it: the top class and the top TOP_CLASSES."""
+        order = np.argsort(-probs, kind="stable")[:TOP_CLASSES]
+        return {"label": self.labels[int(order[0])],
+                "confidences": [{"label": self.labels[int(i)], "confidence": float(probs[i])} for i in order]}
+
+    def target_index(self, target, probs: np.ndarray) -> int:
+        if target is None or target == PREDICTED:
+            return int(probs.argmax())
+        if not isinstance(target, str) or target not in self.labels:
+                    raise RequestError(f"Unknown class {clip(target)}: choose one of {', '.join(self.labels)} "
+                               f"or '{PREDICTED}'.")
+        return self.labels.index(target)
+
+    def explain(self, look: np.ndarray, methods, target=PREDICTED, progress=None) -> tuple:
+        """A 28x28 look -> (probs, target index, {method: map in shares}, {method: scores}).
+
+        Each map is expressed as shares of its total, so maps of different methods can share one
+        colour scale; the scores are the map's deletion and insertion AUC for this very image.
+        """
+        methods = checked_methods(methods)
+        probs = self.predict(look)
+        t = self.target_index(target, probs)
+        x = self._input(look)[0]                                            # (1, 28, 28)
+        maps, scores = {}, {}
+        for i, name in enumerate(methods):
+            if progress is not None:
+                progress((i, len(methods) + 1), desc=name)
+            start = time.perf_counter()
+            with self._turn():
+                attribution = np.asarray(explain.explain(self.model, x, name, target=t), dtype=np.float32)
+                seconds = time.perf_counter() - start
+                curves = explain.deletion_insertion(self.model, x, attribution, t)
+            maps[name] = share(attribution)
+            scores[name] = {"deletion_auc": float(curves["deletion_auc"]),
+                            "insertion_auc": float(curves["insertion_auc"]),
+                            "seconds": round(seconds, 4), "signed": bool(explain.METHODS[name].signed)}
+        return probs, t, maps, scores
+
+    def info(self) -> dict:
+        """Where the weights came from and what the evaluation says (the /model_info endpoint)."""
+        m = self.artefacts.metrics or {}
+        return {"source": self.loaded.source, "folder": str(self.loaded.folder), "fallback": self.loaded.fallback,
+                "parameters": count_parameters(self.model), "config": dict(vars(self.model.config)),
+                "test_accuracy": m.get("accuracy"), "ece": (m.get("calibration") or {}).get("ece"),
+                "methods": list(explain.METHODS), "missing_artefacts": self.artefacts.problems}

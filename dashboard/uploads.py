@@ -1,0 +1,215 @@
+"""File -> image: the only place the dashboard opens a file a request names.
+
+A request can name any path (Gradio passes `{"path": ...}` payloads to `preprocess=False`
+handlers as they came), so a path is opened only when it lies inside Gradio's upload folder or the
+app's own folder, and every refusal reads the same whether or not the file exists. Decoding uses an
+allow-list of formats, checks the pixel count and the decoded size (bit depth included) on the
+header, refuses animations, applies the EXIF rotation, and turns every failure into one sentence.
+
+The app's own temporary files live under one folder per process (`AppFolder`), removed at exit
+and, for processes that died without cleaning, at the next start.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from preprocess import MAX_IMAGE_PIXELS, InvalidImageError, look_and_mask
+
+FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")
+# Bytes a decoded image may take in memory: a 40-megapixel 8-bit RGB photo fits, the same size
+# at 16 bits per channel does not.
+MAX_DECODED_BYTES = 128 * 2**20
+BITS_PER_PIXEL = {"1": 1, "L": 8, "P": 8, "LA": 16, "PA": 16, "RGB": 24, "YCbCr": 24, "LAB": 24, "HSV": 24,
+                  "RGBA": 32, "RGBX": 32, "RGBa": 32, "CMYK": 32, "La": 16, "I": 32, "F": 32,
+                  "I;16": 16, "I;16L": 16, "I;16B": 16, "I;16N": 16}
+MAX_ECHO = 60   # characters of a user's string repeated in a message
+NOT_FOUND = "The uploaded file could not be found on the server; please upload it again."
+
+
+def clip(text, limit: int = MAX_ECHO) -> str:
+    """A user-given value as a message may quote it: repr, at most `limit` characters."""
+    s = repr(text)
+    return s if len(s) <= limit else s[:limit - 3] + "..."
+
+
+# ---------------------------------------------------------------------------------------------
+# Where files may come from
+# ---------------------------------------------------------------------------------------------
+
+def gradio_upload_folder() -> Path:
+    """Where Gradio stores uploads and its cache (GRADIO_TEMP_DIR, else <tmp>/gradio)."""
+    return Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio").resolve()
+
+
+class AppFolder:
+    """The app's own temporary folder: <tmp>/fashion-dashboard/<pid>; stale ones removed at start."""
+
+    def __init__(self, base: Path | None = None):
+        self.base = Path(base or Path(tempfile.gettempdir()) / "fashion-dashboard")
+        self.base.mkdir(parents=True, exist_ok=True)
+        self._remove_stale()
+        self.path = self.base / str(os.getpid())
+        self.path.mkdir(exist_ok=True)
+
+    def _remove_stale(self) -> None:
+        for child in self.base.iterdir():
+            if child.name.isdigit() and not _alive(int(child.name)):
+                shutil.rmtree(child, ignore_errors=True)
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def allowed_path(path, roots: list[Path]) -> Path:
+    """`path` resolved, if it is a file inside one of `roots`; else the same refusal for every case."""
+    try:
+        resolved = Path(os.fspath(path)).resolve()
+    except (TypeError, ValueError, OSError):
+        raise InvalidImageError(NOT_FOUND) from None
+    if not any(resolved.is_relative_to(root) for root in roots) or not resolved.is_file():
+        raise InvalidImageError(NOT_FOUND)
+    return resolved
+
+
+class UploadJanitor(threading.Thread):
+    """Keeps Gradio's upload folder under `max_bytes`, removing the oldest files first.
+
+    Gradio's own `delete_cache` removes files by age only; a client that uploads fast could fill
+    the disk in between. Files in `keep()` (cached examples) are never removed.
+    """
+
+    def __init__(self, folder: Path, max_bytes: int, keep=lambda: set(), every_s: float = 5.0):
+        super().__init__(name="upload-janitor", daemon=True)
+        self.folder, self.max_bytes, self.keep, self.every_s = folder, max_bytes, keep, every_s
+
+    def run(self) -> None:
+        while True:
+            time.sleep(self.every_s)
+            try:
+                self.sweep()
+            except OSError:
+                pass          # a file removed under us: the next sweep sees the new state
+
+    def sweep(self) -> int:
+        """Remove the oldest files until the folder fits; returns how many were removed."""
+        keep = {str(Path(p).resolve()) for p in self.keep()}
+        files = [(p.stat().st_mtime, p.stat().st_size, p) for p in self.folder.rglob("*")
+                 if p.is_file() and not p.is_symlink() and str(p.resolve()) not in keep]
+        total, removed = sum(size for _, size, _ in files), 0
+        for _, size, path in sorted(files, key=lambda f: f[0]):
+            if total <= self.max_bytes:
+                break
+            path.unlink(missing_ok=True)
+            total, removed = total - size, removed + 1
+        return removed
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding
+# ---------------------------------------------------------------------------------------------
+
+def too_large(pixels: int | None, dims: str = "", limit: str = f"{MAX_IMAGE_PIXELS:,} pixels") -> str:
+    size = f"{dims}{pixels:,} pixels" if pixels else "too many pixels"
+    return (f"The image is too large ({size}); the limit is {limit}, so a possible decompression bomb "
+            f"is refused: please upload a smaller image.")
+
+
+def open_image(path: Path) -> Image.Image:
+    """Open and fully decode an allowed image file, refusing bombs, animations and damaged files."""
+    if path.stat().st_size == 0:
+        raise InvalidImageError("The file is empty (0 bytes): it is not an image.")
+    try:
+        with warnings.catch_warnings():
+            # PIL only warns between its limit and twice it; here every bomb is an error.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path, formats=FORMATS) as img:
+                _check_header(img)
+                img.load()
+                return ImageOps.exif_transpose(img) or img   # phone photos: apply the EXIF rotation
+    except InvalidImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        # PIL refuses in Image.open, before the size is known to us; its message carries the count.
+        count = re.search(r"\((\d+) pixels\)", str(e))
+        raise InvalidImageError(too_large(int(count.group(1)) if count else None)) from None
+    except Image.UnidentifiedImageError:
+        raise InvalidImageError(f"This file is not an image that can be read ({', '.join(FORMATS)} "
+                                f"expected).") from None
+    except Exception as e:  # every decoder failure (OSError, SyntaxError, struct.error, ...) reads the same
+        reason = (str(e).replace(str(path), path.name) or type(e).__name__)[:200]
+        raise InvalidImageError(f"The image file is damaged or truncated and cannot be decoded ({reason}).") from None
+
+
+def _check_header(img: Image.Image) -> None:
+    """Size, decoded bytes and frame count, from the header alone (nothing decoded yet)."""
+    w, h = img.size
+    if w * h > MAX_IMAGE_PIXELS:
+        raise InvalidImageError(too_large(w * h, f"{w:,}x{h:,} pixels, "))
+    decoded = w * h * BITS_PER_PIXEL.get(img.mode, 64) // 8
+    if decoded > MAX_DECODED_BYTES:
+        raise InvalidImageError(too_large(w * h, f"{w:,}x{h:,} pixels in mode {img.mode}, ",
+                                          f"{MAX_DECODED_BYTES // 2**20} MiB once decoded"))
+    frames = getattr(img, "n_frames", 1)
+    if frames > 1:
+        raise InvalidImageError(f"This is an animated image ({frames} frames): please upload a single still image.")
+
+
+def editor_composite(value: dict):
+    """A Sketchpad/ImageEditor value -> its composite (a file payload, array or image), or None."""
+    composite = value.get("composite")
+    if composite is None and value.get("layers"):
+        composite = value["layers"][0]
+    return composite
+
+
+def decode(image, roots: list[Path], sketch: bool = False) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Any input the app accepts -> (look (28, 28), segmentation mask or None, working image).
+
+    Args:
+        image: a Gradio file payload ({"path": ...}), a Sketchpad value ({"composite": ...}), a
+            PIL image or a numpy array. A path is only opened inside `roots`.
+        sketch: the input is a drawing, so "blank" means "draw something first".
+    Raises:
+        InvalidImageError: with a one-line message for the user.
+    """
+    empty = "Draw something first." if sketch else "No image: upload one, draw one or pick an example."
+    if isinstance(image, dict) and ("composite" in image or "layers" in image):
+        image, sketch, empty = editor_composite(image), True, "Draw something first."
+    if isinstance(image, dict):
+        image = image.get("path")
+    if image is None:
+        raise InvalidImageError(empty)
+    if isinstance(image, (str, os.PathLike)):
+        image = open_image(allowed_path(image, roots))
+    elif not isinstance(image, (Image.Image, np.ndarray)):
+        raise InvalidImageError(f"Expected an uploaded image file, got {type(image).__name__}.")
+    try:
+        look, mask, work = look_and_mask(image)                     # (28, 28) in [0, 1]
+    except InvalidImageError:
+        raise
+    except Exception as e:  # a preprocessing failure on a strange but valid file: still one sentence
+        raise InvalidImageError(f"This image could not be processed ({type(e).__name__}).") from None
+    if float(look.max()) < 0.05:
+        raise InvalidImageError(empty if sketch else "The image is blank (a single flat colour): there is "
+                                                     "nothing to classify.")
+    return look, mask, work

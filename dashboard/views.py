@@ -1,0 +1,205 @@
+"""What the Mistakes, Trust and Model views show, shaped from the served model's artefacts.
+
+Plain data (pandas frames, markdown, arrays) and no Gradio layout: app.py places them on the page.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+import explain
+from artefacts import EVALUATION, TRUST
+from dashboard.service import Service, short_path, view_image
+from model import count_parameters
+from preprocess import fashion_look
+
+MISTAKES_SHOWN = 60                    # gallery size in the Mistakes view
+RANDOM_ORDER = "(random order)"        # the trust baseline row: pixels removed/added in random order
+
+
+class Views:
+    """The static and filtered content of the Mistakes, Trust and Model views."""
+
+    def __init__(self, service: Service):
+        self.art, self.labels = service.artefacts, service.labels
+        self.model, self.loaded = service.model, service.loaded
+
+    def _mistake_rows(self, true_class: str, pred_class: str) -> np.ndarray:
+        """Indices into misclassified.npz matching the filters, most confident mistakes first."""
+        d = self.art.mistakes
+        if d is None:
+            return np.zeros(0, dtype=int)
+        keep = np.ones(len(d["true"]), dtype=bool)
+        if true_class in self.labels:
+            keep &= d["true"] == self.labels.index(true_class)
+        if pred_class in self.labels:
+            keep &= d["pred"] == self.labels.index(pred_class)
+        rows = np.flatnonzero(keep)
+        return rows[np.argsort(-d["confidence"][rows], kind="stable")]
+
+
+    def filter_mistakes(self, true_class: str, pred_class: str):
+        rows = self._mistake_rows(true_class, pred_class)
+        d = self.art.mistakes
+        if d is None:
+            return [], [], "No misclassified examples: `evaluation/misclassified.npz` is missing for these weights."
+        shown = rows[:MISTAKES_SHOWN]
+        gallery = [(view_image(d["images"][r] / 255.0, 84),
+                    f"{self.labels[d['true'][r]]} → {self.labels[d['pred'][r]]} ({float(d['confidence'][r]):.0%})")
+                   for r in shown]
+        text = (f"{len(rows)} of {len(d['true'])} misclassified test images match"
+                + (f"; the {len(shown)} most confident mistakes are shown." if len(rows) > len(shown) else "."))
+        return gallery, [int(r) for r in shown], text
+
+
+    def mistake_detail(self, shown: list[int], index: int) -> tuple[np.ndarray, str]:
+        """The look of the selected mistake and a sentence about it."""
+        d = self.art.mistakes
+        r = shown[index]
+        text = (f"Test image #{int(d['index'][r])}: true class **{self.labels[d['true'][r]]}**, predicted "
+                f"**{self.labels[d['pred'][r]]}** ({float(d['confidence'][r]):.0%}). Choose "
+                f"*{self.labels[d['true'][r]]}* under *Explain class* to ask why not.")
+        return fashion_look(d["images"][r]), text
+
+
+    def per_class_accuracy(self) -> pd.DataFrame | None:
+        per_class = (self.art.metrics or {}).get("per_class")
+        if not per_class:
+            return None
+        return pd.DataFrame({"class": list(per_class), "accuracy": [v["recall"] for v in per_class.values()]})
+
+
+    def history_frame(self) -> pd.DataFrame | None:
+        rows = []
+        for h in self.art.history or []:
+            for key, series in (("train_accuracy", "train accuracy"), ("val_accuracy", "validation accuracy")):
+                if h.get(key) is not None:
+                    rows.append({"epoch": h["epoch"], "accuracy": float(h[key]), "series": series})
+        return pd.DataFrame(rows) if rows else None
+
+
+    def model_markdown(self) -> str:
+        m, cfg = self.art.metrics or {}, self.model.config
+        lines = [f"**Weights:** {self.loaded.source}.", ""]
+        if self.loaded.fallback:
+            lines[0] = f"**⚠ Weights:** {self.loaded.source}."
+        lines += [f"**Architecture:** residual CNN, stages of {', '.join(map(str, cfg.widths))} channels at "
+                  f"28, 14 and 7 px, global average pooling, linear head over {cfg.num_classes} classes; "
+                  f"dropout {cfg.dropout}; flip test-time augmentation {'on' if cfg.flip_tta else 'off'}.",
+                  f"**Parameters:** {count_parameters(self.model):,}."]
+        if m:
+            acc, ci = m.get("accuracy"), m.get("accuracy_ci95")
+            ci_text = f" (95% CI {ci[0]:.1%} to {ci[1]:.1%})" if ci else ""
+            lines.append(f"**Test accuracy:** {acc:.2%}{ci_text} on {m.get('n', '?'):,} test images; "
+                         f"macro F1 {m.get('macro_f1', float('nan')):.3f}.")
+            ece = (m.get("calibration") or {}).get("ece")
+            if ece is not None:
+                lines.append(f"**Calibration:** expected calibration error {ece:.3f} "
+                             f"(0 means the stated confidence matches the accuracy).")
+            if m.get("command"):
+                lines.append(f"**Trained with:** `{m['command']}`")
+        if self.art.problems:
+            lines.append("**Missing evaluation artefacts:** " + "; ".join(self.art.problems) + ".")
+        return "\n\n".join(lines)
+
+
+
+
+    def trust_methods(self, baseline: bool = False) -> dict[str, dict]:
+        """trust.json's per-method results {name: {...}}, read defensively.
+
+        explain.trust writes {"methods": [names], name: {...}, "random_order": {...}}; a nested
+        {"methods": {name: {...}}} or a list of dicts with a "name" is accepted too.
+        """
+        t = self.art.trust or {}
+        listed = t.get("methods")
+        if isinstance(listed, dict):
+            table = listed
+        elif isinstance(listed, list):
+            table = {(m.get("name") if isinstance(m, dict) else m): (m if isinstance(m, dict) else t.get(m))
+                     for m in listed}
+        else:
+            table = {k: v for k, v in t.items() if k in explain.METHODS}
+        table = {str(k): v for k, v in table.items() if isinstance(v, dict)}
+        if baseline and isinstance(t.get("random_order"), dict):
+            table[RANDOM_ORDER] = t["random_order"]
+        return table
+
+
+    def trust_table(self) -> pd.DataFrame | None:
+        methods = self.trust_methods(baseline=True)
+        if not methods:
+            return None
+        rows = [{"Method": name,
+                 "Deletion AUC ↓": _num(r.get("deletion_auc"), "{:.3f}"),
+                 "Insertion AUC ↑": _num(r.get("insertion_auc"), "{:.3f}"),
+                 "Randomisation ρ ↓": _num(r.get("randomisation_rho"), "{:.2f}"),
+                 "Passes randomisation": {True: "yes", False: "no"}.get(r.get("randomisation_passes"), "–"),
+                 "Infidelity ↓": _num(r.get("infidelity"), "{:.4f}"),
+                 "Sensitivity ↓": _num(r.get("sensitivity"), "{:.3f}"),
+                 "Latency (ms)": _num(r.get("latency_ms"), "{:.1f}")} for name, r in methods.items()]
+        return pd.DataFrame(rows)
+
+
+    def trust_curves(self, kind: str) -> pd.DataFrame | None:
+        """Mean deletion or insertion curves, long format (fraction, probability, method)."""
+        t, rows = self.art.trust or {}, []
+        for name, r in self.trust_methods(baseline=True).items():
+            curve = r.get(f"mean_{kind}_curve")
+            fractions = r.get("fractions", t.get("fractions"))
+            if curve is None:
+                continue
+            if fractions is None or len(fractions) != len(curve):
+                fractions = np.linspace(0, 1, len(curve)).tolist()
+            rows += [{"fraction of pixels": float(f), "probability of the class": float(v), "method": name}
+                     for f, v in zip(fractions, curve)]
+        return pd.DataFrame(rows) if rows else None
+
+
+    def randomisation_curves(self) -> pd.DataFrame | None:
+        rows = []
+        for name, r in self.trust_methods().items():
+            curve, layers = r.get("randomisation_curve"), r.get("cascade_layers")
+            if not curve:
+                continue
+            layers = layers if layers and len(layers) == len(curve) else list(range(len(curve)))
+            rows += [{"layers randomised": i + 1, "layer": str(layer), "rank correlation": float(v), "method": name}
+                     for i, (layer, v) in enumerate(zip(layers, curve))]
+        return pd.DataFrame(rows) if rows else None
+
+
+    def trust_verdict(self) -> str:
+        """Which methods beat the random-order baseline on both curves and pass the randomisation test."""
+        table = self.trust_methods()
+        base = (self.art.trust or {}).get("random_order") or {}
+        if not table or base.get("deletion_auc") is None:
+            return ""
+        earn, fail = [], []
+        for name, r in table.items():
+            beats = (r.get("deletion_auc") is not None and r["deletion_auc"] < base["deletion_auc"]
+                     and r.get("insertion_auc") is not None and r["insertion_auc"] > base["insertion_auc"])
+            (earn if beats and r.get("randomisation_passes") else fail).append(name)
+        return (f"**Earn belief here:** {', '.join(earn) or 'none'} — better than removing pixels in random "
+                f"order on both curves, and their maps change when the weights are randomised. "
+                f"**Not on this evidence:** {', '.join(fail) or 'none'}.")
+
+
+    def trust_markdown(self) -> str:
+        if self.art.trust is None:
+            where = short_path(self.loaded.folder / EVALUATION / TRUST)
+            return (f"**No trust results for these weights:** `{where}` is missing, so the per-method table "
+                    f"and curves cannot be shown (they are computed once with `python -m explain.trust "
+                    f"<model folder>`). The per-image deletion/insertion AUCs in the Explain view still work.")
+        n = (self.art.trust or {}).get("n_images", "?")
+        return (f"Measured over **{n}** test images, explaining the predicted class. "
+                f"**Deletion AUC** (lower is better): the class probability as the most-attributed pixels "
+                f"are removed first. **Insertion AUC** (higher is better): as they are restored first to a "
+                f"blank image. *{RANDOM_ORDER}* is the baseline a method must beat. **Randomisation ρ** "
+                f"(lower is better): rank correlation between a method's map and its map once the network's "
+                f"weights are re-initialised layer by layer (Adebayo et al. 2018); a map that survives "
+                f"randomisation is not explaining the model. Latency: median per map when measured.\n\n"
+                + self.trust_verdict())
+
+
+def _num(v, fmt: str) -> str:
+    return fmt.format(v) if isinstance(v, (int, float)) else "–"
