@@ -15,6 +15,8 @@ weights cannot be used, the committed weights/ are served and the page says why.
 API (gradio_client), every image is an uploaded file (`handle_file(path)`):
     /classify(image) -> {"label": top class, "confidences": [top 3 {label, confidence}]}
     /classify_sketch(sketch) -> the same, for a Sketchpad value {"composite": file}
+    /analyse(image) -> {"label", "probabilities": {class: p}, "in_distribution", "ood_score",
+        "ood_threshold", "confidence": the calibrated confidence or the out-of-distribution verdict}
     /explain(image, methods: list[str], target: "predicted class" | class name)
         -> (model view image, label value, gallery [{image, caption}], scores dict)
     /model_info() -> {"source", "folder", "fallback", "parameters", "test_accuracy", ...}
@@ -49,13 +51,14 @@ import hub  # noqa: E402
 from dashboard import uploads  # noqa: E402
 from dashboard.service import (DEFAULT_METHODS, PREDICTED, VIEW_SIZE, RequestError, Service,  # noqa: E402
                                load_weights, view_image)
-from dashboard.views import Views  # noqa: E402
+from dashboard.views import Views, outline_image  # noqa: E402
 from preprocess import InvalidImageError  # noqa: E402
 
 MAX_FILE_SIZE = "10mb"                 # uploads above this are refused by the server itself
 MAX_UPLOAD_FOLDER_BYTES = 512 * 2**20  # Gradio's upload folder is trimmed to this, oldest first
 CACHE_SWEEP = (60, 600)                # Gradio deletes its files older than 600 s, every 60 s
 MAP_COLUMNS, MAP_ROW_PX = 4, 200       # attribution gallery layout
+PHOTO_EXAMPLES = Path(__file__).resolve().parent / "examples" / "photos"   # small CC0 phone photos
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -87,12 +90,16 @@ def upload_roots() -> list[Path]:
     return [uploads.gradio_upload_folder(), APP_FOLDER.path.resolve()]
 
 
-def look_of(image, sketch: bool = False) -> np.ndarray:
-    """Any accepted image -> its 28x28 look; gr.Error with a one-line message otherwise."""
+def decoded(image, sketch: bool = False) -> tuple:
+    """Any accepted image -> (look, mask, working image); gr.Error with a one-line message otherwise."""
     try:
-        return uploads.decode(image, upload_roots(), sketch)[0]
+        return uploads.decode(image, upload_roots(), sketch)
     except InvalidImageError as e:
         raise gr.Error(str(e)) from None
+
+
+def look_of(image, sketch: bool = False) -> np.ndarray:
+    return decoded(image, sketch)[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,13 +116,19 @@ def classify_sketch(sketch: dict) -> dict:
     return SERVICE.label_value(SERVICE.predict(look_of(sketch, sketch=True)))
 
 
+def analyse(image: dict) -> dict:
+    """An uploaded image file -> label, probabilities, whether it looks like the training data
+    (in_distribution, ood_score: higher is further) and the confidence in words."""
+    return SERVICE.analysis(look_of(image))
+
+
 def model_info() -> dict:
     """Where the weights came from, the config, the test accuracy and the explanation methods."""
     return SERVICE.info()
 
 
 def analyse_look(look: np.ndarray, methods, target=PREDICTED, progress=None) -> tuple:
-    """A 28x28 look -> (model view, label value, gallery [(overlay, caption)], scores summary)."""
+    """A 28x28 look -> (model view, label confidences, gallery [(overlay, caption)], scores summary)."""
     try:
         probs, t, maps, scores = SERVICE.explain(look, methods, target, progress)
     except RequestError as e:
@@ -140,23 +153,25 @@ def explain_image(image, methods=DEFAULT_METHODS, target=PREDICTED, progress=gr.
 # ---------------------------------------------------------------------------------------------
 
 SCORE_COLUMNS = ["Method", "Deletion AUC ↓", "Insertion AUC ↑", "Time (ms)"]
-EMPTY_RESULT = (None, None, [], pd.DataFrame(columns=SCORE_COLUMNS), None)
+# view, verdict, label, gallery, score table, scores JSON: the result panel, cleared
+EMPTY_RESULT = (None, "", None, [], pd.DataFrame(columns=SCORE_COLUMNS), None)
 
 
 def ui_decode(image, sketch: bool = False):
-    """A UI image -> (look or None, status markdown)."""
+    """A UI image -> (look or None, the image with the outline of what was kept, status markdown)."""
     if image is None or (isinstance(image, dict) and not image.get("path")
                          and not any(image.get(k) for k in ("composite", "layers", "background"))):
         if sketch:
             gr.Warning("Draw something first.")
-            return None, "**⚠ Draw something first.**"
-        return None, ""                                              # cleared: nothing to say
+            return None, None, "**⚠ Draw something first.**"
+        return None, None, ""                                        # cleared: nothing to say
     try:
-        look = look_of(image, sketch=sketch)
+        look, mask, work = decoded(image, sketch=sketch)
     except gr.Error as e:
         gr.Warning(e.message)
-        return None, f"**⚠ {e.message}**"
-    return look, "Classified. The maps explain the class chosen under *Explain class*."
+        return None, None, f"**⚠ {e.message}**"
+    kept = "the outlined region was kept as the garment; " if mask is not None else ""
+    return look, outline_image(work, mask), f"Classified: {kept}the maps explain the class under *Explain class*."
 
 
 def ui_analyse(look, methods, target, progress=gr.Progress()):  # noqa: B008  (Gradio injects it)
@@ -167,9 +182,12 @@ def ui_analyse(look, methods, target, progress=gr.Progress()):  # noqa: B008  (G
     except gr.Error as e:
         gr.Warning(e.message)
         return EMPTY_RESULT
+    a = SERVICE.assess(look)
+    verdict = a.confidence if a.in_distribution is not False else f"**⚠ {a.confidence}**"
     rows = -(-len(gallery) // MAP_COLUMNS)
     # The gallery's height follows its rows, so one row of maps leaves no empty box below.
-    return view, label, gr.Gallery(gallery, height=rows * MAP_ROW_PX + 50), score_table(summary), summary
+    return (view, verdict, label, gr.Gallery(gallery, height=rows * MAP_ROW_PX + 50), score_table(summary),
+            summary)
 
 
 def score_table(summary: dict) -> pd.DataFrame:
@@ -216,12 +234,16 @@ CSS = """
 """
 
 
-def result_panel(prefix: str):
-    """The output column shared by the Explain and Mistakes views."""
+def result_panel(prefix: str, kept=None):
+    """The output column shared by the Explain and Mistakes views; `kept` places the outlined upload."""
     with gr.Row():
+        if kept is not None:
+            kept.render()
         view = gr.Image(label="What the model saw (28x28)", type="numpy", format="png", interactive=False,
                         height=VIEW_SIZE, width=VIEW_SIZE, buttons=[], elem_id=f"{prefix}-view")
-        label = gr.Label(num_top_classes=3, label="Prediction (top 3)", elem_id=f"{prefix}-label")
+        with gr.Column():
+            verdict = gr.Markdown(elem_id=f"{prefix}-verdict")
+            label = gr.Label(num_top_classes=3, label="Prediction (top 3)", elem_id=f"{prefix}-label")
     gallery = gr.Gallery(label="Attribution maps (one colour scale for all)", columns=MAP_COLUMNS,
                          height=MAP_ROW_PX + 50, format="png", object_fit="contain", allow_preview=True,
                          elem_id=f"{prefix}-maps")
@@ -231,7 +253,7 @@ def result_panel(prefix: str):
                          value=EMPTY_RESULT[3], interactive=False, elem_id=f"{prefix}-scores")
     with gr.Accordion("Scores as JSON", open=False):
         scores = gr.JSON(label="Per-method scores for this image")
-    return view, label, gallery, table, scores
+    return view, verdict, label, gallery, table, scores
 
 
 def method_controls():
@@ -264,13 +286,19 @@ def explain_tab():
             if example_files:
                 gr.Examples(example_files, inputs=[image], example_labels=example_labels,
                             label="Test-set examples (one per class)", examples_per_page=10)
+            photos = sorted(PHOTO_EXAMPLES.glob("*.jpg"))
+            if photos:
+                gr.Examples([[str(p)] for p in photos], inputs=[image], label="Real phone photos",
+                            example_labels=[p.stem.split("-", 1)[-1] for p in photos], examples_per_page=10)
             methods, target = method_controls()
             with gr.Accordion("About the methods", open=False):
                 gr.Markdown("\n".join(f"- **{n}** ({'signed' if m.signed else 'magnitude'}): "
                                       f"{m.description} [paper]({m.reference})" for n, m in explain.METHODS.items()))
         with gr.Column(scale=3):
-            outputs = result_panel("explain")
-    return image, sketch, draw_btn, status, methods, target, outputs
+            kept = gr.Image(label="Your image: the outline is what was kept", type="numpy", format="png",
+                            interactive=False, height=VIEW_SIZE, buttons=[], elem_id="explain-kept", render=False)
+            outputs = result_panel("explain", kept)
+    return image, sketch, draw_btn, status, methods, target, kept, outputs
 
 
 def mistakes_tab():
@@ -342,7 +370,7 @@ def build_demo() -> gr.Blocks:
         look_state, mistake_look, shown_rows = gr.State(None), gr.State(None), gr.State([])
         with gr.Tabs():
             with gr.Tab("Explain", id="explain"):
-                image, sketch, draw_btn, status, methods, target, outputs = explain_tab()
+                image, sketch, draw_btn, status, methods, target, kept, outputs = explain_tab()
             with gr.Tab("Mistakes", id="mistakes"):
                 true_f, pred_f, m_text, m_gallery, m_note, m_methods, m_target, m_outputs = mistakes_tab()
             with gr.Tab("Trust", id="trust"):
@@ -352,9 +380,9 @@ def build_demo() -> gr.Blocks:
 
         private = dict(api_visibility="private")
         # Explain view: any new image (upload, example click, clear) -> decode -> analyse.
-        image.change(lambda v: ui_decode(v), image, [look_state, status], preprocess=False, **private) \
+        image.change(lambda v: ui_decode(v), image, [look_state, kept, status], preprocess=False, **private) \
             .then(ui_analyse, [look_state, methods, target], outputs, **private)
-        draw_btn.click(lambda v: ui_decode(v, sketch=True), sketch, [look_state, status], preprocess=False,
+        draw_btn.click(lambda v: ui_decode(v, sketch=True), sketch, [look_state, kept, status], preprocess=False,
                        **private).then(ui_analyse, [look_state, methods, target], outputs, **private)
         for control in (methods, target):
             control.input(ui_analyse, [look_state, methods, target], outputs, **private)
@@ -372,9 +400,11 @@ def build_demo() -> gr.Blocks:
         # which Gradio caches and serves only for component outputs, so it keeps a trigger of its own.
         gr.api(classify, api_name="classify")
         gr.api(classify_sketch, api_name="classify_sketch")
+        gr.api(analyse, api_name="analyse")
         gr.api(model_info, api_name="model_info")
+        view, _, label, gallery, _, scores = outputs
         api_explain = gr.Button(visible=False)
-        api_explain.click(explain_image, [image, methods, target], outputs[:3] + outputs[4:],
+        api_explain.click(explain_image, [image, methods, target], [view, label, gallery, scores],
                           api_name="explain", preprocess=False)
     # Two workers: decoding and rendering overlap while the model lock serialises the network.
     demo.queue(default_concurrency_limit=2, max_size=64)

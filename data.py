@@ -17,7 +17,8 @@ from hub import HUB_DATASET
 from model import CLASS_NAMES
 from preprocess import fashion_look
 
-__all__ = ["HUB_DATASET", "load_images", "split_train_val", "local_cache_dir", "PHOTO_FOLDERS", "load_photos"]
+__all__ = ["HUB_DATASET", "load_images", "split_train_val", "local_cache_dir", "PHOTO_FOLDERS", "load_photos",
+           "load_photo_looks"]
 
 
 def local_cache_dir(dataset: str) -> str | None:
@@ -89,3 +90,20 @@ def load_photos(folder: str | Path, split: str, folders: tuple[str, ...] | None 
         raise FileNotFoundError(f"{root}: no such photo split")
     keep = folders or tuple(PHOTO_FOLDERS)
     return [(p, p.parent.name) for p in sorted(root.glob("*/*")) if p.parent.name in keep and p.is_file()]
+
+
+def load_photo_looks(folder: str | Path, split: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """The mapped photos of `split` through the serving preprocessing -> looks (P, 28, 28), their
+    right classes (P, C) bool (a folder such as shoes allows several) and their folder names.
+    Unreadable files are skipped."""
+    from PIL import Image
+    looks, allowed, names = [], [], []
+    for path, name in load_photos(folder, split, tuple(f for f, m in PHOTO_FOLDERS.items() if m.strict)):
+        try:
+            with Image.open(path) as img:
+                looks.append(fashion_look(img.convert("RGB")))
+        except (OSError, ValueError):
+            continue
+        allowed.append([c in PHOTO_FOLDERS[name].strict for c in CLASS_NAMES])
+        names.append(name)
+    return torch.from_numpy(np.stack(looks)), torch.tensor(allowed, dtype=torch.bool), names

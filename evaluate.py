@@ -10,7 +10,6 @@ coarse accuracy per folder, as defined in the photo set's README).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -21,9 +20,9 @@ import torch
 import torch.nn.functional as F
 
 import artefacts
-from data import COARSE_GROUPS, HUB_DATASET, PHOTO_FOLDERS, load_images, load_photos
+from data import COARSE_GROUPS, HUB_DATASET, PHOTO_FOLDERS, load_images, load_photo_looks
 from model import CLASS_NAMES, FashionCNN, WeightsError, config_dict, load_model
-from preprocess import InvalidImageError, normalize, preprocess
+from preprocess import normalize
 
 
 @torch.no_grad()
@@ -119,29 +118,19 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, names=CLAS
 
 def photo_metrics(model: FashionCNN, folder: str | Path, split: str = "validation") -> dict:
     """Strict and coarse accuracy over the mapped folders, per folder, and a folder x class table."""
-    from PIL import Image
+    looks, allowed, folders = load_photo_looks(folder, split)
+    pred = predict_probs(model, looks).argmax(1)
     names = list(model.label_names)
-    rows, table = [], {}
-    for path, name in load_photos(folder, split):
-        try:
-            with Image.open(path) as img:
-                x = preprocess(img.convert("RGB"), model.config.mean, model.config.std)
-        except (OSError, InvalidImageError):
-            continue
-        predicted = names[int(model.predict_proba(x[None])[0].argmax())]
-        rows.append((name, predicted))
-        table.setdefault(name, dict.fromkeys(names, 0))[predicted] += 1
-    mapped = [(f, p) for f, p in rows if PHOTO_FOLDERS[f].strict]
-    strict = [p in PHOTO_FOLDERS[f].strict for f, p in mapped]
-    coarse = [p in COARSE_GROUPS[PHOTO_FOLDERS[f].coarse] for f, p in mapped]
-    per_folder = {}
-    for f in dict.fromkeys(f for f, _ in mapped):
-        hits = [(s, c) for (g, _), s, c in zip(mapped, strict, coarse) if g == f]
-        per_folder[f] = {"n": len(hits), "strict": sum(s for s, _ in hits) / len(hits),
-                         "coarse": sum(c for _, c in hits) / len(hits)}
-    return {"split": split, "n": len(mapped), "strict_accuracy": float(np.mean(strict)) if strict else None,
-            "coarse_accuracy": float(np.mean(coarse)) if coarse else None, "per_folder": per_folder,
-            "confusion": table}
+    strict = allowed.gather(1, pred[:, None])[:, 0]
+    coarse = torch.tensor([names[p] in COARSE_GROUPS[PHOTO_FOLDERS[f].coarse] for p, f in zip(pred.tolist(), folders)])
+    per_folder, table = {}, {}
+    for f in dict.fromkeys(folders):
+        rows = torch.tensor([g == f for g in folders])
+        per_folder[f] = {"n": int(rows.sum()), "strict": strict[rows].float().mean().item(),
+                         "coarse": coarse[rows].float().mean().item()}
+        table[f] = {name: int(((pred == c) & rows).sum()) for c, name in enumerate(names)}
+    return {"split": split, "n": len(folders), "strict_accuracy": strict.float().mean().item(),
+            "coarse_accuracy": coarse.float().mean().item(), "per_folder": per_folder, "confusion": table}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,7 +221,9 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     metrics = evaluate_folder(model, args, {"model_source": str(args.model)})
-    print(json.dumps({"photos": metrics["photos"]}) if "photos" in metrics else "", end="")
+    if "photos" in metrics:
+        photos = metrics["photos"]
+        print(f"photo_strict_accuracy={photos['strict_accuracy']:.4f} photo_coarse_accuracy={photos['coarse_accuracy']:.4f}")
     print(f"test_accuracy={metrics['accuracy']:.4f}")
     return 0
 

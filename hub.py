@@ -18,8 +18,9 @@ LICENSE = "mit"
 TAGS = ["fashion-mnist", "image-classification", "captum"]
 # Keyword arguments of PyTorchModelHubMixin: the metadata of every saved model card.
 MODEL_METADATA = dict(library_name="pytorch", license=LICENSE, pipeline_tag="image-classification", tags=TAGS)
-# What a served model needs from its repo, and what the dashboard shows when present.
-MODEL_FILES = ("config.json", "model.safetensors")
+# What a served model needs from its repo (the out-of-distribution detector when it has one), and
+# what the dashboard shows when present.
+MODEL_FILES = ("config.json", "model.safetensors", "ood.json", "ood.safetensors")
 ARTEFACT_PATTERNS = ("training_history.json", "evaluation/*")
 DEFAULT_TIMEOUT_S = 20.0
 

@@ -130,6 +130,8 @@ class FashionCNN(nn.Module, PyTorchModelHubMixin, **hub.MODEL_METADATA):
                                   nn.Dropout(dropout), nn.Linear(w3, num_classes))
 
     fused = False   # True after optimize_for_inference_: predictions only, never saved
+    ood = None      # the ood.OODDetector fitted to these weights, when their folder carries one
+    ood_error = None   # why a detector in the folder could not be used
 
     def optimize_for_inference_(self) -> "FashionCNN":
         """Fold each BatchNorm into the conv before it and switch to channels-last; in place, returns self.
@@ -153,6 +155,8 @@ class FashionCNN(nn.Module, PyTorchModelHubMixin, **hub.MODEL_METADATA):
         super()._save_pretrained(save_directory)
         # The whole config, whatever arguments built the model: load_model needs every field.
         (Path(save_directory) / CONFIG_FILE).write_text(json.dumps(config_dict(self), indent=2))
+        if self.ood is not None:          # after the weights: the detector records their hash
+            self.ood.save(save_directory)
 
     @classmethod
     def _from_pretrained(cls, *, model_id: str, map_location: str = "cpu", **hub_kwargs) -> "FashionCNN":
@@ -168,10 +172,6 @@ class FashionCNN(nn.Module, PyTorchModelHubMixin, **hub.MODEL_METADATA):
     @property
     def label_names(self) -> tuple[str, ...]:
         return self.config.label_names
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate features (B, w3): the pooled last stage, before dropout and the classifier."""
-        return self.head[1](self.head[0](self.stage3(self.stage2(self.stage1(x)))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.stage3(self.stage2(self.stage1(x))))
@@ -287,4 +287,26 @@ def load_model(source: str | os.PathLike, device: str | torch.device = "cpu", fu
     model = FashionCNN(**asdict(config))
     model.load_state_dict(state, strict=True)
     model = model.to(device).eval()
+    _attach_detector(model, folder)
     return model.optimize_for_inference_() if fuse else model
+
+
+def _attach_detector(model: FashionCNN, folder: Path) -> None:
+    """The folder's out-of-distribution detector, when it has one that fits these weights."""
+    from ood import META_FILE, OODDetector, OODError
+    if not (folder / META_FILE).exists():
+        return
+    try:
+        model.ood = OODDetector.load(folder, model)
+    except OODError as e:   # the weights still serve; the dashboard says the check is off and why
+        model.ood_error = str(e)[:300]
+
+
+
+
+def __getattr__(name: str):
+    # TEMPORARY while helpers finish: old import paths forward to their new homes.
+    import preprocess
+    if hasattr(preprocess, name):
+        return getattr(preprocess, name)
+    raise AttributeError(name)

@@ -8,8 +8,9 @@ take the same path (`train.load_images`), so training and serving cannot drift.
     >>> from preprocess import preprocess
     >>> x = preprocess(pil_image)            # (1, 28, 28) float32, normalised with the config's mean/std
 
-Images whose border is already dark (every Fashion-MNIST image) are only centred; images on a
-light ground are inverted first.
+Images whose border is already dark (every Fashion-MNIST image) are only centred. Images with a
+light or textured ground go through `segment.photo_look`, which separates the garment from its
+background before the same steps.
 """
 from __future__ import annotations
 
@@ -17,12 +18,16 @@ import numpy as np
 import torch
 from PIL import Image
 
+import segment
 from model import INPUT_SIZE, MEAN, STD
 
 # Images with more pixels than this are refused before any float work (a decompression bomb guard).
 MAX_IMAGE_PIXELS = 40_000_000
 # Preprocessing works on at most this many pixels a side: enough to find and segment the garment.
 WORK_SIZE = 256
+# Below this many pixels a side an image is a thumbnail or a dataset image, not a photo: there is no
+# ground texture to model, and the threshold path keeps such images exactly (only inverted if light).
+MIN_SEGMENT_SIDE = 64
 
 
 class InvalidImageError(ValueError):
@@ -201,16 +206,19 @@ def look_and_mask(image, size: int = INPUT_SIZE) -> tuple[np.ndarray, np.ndarray
     """Any image -> (look (size, size) float32 in [0, 1], mask of what was kept or None, working image).
 
     The working image is the input at most WORK_SIZE a side, (H, W) or (H, W, 3) in [0, 1]; the
-    mask (H, W) bool is given when the garment was segmented from its ground (None otherwise).
+    mask (H, W) bool is given when the garment was segmented from a light or textured ground.
 
     Raises:
         InvalidImageError: the input is not an image (wrong type, shape, NaN, too large).
     """
     work = to_array(image)
+    if min(work.shape[:2]) >= MIN_SEGMENT_SIDE and segment.needs_segmentation(work):
+        look, mask = segment.photo_look(work, size)
+        return look, mask, work
     gray = luma(work)
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     if np.median(border) > 0.5:
-        gray = 1.0 - gray                              # a dark subject on a plain light ground
+        gray = 1.0 - gray                              # a small image on a light ground: inverted only
     return dark_ground_look(gray, size), None, work
 
 

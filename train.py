@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 import shlex
 import sys
@@ -34,15 +33,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import hub
-from data import HUB_DATASET, load_images, split_train_val
+from augment import augment, photo_like
+from data import HUB_DATASET, load_images, load_photo_looks, split_train_val
 from evaluate import evaluate_folder, fit_temperature, predict_probs, with_temperature
-from model import (
-    FashionCNN,
-    ModelConfig,
-    WeightsError,
-    count_parameters,
-    load_model,
-)
+from model import FashionCNN, ModelConfig, WeightsError, config_dict, count_parameters, load_model
 from preprocess import normalize
 
 
@@ -92,7 +86,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="upload the output folder to this Hub model repo")
     p.add_argument("--private", action="store_true", help="create the Hub repo as private")
     p.add_argument("--photos", default=None,
-                   help="a clothing_photos folder: the evaluation adds real-photo accuracy (strict and coarse)")
+                   help="a clothing_photos folder: its validation split is scored every epoch and in the evaluation "
+                        "(strict and coarse accuracy)")
+    p.add_argument("--photo-train", default=None,
+                   help="a clothing_photos folder whose train split (segmented) is trained on beside Fashion-MNIST")
+    p.add_argument("--photo-share", type=float, default=0.125,
+                   help="with --photo-train: the share of each batch drawn from the photos")
+    p.add_argument("--init-from", default=None,
+                   help="start from these weights (a folder or Hub repo id) instead of a new network: fine-tuning; "
+                        "--widths is then theirs")
+    p.add_argument("--photo-aug", type=float, default=0.0,
+                   help="probability of photo-like degradation per image (light gradient, turn, blur; 0: off)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     args = p.parse_args(argv)
     if args.eval_only and not args.model:
@@ -101,48 +105,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--temperature must be positive (or 0: fit it on validation)")
     args.out = Path(args.out or ("outputs/eval" if args.eval_only else "outputs/fashion-cnn"))
     return args
-
-
-# ---------------------------------------------------------------------------------------------
-# Data
-# ---------------------------------------------------------------------------------------------
-
-def augment(x: torch.Tensor, args, gen: torch.Generator, background: float) -> torch.Tensor:
-    """Batched augmentation of (B, 1, 28, 28): shift, mirror, random erasing. No Python loop per image.
-
-    `background` is the normalised value of a black pixel, used to fill what a shift uncovers.
-    """
-    b, _, h, w = x.shape
-    dev = x.device
-
-    def rand(*shape):
-        return torch.rand(*shape, generator=gen).to(dev)
-
-    if args.translate:
-        t = args.translate
-        padded = F.pad(x, (t, t, t, t), value=background)                          # (B, 1, H+2t, W+2t)
-        dy, dx = (torch.randint(0, 2 * t + 1, (2, b), generator=gen)).to(dev)
-        rows = (dy[:, None] + torch.arange(h, device=dev))[:, :, None]             # (B, H, 1)
-        cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, :]             # (B, 1, W)
-        x = padded[torch.arange(b, device=dev)[:, None, None], 0, rows, cols][:, None]
-    if args.flip:
-        x = torch.where((rand(b) < args.flip)[:, None, None, None], x.flip(-1), x)
-    if args.erase:
-        # Erase a rectangle of 2-40% of the image, aspect 0.3-3.3, with noise (as torchvision's RandomErasing).
-        area = (0.02 + 0.38 * rand(b)) * h * w
-        aspect = torch.exp(math.log(0.3) + (math.log(3.3) - math.log(0.3)) * rand(b))
-        eh = (area * aspect).sqrt().clamp(1, h).round()
-        ew = (area / aspect).sqrt().clamp(1, w).round()
-        y0 = (rand(b) * (h - eh + 1)).floor()
-        x0 = (rand(b) * (w - ew + 1)).floor()
-        ys = torch.arange(h, device=dev)[None, :, None]
-        xs = torch.arange(w, device=dev)[None, None, :]
-        box = ((ys >= y0[:, None, None]) & (ys < (y0 + eh)[:, None, None])
-               & (xs >= x0[:, None, None]) & (xs < (x0 + ew)[:, None, None]))
-        box &= (rand(b) < args.erase)[:, None, None]
-        noise = torch.randn(x.shape, generator=gen).to(dev)
-        x = torch.where(box[:, None], noise, x)
-    return x
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,20 +152,54 @@ def schedule_progress(step: int, total_steps: int, args, ctx) -> float:
     return min(1.0, done)
 
 
+def set_cross_entropy(logits: torch.Tensor, allowed: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """Cross-entropy against a set of right classes per image, (B, C) bool: -log of their total
+    probability. With one class per row it is F.cross_entropy with the same label smoothing."""
+    log_p = logits.float().log_softmax(-1)
+    set_nll = -log_p.masked_fill(~allowed, float("-inf")).logsumexp(-1)
+    return ((1 - label_smoothing) * set_nll - label_smoothing * log_p.mean(-1)).mean()
+
+
 def train_step(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, optimizer: torch.optim.Optimizer,
                label_smoothing: float, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimisation step (bf16 autocast when `amp`); returns the loss and the logits."""
+    """One optimisation step (bf16 autocast when `amp`); returns the loss and the logits.
+
+    `yb` is a class per image (B,), or a set of right classes per image (B, C) bool.
+    """
     with torch.autocast(xb.device.type, dtype=torch.bfloat16, enabled=amp):
         logits = model(xb)
-        loss = F.cross_entropy(logits, yb, label_smoothing=label_smoothing)
+        loss = (F.cross_entropy(logits, yb, label_smoothing=label_smoothing) if yb.ndim == 1
+                else set_cross_entropy(logits, yb, label_smoothing))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     return loss, logits
 
 
-def train_one_epoch(model, ema, x, y, optimizer, args, epoch, step, total_steps, ctx) -> tuple[dict, int]:
-    """One pass over (x, y) in random order; returns the epoch's log entry and the global step."""
+def batch(x, y, idx, photos, args, gen, ctx) -> tuple[torch.Tensor, torch.Tensor]:
+    """Looks x[idx] (and, with `photos`, a share of segmented photos) -> augmented normalised
+    images and targets: classes (B,), or sets of right classes (B, C) when photos are mixed in."""
+    raw = ctx["raw_model"]
+    norm = (raw.config.mean, raw.config.std) if hasattr(raw, "config") else ()
+    looks, targets = x[idx], y[idx]
+    if photos is not None:
+        photo_looks, allowed = photos
+        # Added to the batch, not in place of its images: every epoch still sees all of Fashion-MNIST.
+        pick = torch.randint(0, len(photo_looks), (max(1, round(len(idx) * args.photo_share)),), generator=gen)
+        looks = torch.cat([looks, photo_looks[pick]])
+        targets = torch.cat([F.one_hot(targets, allowed.shape[1]).bool(), allowed[pick]])
+    background = float(normalize(0.0, *norm))
+    xb = augment(normalize(looks[:, None], *norm).to(ctx["device"]), args, gen, background)
+    if args.photo_aug:
+        xb = photo_like(xb, args.photo_aug, gen, background)
+    return xb, targets.to(ctx["device"])
+
+
+def train_one_epoch(model, ema, x, y, optimizer, args, epoch, step, total_steps, ctx,
+                    photos=None) -> tuple[dict, int]:
+    """One pass over (x, y) in random order; returns the epoch's log entry and the global step.
+
+    `photos`: (looks (P, 28, 28), right classes (P, C) bool) mixed into every batch."""
     from tqdm import tqdm
     model.train()
     gen = torch.Generator().manual_seed(args.seed * 1000 + epoch)
@@ -218,10 +214,7 @@ def train_one_epoch(model, ema, x, y, optimizer, args, epoch, step, total_steps,
         if progress >= 1 and seen:
             break                                           # time budget spent: the schedule is at its end
         idx = perm[i * args.batch_size:(i + 1) * args.batch_size]
-        norm = (ctx["raw_model"].config.mean, ctx["raw_model"].config.std) if hasattr(ctx["raw_model"], "config") else ()
-        xb = augment(normalize(x[idx][:, None], *norm).to(ctx["device"]), args, gen,
-                     float(normalize(0.0, *norm)))                                  # (B, 1, 28, 28)
-        yb = y[idx].to(ctx["device"])
+        xb, yb = batch(x, y, idx, photos, args, gen, ctx)                          # (B, 1, 28, 28), targets
         if args.channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
         if args.schedule == "onecycle":
@@ -231,9 +224,10 @@ def train_one_epoch(model, ema, x, y, optimizer, args, epoch, step, total_steps,
         step += 1
         if ema is not None:
             ema.update(ctx["raw_model"], step)
-        seen += len(idx)
-        loss_sum += loss.item() * len(idx)
-        correct += (logits.argmax(1) == yb).sum().item()
+        seen += len(yb)
+        loss_sum += loss.item() * len(yb)
+        hit = yb.gather(1, logits.argmax(1, keepdim=True))[:, 0] if yb.ndim == 2 else logits.argmax(1) == yb
+        correct += hit.sum().item()
         bar.set_postfix(loss=f"{loss_sum / seen:.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
     seconds = time.perf_counter() - t0
     return {"epoch": epoch, "images": seen * ctx["world"], "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
@@ -298,6 +292,12 @@ def hardware_name(device: torch.device) -> str:
 
 
 def build_model(args) -> FashionCNN:
+    """A new network from the options, or with --init-from the weights of a trained one (fine-tuning)."""
+    if args.init_from:
+        start = load_model(args.init_from)
+        model = FashionCNN(**config_dict(start) | {"dropout": args.dropout, "flip_tta": bool(args.tta)})
+        model.load_state_dict(start.state_dict())
+        return model
     return FashionCNN(widths=tuple(args.widths), dropout=args.dropout, flip_tta=bool(args.tta))
 
 
@@ -330,6 +330,8 @@ def train(args, ctx, model: nn.Module | None = None, data=None) -> tuple[nn.Modu
         train_idx = train_idx[:args.train_limit]
     x, y = looks[train_idx], labels[train_idx]
     xv, yv = looks[val_idx], labels[val_idx]
+    photos = load_photo_looks(args.photo_train, "train")[:2] if args.photo_train else None
+    photo_val = load_photo_looks(args.photos, "validation")[:2] if args.photos else None
     torch.manual_seed(args.seed)
     model = (model if model is not None else build_model(args)).to(ctx["device"])
     if args.channels_last:
@@ -345,8 +347,11 @@ def train(args, ctx, model: nn.Module | None = None, data=None) -> tuple[nn.Modu
     history, best, best_state, step, t_start = [], -1.0, None, 0, time.perf_counter()
     ctx["t_start"] = t_start
     for epoch in range(1, args.epochs + 1):
-        log, step = train_one_epoch(net, ema, x, y, optimizer, args, epoch, step, total, ctx)
+        log, step = train_one_epoch(net, ema, x, y, optimizer, args, epoch, step, total, ctx, photos)
         judged = ema.module if ema else model
+        if photo_val is not None:       # reported each epoch; the checkpoint is still chosen on Fashion-MNIST
+            hits = photo_val[1].gather(1, predict_probs(judged, photo_val[0]).argmax(1, keepdim=True))
+            log["photo_val_strict"] = hits.float().mean().item()
         if len(xv):
             with torch.autocast(ctx["device"].type, dtype=torch.bfloat16, enabled=ctx["amp"]):   # ~2x faster on AMX
                 val = predict_probs(judged, xv, device=ctx["device"])

@@ -34,6 +34,19 @@ VIEW_SIZE = 224                        # pixels a side of every displayed 28x28 
 TOP_CLASSES = 3                        # classes listed in a prediction
 
 
+GUESS = ("This does not look like the garments the model was trained on: the class below is a "
+         "guess, and the maps explain a guess.")
+
+
+@dataclass
+class Assessment:
+    """A prediction with what a visitor needs to weigh it."""
+    probs: np.ndarray                 # (num_classes,) as served
+    ood_score: float | None           # higher = further from the training data; None without a detector
+    in_distribution: bool | None      # None without a detector
+    confidence: str                   # the calibrated confidence, or the out-of-distribution verdict, in words
+
+
 class RequestError(ValueError):
     """A request the service cannot answer (unknown method or class); the message is for a person."""
 
@@ -140,6 +153,38 @@ class Service:
         with self._turn():
             return self.serving.predict_proba(self._input(look))[0].numpy()
 
+    def assess(self, look: np.ndarray) -> Assessment:
+        """Probabilities, the out-of-distribution score and verdict, and the confidence in words."""
+        detector = self.serving.ood
+        if detector is None:
+            probs = self.predict(look)
+            return Assessment(probs, None, None, self.confidence_sentence(probs))
+        with self._turn():
+            probs, score = detector.predict(self.serving, self._input(look))
+        probs, score = probs[0].numpy(), float(score[0])
+        inside = not bool(detector.flag(torch.tensor([score]))[0])
+        return Assessment(probs, score, inside, self.confidence_sentence(probs) if inside else GUESS)
+
+    def confidence_sentence(self, probs: np.ndarray) -> str:
+        """How often the model was right on test images at this confidence (the reliability bins)."""
+        top = float(probs.max())
+        bins = ((self.artefacts.metrics or {}).get("calibration") or {}).get("bins") or []
+        hit = next((b for b in bins if b["lo"] < top <= b["hi"]), None)
+        name = self.labels[int(probs.argmax())]
+        if hit is None or hit["count"] < 20:
+            return f"{name} at {top:.0%}: too few test images were this confident to say how often that is right."
+        return (f"{name} at {top:.0%}: at this confidence ({hit['lo']:.0%}-{hit['hi']:.0%}) the model was right on "
+                f"{hit['accuracy']:.0%} of {hit['count']:,} test images.")
+
+    def analysis(self, look: np.ndarray) -> dict:
+        """The /analyse answer: label, probabilities, out-of-distribution verdict and confidence."""
+        a = self.assess(look)
+        detector = self.serving.ood
+        return {"label": self.labels[int(a.probs.argmax())], "probabilities": self.confidences(a.probs),
+                "in_distribution": a.in_distribution, "ood_score": a.ood_score,
+                "ood_threshold": detector.threshold if detector is not None else None,
+                "confidence": a.confidence}
+
     def confidences(self, probs: np.ndarray) -> dict[str, float]:
         return {name: float(p) for name, p in zip(self.labels, probs)}
 
@@ -188,4 +233,6 @@ class Service:
         return {"source": self.loaded.source, "folder": str(self.loaded.folder), "fallback": self.loaded.fallback,
                 "parameters": count_parameters(self.model), "config": dict(vars(self.model.config)),
                 "test_accuracy": m.get("accuracy"), "ece": (m.get("calibration") or {}).get("ece"),
-                "methods": list(explain.METHODS), "missing_artefacts": self.artefacts.problems}
+                "methods": list(explain.METHODS), "missing_artefacts": self.artefacts.problems,
+                "ood": ({"score": self.model.ood.score_name, "threshold": self.model.ood.threshold}
+                        if self.model.ood is not None else {"unavailable": self.model.ood_error or "no detector"})}

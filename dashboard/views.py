@@ -203,3 +203,21 @@ class Views:
 
 def _num(v, fmt: str) -> str:
     return fmt.format(v) if isinstance(v, (int, float)) else "–"
+
+
+OUTLINE_RGB = np.array([255, 0, 200], dtype=np.uint8)   # magenta: rare in clothes and floors
+
+
+def outline_image(work: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """The working image as uint8 RGB with the kept region's outline drawn on it (no mask: as is)."""
+    rgb = np.clip(work * 255, 0, 255).astype(np.uint8)
+    if rgb.ndim == 2:
+        rgb = np.repeat(rgb[..., None], 3, axis=2)
+    if mask is None or not mask.any():
+        return rgb
+    padded = np.pad(mask, 1)
+    inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    edge = mask & ~inner                                             # pixels of the mask on its border
+    thick = edge | np.pad(edge, 1)[:-2, 1:-1] | np.pad(edge, 1)[1:-1, :-2]   # two pixels wide
+    rgb[thick] = OUTLINE_RGB
+    return rgb

@@ -118,11 +118,11 @@ def sensitivity(model: nn.Module, x, method: str, target: int,
     fn = METHODS[method].fn
 
     def explanation(inputs, target) -> torch.Tensor:
-        # Captum passes a batch of perturbed copies (possibly as a 1-tuple); the registry
-        # methods take one image.
+        # Captum passes a batch of perturbed copies (possibly as a 1-tuple); the registry methods
+        # take it whole, with a target per copy.
         inputs = inputs[0] if isinstance(inputs, tuple) else inputs     # (B, 1, H, W)
-        targets = target.tolist() if torch.is_tensor(target) else [target] * len(inputs)
-        return torch.stack([fn(model, xi[None], int(t))[None, None] for xi, t in zip(inputs, targets)])
+        targets = torch.as_tensor(target).long().reshape(-1).expand(len(inputs))
+        return fn(model, inputs, targets)[:, None]                         # (B, 1, H, W)
 
     radius = SENSITIVITY_RADIUS / mean_std(model)[1]
     with eval_mode(model), torch.random.fork_rng(devices=[]):

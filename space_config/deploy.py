@@ -4,7 +4,7 @@
     python -m space_config.deploy --space-id <user>/fashion-mnist-explainer
     python -m space_config.deploy --space-id <user>/fashion-mnist-explainer --model-id <user>/fashion-cnn
 
-What goes up: app.py, every local module app.py imports (found by parsing the imports, recursively,
+What goes up: app.py, the example photos, every local module app.py imports (found by parsing the imports, recursively,
 so the list cannot drift from the code), requirements.txt (the Space pip-installs it; torch comes
 from PyPI there), the weights folder as `weights/` (config.json, model.safetensors,
 training_history.json, evaluation/: the Mistakes, Model and Trust views read them) and the card
@@ -31,8 +31,9 @@ DEFAULT_SPACE_ID = "fashion-mnist-explainer/fashion-mnist-explainer"
 APP_FILE = "app.py"
 REQUIREMENTS = "requirements.txt"
 SPACE_WEIGHTS = "weights"              # where app.py looks for them, relative to the Space root
+PHOTO_EXAMPLES = "examples/photos"     # the dashboard's real-photo examples (CC0, see examples/README.md)
 WEIGHT_FILES = ("config.json", "model.safetensors")
-OPTIONAL_WEIGHT_FILES = ("training_history.json",)    # the Model view plots it when present
+OPTIONAL_WEIGHT_FILES = ("training_history.json", "ood.json", "ood.safetensors")   # the Model view, the OOD verdict
 # What a weights folder may contribute besides WEIGHT_FILES: the evaluation artefacts the app shows.
 EVALUATION_SUFFIXES = (".json", ".png", ".npz")
 # Names that must never be uploaded, whatever the file list says.
@@ -160,6 +161,7 @@ def space_plan(root: Path = ROOT, weights: Path | None = None, model_id: str | N
     files = [SpaceFile(p.relative_to(root).as_posix(), p) for p in local_imports(APP_FILE, root)]
     files.append(SpaceFile(REQUIREMENTS, root / REQUIREMENTS))
     files += weight_files(weights)
+    files += [SpaceFile(p.relative_to(root).as_posix(), p) for p in sorted((root / PHOTO_EXAMPLES).glob("*.jpg"))]
     card = render_card(model_id or DEFAULT_MODEL_ID, weights, root / REQUIREMENTS)
     files.append(SpaceFile("README.md", None, card.encode()))
     files.sort(key=lambda f: f.path_in_repo)

@@ -21,8 +21,12 @@ START_TIMEOUT_S = 240          # a cold start imports torch and gradio; a busy C
 
 
 def free_port() -> int:
+    return free_port_on("127.0.0.1")
+
+
+def free_port_on(host: str) -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
@@ -37,9 +41,12 @@ class AppServer:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
-def start_app(workdir: Path, env_extra: dict[str, str] | None = None, args: list[str] = ()) -> AppServer:
-    """Start app.py as a subprocess and wait until its page answers (or fail with its log)."""
-    port = free_port()
+def start_app(workdir: Path, env_extra: dict[str, str] | None = None, args: list[str] = (),
+              host: str = "127.0.0.1") -> AppServer:
+    """Start app.py as a subprocess on `host` (its --host) and wait until its page answers there
+    (or fail with its log)."""
+    port = free_port_on(host)
+    args = ["--host", host, *args]
     temp_dir = workdir / "gradio-tmp"
     temp_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "GRADIO_TEMP_DIR": str(temp_dir), "PYTHONUNBUFFERED": "1"}
@@ -51,7 +58,7 @@ def start_app(workdir: Path, env_extra: dict[str, str] | None = None, args: list
     with open(log, "wb") as out:
         process = subprocess.Popen([sys.executable, "app.py", "--port", str(port), *args], cwd=REPO, env=env,
                                    stdout=out, stderr=subprocess.STDOUT)
-    server = AppServer(f"http://127.0.0.1:{port}/", process, log, temp_dir)
+    server = AppServer(f"http://{host}:{port}/", process, log, temp_dir)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:

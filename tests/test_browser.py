@@ -1,7 +1,10 @@
 """One real-browser test: headless Chromium opens the running app, uploads an image, sees a prediction.
 
 Then, in the same page: a file that is not an image (a message, the app keeps serving), a test-set
-example click, and the sketchpad (empty: "Draw something first"; a drawing: classified).
+example click (the Sneaker example is classified Sneaker), the sketchpad (empty: "Draw something
+first"; a drawing: classified), and every other tab with its content: Mistakes (the gallery, and a
+selected mistake explained), Trust (the per-method table), Model (the test accuracy of metrics.json).
+One screenshot per tab.
 
 Debian's chromium driven by Playwright (no browser download). The screenshots go to
 tests/artifacts/ (git-ignored); with UPDATE_SCREENSHOT=1 the full-page one also replaces
@@ -12,6 +15,7 @@ docs/screenshot.png, the README's picture.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -19,10 +23,10 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from playwright.sync_api import expect, sync_playwright
 
 from conftest import REPO
 
-playwright = pytest.importorskip("playwright.sync_api")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = REPO / "tests" / "artifacts"
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -43,8 +47,10 @@ def garment_photo(tmp_path_factory) -> Path:
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
 def test_browser_upload_shows_prediction_and_maps(app_server, garment_photo, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
     ARTIFACTS.mkdir(exist_ok=True)
+    from gradio_client import Client
+    info = Client(app_server.url, verbose=False).predict(api_name="/model_info")
+    metrics = json.loads((Path(info["folder"]) / "evaluation" / "metrics.json").read_text())
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
@@ -53,8 +59,8 @@ def test_browser_upload_shows_prediction_and_maps(app_server, garment_photo, tmp
             page.goto(app_server.url, wait_until="domcontentloaded")
             page.locator("#upload input[type=file]").set_input_files(str(garment_photo))
             label = page.locator("#explain-label")
-            expect(label).to_contain_text(re.compile("|".join(map(re.escape, CLASS_NAMES))), timeout=90_000)
-            assert "Trouser" in label.inner_text()                  # the easiest class to get right
+            top = label.locator("[data-testid=label-output-value]")       # the top class, not the top 3
+            expect(top).to_have_text("Trouser", timeout=90_000)              # the easiest class to get right
             maps = page.locator("#explain-maps img")
             expect(maps.first).to_be_visible(timeout=90_000)
             expect(page.locator("#explain-scores")).to_contain_text("Grad-CAM", timeout=30_000)
@@ -74,7 +80,8 @@ def test_browser_upload_shows_prediction_and_maps(app_server, garment_photo, tmp
             # A test-set example, one click: classified and explained like an upload.
             page.get_by_role("button", name="Sneaker", exact=True).click()
             expect(page.locator("#status")).to_contain_text("Classified", timeout=60_000)
-            expect(label).to_contain_text(re.compile("|".join(map(re.escape, CLASS_NAMES))), timeout=60_000)
+            expect(top).to_have_text("Sneaker", timeout=60_000)
+            expect(maps.first).to_be_visible(timeout=60_000)
 
             # The sketchpad: an empty canvas is refused, a drawing is classified.
             page.get_by_role("tab", name="Draw").click()
@@ -93,6 +100,38 @@ def test_browser_upload_shows_prediction_and_maps(app_server, garment_photo, tmp
             page.mouse.up()
             draw.click()
             expect(page.locator("#status")).to_contain_text("Classified", timeout=60_000)
+            expect(top).to_have_text(re.compile("|".join(map(re.escape, CLASS_NAMES))), timeout=60_000)
             page.screenshot(path=str(ARTIFACTS / "browser_sketch.png"), full_page=True)
+
+            # Mistakes: the gallery of misclassified test images; selecting one explains it.
+            page.get_by_role("tab", name="Mistakes").click()
+            mistakes = page.locator("#mistakes img")
+            expect(mistakes.first).to_be_visible(timeout=60_000)
+            assert mistakes.count() >= 10
+            mistakes.first.click()
+            expect(page.get_by_text(re.compile(r"Test image #\d+: true class"))).to_be_visible(timeout=60_000)
+            expect(page.locator("#mistake-label [data-testid=label-output-value]")).to_have_text(
+                re.compile("|".join(map(re.escape, CLASS_NAMES))), timeout=90_000)
+            expect(page.locator("#mistake-maps img").first).to_be_visible(timeout=90_000)
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(ARTIFACTS / "browser_mistakes.png"), full_page=True)
+
+            # Trust: the explanation and one table row per method, plus the random-order baseline.
+            page.get_by_role("tab", name="Trust").click()
+            expect(page.locator("#trust-text")).to_contain_text("Measured over", timeout=30_000)
+            trust = json.loads((Path(info["folder"]) / "evaluation" / "trust.json").read_text())
+            table = page.get_by_role("grid", name="Per-method results over the test sample")
+            rows = [*trust["methods"], "(random order)"]
+            for name in rows:
+                expect(table.get_by_role("gridcell", name=name, exact=True)).to_be_visible(timeout=30_000)
+            expect(table.get_by_role("row")).to_have_count(1 + len(rows))      # the header and one per row
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(ARTIFACTS / "browser_trust.png"), full_page=True)
+
+            # Model: the test accuracy of the served weights, as metrics.json has it.
+            page.get_by_role("tab", name="Model").click()
+            expect(page.locator("#model-text")).to_contain_text(f"Test accuracy: {metrics['accuracy']:.2%}",
+                                                                timeout=30_000)
+            page.screenshot(path=str(ARTIFACTS / "browser_model.png"), full_page=True)
         finally:
             browser.close()

@@ -349,6 +349,32 @@ def test_precompute_trust_and_write_trust(tmp_path, images):
     assert written["Occlusion"]["randomisation_rho"] is None and written["Occlusion"]["randomisation_curve"] == []
 
 
+def test_trust_command_line_on_a_tiny_model_folder(tmp_path, images):
+    """`python -m explain.trust <folder>` as documented: every method, every measure (sensitivity
+    and the randomisation test included), trust.json written and the table printed."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    raw, labels = images
+    torch.manual_seed(0)
+    FashionCNN(widths=(4, 8, 8)).eval().save_pretrained(tmp_path)
+    (tmp_path / "evaluation").mkdir()
+    np.savez_compressed(tmp_path / "evaluation" / "samples.npz", index=np.arange(4), label=labels[:4],
+                        pred=labels[:4], images=raw[:4])
+    proc = subprocess.run([sys.executable, "-m", "explain.trust", str(tmp_path), "--n", "2", "--n-randomisation", "1",
+                           "--n-sensitivity", "1", "--steps", "4", "--threads", "1"],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    written = json.loads((tmp_path / "evaluation" / "trust.json").read_text())
+    assert written["methods"] == METHOD_NAMES and written["n_images"] == 2
+    for name in METHOD_NAMES:
+        r = written[name]
+        assert 0 <= r["deletion_auc"] <= 1 and 0 <= r["insertion_auc"] <= 1, name
+        assert np.isfinite([r["infidelity"], r["sensitivity"], r["randomisation_rho"]]).all(), name
+        assert name in proc.stdout
+    assert proc.stdout.strip().splitlines()[-1] == f"wrote {tmp_path / 'evaluation' / 'trust.json'}"
+
+
 # ---------------------------------------------------------------------------------------------
 # Rendering.
 # ---------------------------------------------------------------------------------------------

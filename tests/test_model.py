@@ -4,6 +4,7 @@
 """
 import io
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image
 
 from model import CLASS_NAMES, MEAN, STD, FashionCNN, WeightsError, count_parameters, load_model
-from preprocess import InvalidImageError, fashion_look, preprocess
+from preprocess import fashion_look, InvalidImageError, preprocess, to_array
 
 
 SLICE = "tests/data/fashion_mnist"
@@ -93,10 +94,19 @@ def test_load_damaged_weights_gives_clear_error(tmp_path, model, damage):
 
 
 def test_unreachable_hub_repo_is_a_clear_error(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")   # discard port: nothing listens
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    # huggingface_hub reads HF_ENDPOINT and HF_HUB_CACHE once, at import: setting the environment
+    # here would change nothing, so its constants are patched. The port was free a moment ago and
+    # nothing listens on it: every connection is refused at once.
+    import huggingface_hub.constants as hub_constants
+    from conftest import free_port
+    monkeypatch.setattr(hub_constants, "ENDPOINT", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    start = time.monotonic()
     with pytest.raises(WeightsError, match="could not download 'someone/fashion-cnn'"):
         load_model("someone/fashion-cnn")
+    # A refused connection is an answer: no waiting for hub.DEFAULT_TIMEOUT_S, no retry loop.
+    assert time.monotonic() - start < 10
 
 
 # --- preprocessing -----------------------------------------------------------------------------
@@ -109,28 +119,59 @@ def garment(h=300, w=200, dark_on_light=True, box=(60, 50, 240, 150)) -> np.ndar
     return img
 
 
-def check_valid(x: torch.Tensor):
+def check_valid(x: torch.Tensor) -> np.ndarray:
+    """A model input: shape, dtype, finite, pixels in [0, 1] once un-normalised. Returns the look."""
     assert x.shape == (1, 28, 28) and x.dtype == torch.float32
     assert torch.isfinite(x).all()
     look = x * STD + MEAN
     assert look.min() >= -1e-5 and look.max() <= 1 + 1e-5
+    return look[0].numpy()
 
 
-@pytest.mark.parametrize("make", [
-    lambda: Image.fromarray(garment()),                                         # grayscale, white background
-    lambda: Image.fromarray(garment()).convert("RGB"),                          # RGB
-    lambda: Image.fromarray(garment(dark_on_light=False)),                      # already light-on-dark
-    lambda: Image.fromarray(255 - garment()),                                   # inverted
-    lambda: Image.fromarray(garment(8, 6, box=(1, 1, 7, 5))),                   # tiny
-    lambda: Image.fromarray(garment(4000, 3000, box=(500, 400, 3500, 2600))),   # huge
-    lambda: Image.fromarray(np.full((50, 50), 128, np.uint8)),                  # constant
-    lambda: Image.fromarray(garment()).convert("CMYK"),                         # CMYK
-    lambda: Image.fromarray((garment().astype(np.uint16) * 257)).convert("I;16"),   # 16-bit
-    lambda: garment().astype(np.float32) / 255,                                 # numpy float
-    lambda: torch.from_numpy(garment()).float()[None] / 255,                    # tensor CHW
-])
-def test_preprocess_accepts_all_kinds_of_images(make):
-    check_valid(preprocess(make()))
+def the_look(x: torch.Tensor) -> np.ndarray:
+    return (x * STD + MEAN)[0].numpy()
+
+
+# The 8-bit original every other encoding of garment() is compared with: its look has the garment
+# at 0.69 (255 - 80) on black, 15 of 28 columns wide. An encoding that loses the content (an
+# all-black look) differs from it by 0.37 on average; the same pixels by another path (16-bit
+# block averaging, float shrink) differ by at most 0.025 (one column of rounding), so 0.05.
+SAME_LOOK_MEAN_ABS = 0.05
+VISIBLE = 0.5                     # every non-constant garment below keeps a pixel this bright
+
+
+# name -> (a way to build the garment, whether it holds the same pixels as the 8-bit original)
+KINDS = {
+    "gray": (lambda: Image.fromarray(garment()), True),                          # grayscale, white background
+    "rgb": (lambda: Image.fromarray(garment()).convert("RGB"), True),
+    "light-on-dark": (lambda: Image.fromarray(garment(dark_on_light=False)), False),
+    "inverted": (lambda: Image.fromarray(255 - garment()), True),
+    "tiny": (lambda: Image.fromarray(garment(8, 6, box=(1, 1, 7, 5))), False),
+    "huge": (lambda: Image.fromarray(garment(4000, 3000, box=(500, 400, 3500, 2600))), False),
+    "cmyk": (lambda: Image.fromarray(garment()).convert("CMYK"), True),
+    "16-bit": (lambda: Image.fromarray((garment().astype(np.uint16) * 257)).convert("I;16"), True),
+    "32-bit-int": (lambda: Image.fromarray(garment().astype(np.int32) * 257), True),
+    "float32-mode-F": (lambda: Image.fromarray(garment().astype(np.float32) / 255), True),
+    "numpy-float": (lambda: garment().astype(np.float32) / 255, True),
+    "numpy-uint16": (lambda: garment().astype(np.uint16) * 257, True),
+    "tensor-CHW": (lambda: torch.from_numpy(garment()).float()[None] / 255, True),
+}
+
+
+@pytest.mark.parametrize("name", list(KINDS))
+def test_preprocess_accepts_all_kinds_of_images(name):
+    make, same_as_8bit = KINDS[name]
+    look = check_valid(preprocess(make()))
+    assert look.max() > VISIBLE, f"{name}: the garment was lost (look max {look.max():.3f})"
+    if same_as_8bit:
+        original = the_look(preprocess(Image.fromarray(garment())))
+        diff = float(np.abs(look - original).mean())
+        assert diff < SAME_LOOK_MEAN_ABS, f"{name}: look differs from the 8-bit original by {diff:.3f} on average"
+
+
+def test_a_constant_image_gives_a_black_look():
+    look = check_valid(preprocess(Image.fromarray(np.full((50, 50), 128, np.uint8))))
+    assert look.max() == 0
 
 
 def test_rgba_transparent_background_becomes_dark():
@@ -165,7 +206,7 @@ def test_fashion_mnist_images_pass_unchanged_up_to_a_shift(test_images):
     (np.zeros((0, 10)), "no pixels"),
     (np.zeros((2, 3, 4, 5)), "not an image"),
     (np.full((10, 10), np.nan), "NaN"),
-    (np.zeros((8000, 8000), np.uint8), "limit"),
+    (np.zeros((8000, 8000), np.uint8), "40,000,000-pixel limit"),
 ])
 def test_non_images_give_a_clear_error(bad, message):
     with pytest.raises(InvalidImageError, match=message):
@@ -175,16 +216,57 @@ def test_non_images_give_a_clear_error(bad, message):
 def test_extreme_float_range_is_scaled_not_lost():
     a = np.zeros((20, 20))
     a[5:15, 5:15], a[0, 0] = 1e308, -1e308          # hi - lo overflows float64
-    look = fashion_look(a)
-    assert np.isfinite(look).all() and look.max() > 0.9   # the square is still there
+    work = to_array(a)                                # the scaling step, before any segmentation
+    assert np.isfinite(work).all() and work[10, 10] > 0.99 and abs(work[1, 1] - 0.5) < 1e-6   # the square is still there
+    assert np.isfinite(fashion_look(a)).all()
 
 
-def test_decompression_bomb_is_refused_before_decoding():
-    buf = io.BytesIO()
-    Image.new("1", (20000, 20000)).save(buf, "PNG")      # ~50 KB on disk, 400M pixels decoded
-    buf.seek(0)
-    with pytest.raises((InvalidImageError, Image.DecompressionBombError)):
-        preprocess(Image.open(buf))
+# Above preprocess.MAX_IMAGE_PIXELS (40,000,000) and below Pillow's own refusals (a warning above
+# 89,478,485 pixels, an error above twice that): only the app's own check can stop these.
+OVER_APP_LIMIT = (7500, 6000)                            # 45,000,000 pixels
+APP_LIMIT_MESSAGE = "larger than the 40,000,000-pixel limit"
+
+
+def flat_png(size) -> io.BytesIO:
+    from bad_inputs.corpus import flat_png
+    return io.BytesIO(flat_png(*size, value=200))
+
+
+def refuse_to_decode(img: Image.Image) -> Image.Image:
+    """Any pixel access (load, asarray, resize, convert) fails the test: the size check comes first."""
+    def load(*_):
+        pytest.fail(f"the {img.width}x{img.height} image was decoded before its size was checked")
+    img.load = load
+    return img
+
+
+@pytest.mark.parametrize("size", [OVER_APP_LIMIT, (20000, 20000)], ids=["45-megapixel", "400-megapixel"])
+def test_decompression_bomb_is_refused_before_decoding(monkeypatch, size):
+    # Pillow's own guard is lifted so that the file opens (lazily: the header only), whatever its
+    # size: what refuses it must be preprocess's check, not Image.open.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    img = refuse_to_decode(Image.open(flat_png(size)))
+    with pytest.raises(InvalidImageError, match=APP_LIMIT_MESSAGE):
+        preprocess(img)
+
+
+def test_the_apps_pixel_limit_is_reached_below_pillows():
+    # Pillow's guard left as it is: a 45-megapixel flat image opens without warning, so the app's
+    # limit is the only thing between it and a full decode.
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        img = Image.open(flat_png(OVER_APP_LIMIT))
+    assert img.size == OVER_APP_LIMIT
+    with pytest.raises(InvalidImageError, match=APP_LIMIT_MESSAGE):
+        preprocess(refuse_to_decode(img))
+    with pytest.raises(InvalidImageError, match=APP_LIMIT_MESSAGE):      # an image already in memory
+        preprocess(Image.new("L", OVER_APP_LIMIT, 200))
+    w, h = OVER_APP_LIMIT
+    with pytest.raises(InvalidImageError, match=APP_LIMIT_MESSAGE):      # a numpy array
+        preprocess(np.full((h, w), 200, np.uint8))
+    # Just under the limit is accepted (flat: an all-black look, no error).
+    check_valid(preprocess(np.full((6000, 6000), 200, np.uint8)))
 
 
 # Hostile input: arbitrary arrays, sizes, dtypes and values never crash and never give a non-finite tensor.

@@ -9,6 +9,7 @@ the test checks it. The executed copy is kept in memory: the committed notebook 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -63,6 +64,19 @@ def test_notebook_runs_top_to_bottom_on_this_interpreter(executed):
     assert f"python    {sys.executable}" in first, first[:500]
     errors = [o for c in code_cells for o in c.outputs if o.get("output_type") == "error"]
     assert not errors
+
+
+# What the notebook prints when it skips its work: "... cells are skipped", "skipped: ...",
+# "MISSING  <path>", "<file> is missing: run ...". Not prose such as "the missing sleeves".
+SKIPPED_OR_MISSING = re.compile(r"(?i:\bskipped\b|\bis missing\b|\bmissing:)|\bMISSING\b")
+
+
+def test_notebook_skips_nothing_and_finds_every_file(executed):
+    """A cell that catches a failure (a broken import, a missing artefact) and prints that it skipped
+    its work leaves the notebook "running" with half its content gone: any such line fails here."""
+    flagged = [(i, line.strip()) for i, c in enumerate(executed.cells) if c.cell_type == "code"
+               for line in outputs_text(c).splitlines() if SKIPPED_OR_MISSING.search(line)]
+    assert not flagged, "\n".join(f"cell {i}: {line[:300]}" for i, line in flagged)
 
 
 def test_notebook_reads_the_artefacts_it_reports(executed):

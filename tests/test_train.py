@@ -46,10 +46,13 @@ def offline_env(tmp: Path) -> dict:
     return env
 
 
+TRAINED_EPOCHS = 3
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("run") / "model"
-    proc = run_cli("--dataset", SLICE, "--epochs", "2", "--val-size", "100", "--batch-size", "64",
+    proc = run_cli("--dataset", SLICE, "--epochs", str(TRAINED_EPOCHS), "--val-size", "100", "--batch-size", "64",
                    "--out", str(out), "--seed", "1", "--no-progress", "--trust-images", "2",
                    env=offline_env(out.parent) | {"HF_TOKEN": ""})
     return out, proc
@@ -61,8 +64,35 @@ def test_output_folder_is_a_complete_model_repo(trained):
     assert not missing, missing
     assert proc.stdout.strip().splitlines()[-1].startswith("test_accuracy=")
     history = json.loads((out / "training_history.json").read_text())
-    assert [h["epoch"] for h in history] == [1, 2]
+    assert [h["epoch"] for h in history] == list(range(1, TRAINED_EPOCHS + 1))
     assert all({"train_loss", "val_accuracy", "seconds", "images_per_s"} <= h.keys() for h in history)
+
+
+# The fixture's run: 400 training images, 3 epochs of 6 steps (batch 64), the shipped recipe.
+# Measured (2-core CPU, fp32; `python train.py --dataset tests/data/fashion_mnist --epochs 3
+# --val-size 100 --batch-size 64 --seed S --trust-images 0`):
+#   seed 1 (the fixture): test accuracy 0.410 on the slice's 200 test images; training loss by
+#     epoch 2.601, 2.327, 1.711 (last/first 0.66);
+#   seeds 2-4: test accuracy 0.365, 0.475, 0.535; last/first loss 0.67, 0.58, 0.64;
+#   without optimizer.step() (2 epochs, seeds 1-2): test accuracy 0.095 and 0.10 (chance); loss
+#     2.427 -> 2.442 and 2.411 -> 2.422 (last/first 1.01).
+# So: at least 0.25 (2.5x chance, 0.115 under the worst seed), and the last epoch's loss at most
+# 0.85 of the first's (0.18 above the worst seed, 0.16 below no learning).
+MIN_SLICE_ACCURACY = 0.25
+MAX_LOSS_RATIO = 0.85
+
+
+def test_training_learns_from_the_slice(trained):
+    out, proc = trained
+    m = json.loads((out / "evaluation/metrics.json").read_text())
+    assert m["accuracy"] >= MIN_SLICE_ACCURACY, f"test accuracy {m['accuracy']:.3f}: the run learned nothing"
+    history = json.loads((out / "training_history.json").read_text())
+    losses = [h["train_loss"] for h in history]
+    assert losses[-1] <= MAX_LOSS_RATIO * losses[0], f"training loss by epoch {losses}: not falling"
+    # The weights that learned are the ones saved: reloaded, they score the same on the test split.
+    looks, labels, _ = load_images(SLICE, "test")
+    reloaded = (evaluate.predict_probs(load_model(out), looks).argmax(1) == labels).float().mean().item()
+    assert reloaded == pytest.approx(m["accuracy"])
 
 
 def test_metrics_are_consistent(trained):
@@ -166,14 +196,29 @@ def test_local_datasets_cache_is_keyed_by_path(tmp_path):
 
 def test_torchrun_data_parallel_on_cpu(tmp_path):
     """Two processes (gloo on CPU; NCCL on GPUs) train one model; rank 0 writes the repo."""
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "train.py",
+    from conftest import free_port
+    out = tmp_path / "ddp"
+    # A port of its own: torchrun's default 29500 may be taken (another run, a parallel CI job).
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "train.py",
                            "--dataset", SLICE, "--epochs", "1", "--val-size", "100", "--batch-size", "64",
-                           "--threads", "1", "--out", str(tmp_path / "ddp"), "--no-progress", "--trust-images", "0"],
+                           "--threads", "1", "--out", str(out), "--no-progress", "--trust-images", "0"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count('"epoch": 1') == 1                  # one log line: rank 0 only
-    assert proc.stdout.strip().splitlines()[-1].startswith("test_accuracy=")
-    assert load_model(tmp_path / "ddp") is not None
+    history = json.loads((out / "training_history.json").read_text())
+    n_train = len(load_images(SLICE, "train")[1]) - 100
+    assert history[0]["images"] == n_train // 2 // 64 * 64 * 2    # each rank its own half, both counted
+    # The saved weights are the trained ones: not the seeded initialisation, and reloaded they
+    # give exactly the accuracy the run printed.
+    trained = load_model(out)
+    torch.manual_seed(0)
+    initial = train.build_model(train.parse_args(["--out", "x"]))
+    start = dict(initial.named_parameters())
+    assert any(not torch.equal(p, start[name]) for name, p in trained.named_parameters())
+    looks, labels, _ = load_images(SLICE, "test")
+    accuracy = (evaluate.predict_probs(trained, looks).argmax(1) == labels).float().mean().item()
+    assert proc.stdout.strip().splitlines()[-1] == f"test_accuracy={accuracy:.4f}"
 
 
 # --- pushing ---------------------------------------------------------------------------------------
@@ -308,3 +353,73 @@ def test_final_fit_keeps_the_weights_of_the_last_step(tmp_path):
     assert val_acc is None and len(history) == 3
     last = {k: v.float() for k, v in ctx["raw_model"].state_dict().items()}
     assert all(torch.equal(v, last[k]) for k, v in final.state_dict().items())
+
+
+# --- the other options, each observed where it acts ---------------------------------------------
+
+class EpochSpy:
+    """Wraps train.train_one_epoch: records the optimiser, device context and log of each epoch
+    (found among its arguments by type, whatever their order)."""
+
+    def __init__(self, real):
+        self.real, self.epochs = real, []
+
+    def __call__(self, *args, **kwargs):
+        log, step = self.real(*args, **kwargs)
+        values = [*args, *kwargs.values()]
+        optimizer = next(a for a in values if isinstance(a, torch.optim.Optimizer))
+        ctx = next(a for a in values if isinstance(a, dict) and "raw_model" in a)
+        self.epochs.append({"optimizer": optimizer, "ctx": dict(ctx), "model": ctx["raw_model"],
+                            "lrs": [g["lr"] for g in optimizer.param_groups], "log": log})
+        return log, step
+
+
+def test_options_reach_the_run(tmp_path, monkeypatch, capsys):
+    """One tiny run of train.main with every non-default option; each is checked where it acts."""
+    spy = EpochSpy(train.train_one_epoch)
+    monkeypatch.setattr(train, "train_one_epoch", spy)
+    api = RecordingApi()
+    real_push = hub.push_to_hub
+    monkeypatch.setattr(hub, "push_to_hub", lambda folder, repo_id, private=False: real_push(folder, repo_id, private,
+                                                                                              api=api))
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    out = tmp_path / "opts"
+    code = train.main(["--dataset", SLICE, "--epochs", "3", "--max-minutes", "0.0001", "--train-limit", "200",
+                       "--val-size", "100", "--batch-size", "50", "--optimizer", "adam", "--lr", "0.003",
+                       "--schedule", "constant", "--amp", "off", "--device", "cpu", "--tta", "0",
+                       "--channels-last", "0", "--trust-images", "0", "--no-progress", "--out", str(out),
+                       "--push-to-hub", "someone/fashion-cnn", "--private"])
+    stdout = capsys.readouterr().out
+    assert code == 0
+    # --max-minutes: 3 epochs asked, the first already passes the limit: one epoch, and it says so.
+    assert len(spy.epochs) == 1 and "stopping after epoch 1" in stdout
+    epoch = spy.epochs[0]
+    assert epoch["log"]["images"] == 200                                       # --train-limit 200 (400 without)
+    assert isinstance(epoch["optimizer"], torch.optim.Adam)                    # --optimizer adam
+    assert epoch["lrs"] == [0.003, 0.003] and epoch["log"]["lr_end"] == 0.003  # --schedule constant: no decay
+    assert epoch["ctx"]["amp"] is False                                        # --amp off
+    assert epoch["ctx"]["device"] == torch.device("cpu")                       # --device cpu
+    convs = [p for p in epoch["model"].parameters() if p.ndim == 4 and p.shape[1] > 1]
+    assert convs and not any(p.is_contiguous(memory_format=torch.channels_last) for p in convs)   # --channels-last 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["flip_tta"] is False                                          # --tta 0
+    metrics = json.loads((out / "evaluation/metrics.json").read_text())
+    assert metrics["train_bf16_autocast"] is False and metrics["hardware"].startswith("CPU")
+    assert not (out / "evaluation/trust.json").exists()                          # --trust-images 0
+    # --private reaches the Hub call that creates the repo.
+    assert api.calls[0] == ("create_repo", "someone/fashion-cnn", {"repo_type": "model", "private": True,
+                                                                   "exist_ok": True})
+    assert "pushed" in stdout and FAKE_TOKEN not in stdout
+
+
+def test_defaults_differ_from_the_options_checked_above(tmp_path):
+    """The counterparts: without those options the same run would have looked different."""
+    args = train.parse_args(["--dataset", SLICE, "--out", str(tmp_path)])
+    assert (args.optimizer, args.schedule, args.tta, args.channels_last, args.private) == ("sgd", "onecycle", 1, 1,
+                                                                                        False)
+    model = train.build_model(args)
+    assert isinstance(train.make_optimizer(model, args), torch.optim.SGD) and model.config.flip_tta
+    assert train.lr_at(100, 100, args.lr, args.warmup) == 0.0                  # one-cycle ends at 0
+    on = train.setup_device(train.parse_args(["--out", "x", "--amp", "on"]))
+    assert on["amp"] is True and on["device"] == torch.device("cpu")
+    assert train.setup_device(train.parse_args(["--out", "x", "--amp", "off"]))["amp"] is False

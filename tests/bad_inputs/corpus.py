@@ -43,13 +43,19 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
+def flat_png(width: int, height: int, value: int = 0) -> bytes:
+    """A real, fully valid 8-bit grayscale PNG of one value, written row by row: tiny on disk,
+    width x height bytes once decoded, and never decoded here."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)   # 8-bit grayscale
+    z = zlib.compressobj(9)
+    row = b"\x00" + bytes([value]) * width                            # filter byte + pixels
+    body = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", body) + _png_chunk(b"IEND", b"")
+
+
 def bomb_png(side: int = 20_000) -> bytes:
     """A real, fully valid grayscale PNG of side x side black pixels: ~0.4 MB on disk, 400 MB decoded."""
-    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)      # 8-bit grayscale
-    z = zlib.compressobj(9)
-    row = b"\x00" * (side + 1)                                        # filter byte + pixels
-    body = b"".join(z.compress(row) for _ in range(side)) + z.flush()
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", body) + _png_chunk(b"IEND", b"")
+    return flat_png(side, side)
 
 
 def huge_header_gif(side: int = 65_535) -> bytes:

@@ -1,0 +1,88 @@
+"""The two preprocessing paths the photo benches compare, frozen here so the comparison stays fixed.
+
+Not a script. `threshold_look` is the path every image took before segmentation (model.fashion_look
+at commit 9b1c385: grayscale, invert when the border is light, subtract the border's median,
+threshold at 0.05, crop the box, fit the longest edge, centre). `segmented_look` is the path that
+replaces it, the one the app serves: `preprocess.look_and_mask` (segmentation for photos and
+product shots, the threshold path for images already light on black). `load_rgb` and `run_timed` serve both
+benches.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from preprocess import look_and_mask
+
+SIZE = 28
+WORK_SIDE = 256   # both paths work on at most this many pixels a side
+
+
+def load_rgb(image: Image.Image, max_side: int = WORK_SIDE) -> np.ndarray:
+    """PIL image -> (H, W, 3) float32 RGB in [0, 1], longest side at most `max_side`.
+
+    A large JPEG is decoded at a reduced scale (`Image.draft`: the decoder skips the fine DCT
+    coefficients), most of the cost of a 12-megapixel phone photo otherwise.
+    """
+    if image.format == "JPEG" and max(image.size) > 2 * max_side:
+        image.draft("RGB", (max_side, max_side))
+    image = image.convert("RGB")
+    if max(image.size) > max_side:
+        image = image.resize(_fit(image.size, max_side), Image.Resampling.BOX)
+    return np.asarray(image, dtype=np.float32) / 255.0
+
+
+def threshold_look(image: Image.Image, size: int = SIZE) -> np.ndarray:
+    """The pre-segmentation path for an RGB or grayscale PIL image -> (size, size) float32 in [0, 1]."""
+    img = image.convert("L")
+    if max(img.size) > WORK_SIDE:
+        img = img.resize(_fit(img.size, WORK_SIDE), Image.Resampling.BOX)
+    gray = np.asarray(img, dtype=np.float64) / 255.0
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    if np.median(border) > 0.5:
+        gray, border = 1.0 - gray, 1.0 - border
+    background = float(np.median(border))
+    gray = np.clip((gray - background) / max(1.0 - background, 1e-6), 0.0, 1.0)
+    ys, xs = np.nonzero(gray > 0.05)
+    out = np.zeros((size, size), dtype=np.float32)
+    if len(ys) == 0:
+        return out
+    crop = gray[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    h, w = crop.shape
+    scale = 1.0 if 0.8 * size <= max(h, w) <= size else size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    if (nh, nw) != (h, w):
+        resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
+        crop = np.asarray(Image.fromarray(crop.astype(np.float32), mode="F").resize((nw, nh), resample))
+    top, left = (size - nh) // 2, (size - nw) // 2
+    out[top:top + nh, left:left + nw] = np.clip(crop, 0.0, 1.0)
+    return out
+
+
+def segmented_look(image: Image.Image, size: int = SIZE) -> tuple[np.ndarray, bool]:
+    """(look, whether it was segmented) through the served path, `preprocess.look_and_mask`."""
+    look, mask, _ = look_and_mask(image, size)
+    return look, mask is not None
+
+
+def run_timed(fn: Callable, items: list) -> tuple[list, list[float], list[float]]:
+    """fn over items -> (outputs, wall ms per call, CPU ms per call).
+
+    CPU time (this process, all threads) is the figure to trust on a shared machine: a call that
+    waits for a core shows in its wall time only.
+    """
+    out, wall, cpu = [], [], []
+    for item in items:
+        w0, c0 = time.perf_counter(), time.process_time()
+        out.append(fn(item))
+        cpu.append((time.process_time() - c0) * 1000)
+        wall.append((time.perf_counter() - w0) * 1000)
+    return out, wall, cpu
+
+
+def _fit(wh: tuple[int, int], side: int) -> tuple[int, int]:
+    scale = side / max(wh)
+    return max(1, round(wh[0] * scale)), max(1, round(wh[1] * scale))

@@ -1,0 +1,391 @@
+"""Fit the out-of-distribution detector on the committed weights, choose its score on validation, evaluate it.
+
+Protocol (ood.py has the scores and their sources):
+1. Statistics are fitted on the Fashion-MNIST training split minus validation (55,000 images);
+   the validation split is `split_train_val(60000, 5000, seed=0)`'s second part.
+2. Every candidate score is compared on validation: the 5,000 validation images against an OOD
+   *proxy* made of families that are none of the evaluation sets below (smoothed noise blobs,
+   gratings and checkerboards; validation images turned into edge maps, patch-shuffled and
+   rotated by 90 degrees). The score with the highest mean AUROC over the proxy families is chosen.
+3. Its threshold is the 95% quantile of the validation scores (95% of validation passes). The
+   detector is written to --out (ood.safetensors + ood.json) and read back from there.
+4. Only then is it evaluated on the reported sets: Fashion-MNIST test, MNIST test (10,000),
+   uniform noise, constant images, gradients, visitor-style sketches (digits, circles, scribbles
+   drawn dark on white at 280x280), photos of hats/shorts/skirts (photo train split), and the
+   in-class photos (photo validation split, the seven folders with a class).
+
+    python bench/ood.py                                   # weights/ -> weights/ood.*, weights/evaluation/ood.json, bench/results/ood.md
+    python bench/ood.py --out /tmp/ood --results-dir /tmp/bench   # a trial run that leaves weights/ alone
+    python bench/ood.py --train-limit 5000                # quicker (statistics from 5,000 training images)
+
+Writes <out>/ood.safetensors, <out>/ood.json, <out>/evaluation/ood.json and
+<results-dir>/ood.json + ood.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as common  # noqa: E402  (puts the repository root on sys.path)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image, ImageOps  # noqa: E402
+
+import ood  # noqa: E402
+from ood_sets import constants, gradients, looks_of, proxy_families, sketches, uniform_noise  # noqa: E402
+from model import CLASS_NAMES, load_model  # noqa: E402
+
+from data import PHOTO_FOLDERS, load_images, load_photo_looks, split_train_val  # noqa: E402
+from preprocess import fashion_look  # noqa: E402
+
+DATA = common.REPO.parent / "shared" / "data"
+# The photo folders with a class, and the predictions counted right for them (the photo set's README).
+# The photo folders' mapping has one home, data.PHOTO_FOLDERS.
+PHOTO_CLASSES = {f: m.strict for f, m in PHOTO_FOLDERS.items() if m.strict}
+PHOTO_OUTSIDE = tuple(f for f, m in PHOTO_FOLDERS.items() if not m.strict)
+TARGETS = {"fmnist_test_flagged_max": 0.06, "mnist_flagged_min": 0.97, "mnist_auroc_min": 0.995,
+           "synthetic_flagged_min": 0.99}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=str(common.REPO / "weights"), help="model folder")
+    p.add_argument("--out", default=None, help="where the detector is written (default: the model folder)")
+    p.add_argument("--fashion-mnist", default=str(DATA / "fashion_mnist"))
+    p.add_argument("--mnist", default=str(DATA / "mnist"))
+    p.add_argument("--photos", default=str(DATA / "clothing_photos"))
+    p.add_argument("--results-dir", default=str(common.RESULTS))
+    p.add_argument("--keep", type=float, default=0.95, help="fraction of validation images under the threshold")
+    p.add_argument("--per-family", type=int, default=1000, help="images per proxy family and synthetic set")
+    p.add_argument("--train-limit", type=int, default=0, help="fit on only this many training images (0: all)")
+    p.add_argument("--no-photo-fit", dest="photo_fit", action="store_false",
+                   help="fit on Fashion-MNIST alone, not also on the in-class photos of the photo train split "
+                        "(which the shipped weights were trained on)")
+    p.add_argument("--repeats", type=int, default=300, help="timed calls for the latency figures")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--latency-only", action="store_true",
+                   help="re-time the detector in --out and rewrite the reports' latency section (e.g. on a quiet machine)")
+    args = p.parse_args(argv)
+    args.out = Path(args.out or args.model)
+    return args
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------------------------
+
+def auroc(in_scores: torch.Tensor, out_scores: torch.Tensor) -> float:
+    """Probability that an OOD image scores above an in-distribution one (ties count half)."""
+    a, b = in_scores.double().numpy(), out_scores.double().numpy()
+    values = np.concatenate([a, b])
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    mid_rank = np.cumsum(counts) - (counts - 1) / 2                  # average rank of each tied value
+    rank_sum = mid_rank[inverse[len(a):]].sum()
+    return float((rank_sum - len(b) * (len(b) + 1) / 2) / (len(a) * len(b)))
+
+
+def fpr_at_95_tpr(in_scores: torch.Tensor, out_scores: torch.Tensor) -> float:
+    """Fraction of OOD images that pass at the threshold passing 95% of the in-distribution ones."""
+    return float((out_scores <= torch.quantile(in_scores.double(), 0.95)).double().mean())
+
+
+def flagged(detector: ood.OODDetector, scores: torch.Tensor) -> float:
+    return float(detector.flag(scores).double().mean())
+
+
+# ---------------------------------------------------------------------------------------------
+# Images: raw arrays or PIL images, turned into looks by the serving path
+# ---------------------------------------------------------------------------------------------
+
+def photos(root: Path, split: str, folders) -> list[tuple[Image.Image, str]]:
+    out = []
+    for folder in folders:
+        for path in sorted((root / split / folder).glob("*.jpg")):
+            with Image.open(path) as img:
+                out.append((ImageOps.exif_transpose(img).convert("RGB"), folder))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps
+# ---------------------------------------------------------------------------------------------
+
+def compare_on_validation(model, train_views, train_x, train_labels, val_looks, proxy) -> tuple[dict, dict]:
+    """Every candidate fitted on the same training features; AUROC / FPR@95 against each proxy family."""
+    val_x = ood.as_input(model, val_looks)
+    val_views = ood.views_in_batches(model, val_x)
+    proxy_inputs = {k: ood.as_input(model, v) for k, v in proxy.items()}
+    proxy_views = {k: ood.views_in_batches(model, x) for k, x in proxy_inputs.items()}
+    table, detectors = {}, {}
+    for name in ood.SCORES:
+        det = ood.fit_statistics(model, train_views, train_x, train_labels, name)
+        val_scores = det.score_views(model, val_views, val_x)
+        rows = {k: {"auroc": auroc(val_scores, s), "fpr_at_95_tpr": fpr_at_95_tpr(val_scores, s)}
+                for k in proxy for s in [det.score_views(model, proxy_views[k], proxy_inputs[k])]}
+        table[name] = {"families": rows, "mean_auroc": float(np.mean([r["auroc"] for r in rows.values()])),
+                       "min_auroc": min(r["auroc"] for r in rows.values())}
+        detectors[name] = det
+        print(f"[ood] {name:12s} mean proxy AUROC {table[name]['mean_auroc']:.4f}", flush=True)
+    return table, detectors
+
+
+def evaluation_sets(args, rng: np.random.Generator) -> dict[str, list]:
+    """The reported OOD sets, as images for the serving path (arrays or PIL)."""
+    from datasets import load_dataset
+    mnist = load_dataset(args.mnist, split="test")
+    sets = {"MNIST test digits": [np.asarray(im.convert("L")) for im in mnist["image"]],
+            "uniform noise": uniform_noise(args.per_family, rng),
+            "constant images": constants(min(args.per_family, 256)),
+            "gradients": gradients(args.per_family, rng)}
+    sets |= {f"sketches: {k}": v for k, v in sketches(args.per_family // 10, rng).items()}
+    sets["photos: hat/shorts/skirt (train split)"] = [img for img, _ in photos(Path(args.photos), "train", PHOTO_OUTSIDE)]
+    return sets
+
+
+def photo_risk(detector, model, photos_val) -> dict:
+    """Flagged fraction and strict accuracy (all, unflagged, flagged) of the in-class validation photos."""
+    looks = looks_of([img for img, _ in photos_val])
+    x = ood.as_input(model, looks)
+    probs, scores = detector.predict(model, x)
+    names = [CLASS_NAMES[i] for i in probs.argmax(1).tolist()]
+    right = torch.tensor([name in PHOTO_CLASSES[folder] for name, (_, folder) in zip(names, photos_val)])
+    return risk_row(detector.flag(scores), right) | {"per_folder_flagged": {
+        f: float(detector.flag(scores)[[i for i, (_, g) in enumerate(photos_val) if g == f]].double().mean())
+        for f in PHOTO_CLASSES}}
+
+
+def risk_row(flags: torch.Tensor, right: torch.Tensor) -> dict:
+    kept = ~flags
+    acc = lambda m: float(right[m].double().mean()) if m.any() else None  # noqa: E731
+    return {"n": len(right), "flagged": float(flags.double().mean()), "accuracy_all": float(right.double().mean()),
+            "accuracy_unflagged": acc(kept), "accuracy_flagged": acc(flags), "coverage": float(kept.double().mean())}
+
+
+def timing(detector, model_dir: str, sample: torch.Tensor, repeats: int) -> dict:
+    """Batch-1 CPU latency of the served classify with and without the OOD score (BN-folded model).
+
+    The calls are interleaved, one of each per round, so that other work on a shared CPU slows them
+    alike and the difference of the medians stays meaningful.
+    """
+    served = load_model(model_dir, fuse=True)
+    x = sample[:1]
+    views = ood.view_features(served, x)
+    calls = {"predict_proba": lambda: served.predict_proba(x),
+             "predict_with_score": lambda: detector.predict(served, x),
+             "score_alone": lambda: detector.score(served, x),
+             "score_from_features": lambda: detector.score_views(served, views, x)}
+    times = {k: [] for k in calls}
+    with torch.inference_mode():
+        for round_ in range(repeats + 20):
+            for k, fn in calls.items():
+                t0 = time.perf_counter()
+                fn()
+                if round_ >= 20:                         # the first rounds warm caches and oneDNN kernels
+                    times[k].append((time.perf_counter() - t0) * 1000)
+    t = {k: common.summarize_ms(v) for k, v in times.items()}
+    t["added_ms_one_pass"] = t["predict_with_score"]["median_ms"] - t["predict_proba"]["median_ms"]
+    # The fastest calls are the least disturbed by other work: their difference is the detector's own cost.
+    t["added_ms_one_pass_min"] = t["predict_with_score"]["min_ms"] - t["predict_proba"]["min_ms"]
+    t["torch_threads"] = torch.get_num_threads()
+    t["load_average_1min_after"] = os.getloadavg()[0]
+    return t
+
+
+# Scores whose mean proxy AUROC is within this of the best count as tied; the simplest of them
+# (first in ood.SCORES) is chosen: a difference this small is within the proxy's sampling noise.
+TIE = 0.002
+
+
+def choose(table: dict) -> str:
+    best = max(r["mean_auroc"] for r in table.values())
+    return next(name for name in ood.SCORES if name in table and table[name]["mean_auroc"] >= best - TIE)
+
+
+def evaluate(model, detectors: dict, chosen: str, test_x, test_labels, sets: dict, photos_val) -> dict:
+    """The chosen detector on every reported set; the other candidates' AUROCs alongside, for reference."""
+    test_views = ood.views_in_batches(model, test_x)
+    test_scores = {n: d.score_views(model, test_views, test_x) for n, d in detectors.items()}
+    det = detectors[chosen]
+    probs = ood.served_proba(model, test_views)
+    right = probs.argmax(1) == test_labels
+    out = {"fmnist_test": risk_row(det.flag(test_scores[chosen]), right)
+           | {"risk_coverage": risk_coverage(test_scores[chosen], right)},
+           "sets": {}, "all_candidates_auroc": {n: {} for n in detectors}}
+    for name, images in sets.items():
+        x = ood.as_input(model, looks_of(images))
+        views = ood.views_in_batches(model, x)
+        scores = {n: d.score_views(model, views, x) for n, d in detectors.items()}
+        s = scores[chosen]
+        out["sets"][name] = {"n": len(images), "auroc": auroc(test_scores[chosen], s),
+                             "fpr_at_95_tpr": fpr_at_95_tpr(test_scores[chosen], s), "flagged": flagged(det, s),
+                             "distinct_looks": int(torch.unique(x.flatten(1), dim=0).shape[0])}
+        for n in detectors:
+            out["all_candidates_auroc"][n][name] = auroc(test_scores[n], scores[n])
+        print(f"[ood] {name:40s} AUROC {out['sets'][name]['auroc']:.4f} flagged {out['sets'][name]['flagged']:.3f}", flush=True)
+    out["photos_in_class_validation"] = photo_risk(det, model, photos_val)
+    return out
+
+
+def risk_coverage(scores: torch.Tensor, right: torch.Tensor, coverages=(1.0, 0.95, 0.9, 0.8, 0.5)) -> list[dict]:
+    """Accuracy on the images kept when only the lowest-scoring fraction `coverage` is kept."""
+    order = scores.argsort()
+    return [{"coverage": c, "accuracy": float(right[order[:max(1, round(c * len(order)))]].double().mean())}
+            for c in coverages]
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    preprocessing = preprocessing_files()          # now: the files as imported, before anyone edits them
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    model = load_model(args.model)
+    if args.latency_only:
+        return retime(args, model)
+    looks, labels, raw = load_images(args.fashion_mnist, "train")
+    train_idx, val_idx = split_train_val(len(looks), 5000, seed=0)
+    if args.train_limit:
+        train_idx = train_idx[:args.train_limit]
+    print(f"[ood] features of {len(train_idx)} training images ...", flush=True)
+    train_x, train_labels = ood.as_input(model, looks[train_idx]), labels[train_idx]
+    n_photos = 0
+    if args.photo_fit:
+        # The weights were trained on these photos too: they are in distribution by construction.
+        # Each is fitted under the class the model gives it among its folder's classes.
+        photo_looks, allowed, _ = load_photo_looks(args.photos, "train")
+        photo_x = ood.as_input(model, photo_looks)
+        photo_labels = model.predict_proba(photo_x).masked_fill(~allowed, -1.0).argmax(1)
+        train_x, train_labels = torch.cat([train_x, photo_x]), torch.cat([train_labels, photo_labels])
+        n_photos = len(photo_x)
+    train_views = ood.views_in_batches(model, train_x)
+    proxy = proxy_families(raw[val_idx.numpy()], args.per_family, rng)
+    table, detectors = compare_on_validation(model, train_views, train_x, train_labels, looks[val_idx], proxy)
+    chosen = choose(table)
+    val_scores = detectors[chosen].score(model, ood.as_input(model, looks[val_idx]))
+    detectors[chosen].threshold = ood.threshold_at(val_scores, args.keep)
+    detectors[chosen].save(args.out, weights=Path(args.model) / "model.safetensors")
+    detectors[chosen] = ood.OODDetector.load(args.out, model)        # evaluate what was written
+    print(f"[ood] chose {chosen!r}, threshold {detectors[chosen].threshold:.4g}; wrote {args.out}", flush=True)
+
+    test_looks, test_labels, _ = load_images(args.fashion_mnist, "test")
+    sets = evaluation_sets(args, rng)
+    photos_val = photos(Path(args.photos), "validation", PHOTO_CLASSES)
+    evaluation = evaluate(model, detectors, chosen, ood.as_input(model, test_looks), test_labels, sets, photos_val)
+    latency = timing(detectors[chosen], args.model, ood.as_input(model, test_looks[:1]), args.repeats)
+    report = {"command": common.command_line("bench/ood.py"), "model": common.model_note(Path(args.model)),
+              "detector_folder": common.rel(args.out), "machine": common.machine_info(),
+              "preprocessing": preprocessing,
+              "protocol": {"fit_images": len(train_idx), "photo_fit_images": n_photos,
+                           "validation_images": len(val_idx), "keep": args.keep,
+                           "proxy_families": {k: len(v) for k, v in proxy.items()}, "tie": TIE},
+              "validation": table, "chosen": chosen, "threshold": detectors[chosen].threshold,
+              "evaluation": evaluation, "latency": latency, "targets": TARGETS}
+    (args.out / "evaluation").mkdir(parents=True, exist_ok=True)
+    (args.out / "evaluation" / "ood.json").write_text(json.dumps(report, indent=2) + "\n")
+    common.write_results(args.results_dir, "ood", report, markdown(report))
+    print(markdown(report))
+
+
+def retime(args, model) -> None:
+    """Measure the latency again for the detector in --out and rewrite the reports with it."""
+    path = args.out / "evaluation" / "ood.json"
+    report = json.loads(path.read_text())
+    detector = ood.OODDetector.load(args.out, model)
+    test_looks = load_images(args.fashion_mnist, "test")[0][:1]
+    report["latency"] = timing(detector, args.model, ood.as_input(model, test_looks), args.repeats)
+    report["latency"]["command"] = common.command_line("bench/ood.py")
+    report["latency"]["load_average_1min_before"] = common.machine_info()["load_average_1_5_15min"][0]
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    common.write_results(args.results_dir, "ood", report, markdown(report))
+    print(markdown(report).split("## Latency")[1].split("## For reference")[0])
+
+
+def preprocessing_files() -> dict:
+    """sha256 of the files the serving preprocessing lives in: the photo and sketch figures depend on them."""
+    import hashlib
+    names = ("model.py", "preprocess.py", "segment.py")
+    return {n: hashlib.sha256((common.REPO / n).read_bytes()).hexdigest()[:16] if (common.REPO / n).is_file()
+            else "absent" for n in names} | {"fashion_look from": fashion_look.__module__}
+
+
+def pct(v: float | None) -> str:
+    return "" if v is None else f"{100 * v:.1f}%"
+
+
+def markdown(r: dict) -> str:
+    ev, chosen, lat = r["evaluation"], r["chosen"], r["latency"]
+    fams = list(next(iter(r["validation"].values()))["families"])
+    lines = ["# Out-of-distribution detection", "",
+             f"Model: {r['model']}; detector in `{r['detector_folder']}/ood.safetensors` + `ood.json`. "
+             f"Command: `{r['command']}`. Machine: {r['machine']['cpu_model']}, {r['machine']['cpu_count']} cores, "
+             f"torch {r['machine']['torch']}. Preprocessing files (sha256 prefixes): "
+             + ", ".join(f"{k} {v}" for k, v in r["preprocessing"].items()) + ".", "",
+             f"Statistics fitted on {r['protocol']['fit_images']:,} Fashion-MNIST training images (the training split "
+             f"minus validation) and {r['protocol'].get('photo_fit_images', 0):,} in-class photos of the photo train split; threshold = the {r['protocol']['keep']:.0%} quantile of the "
+             f"{r['protocol']['validation_images']:,} validation images' scores. The shipped weights were trained on all "
+             "60,000 training images, validation included, so validation images look more familiar to the network "
+             "than unseen ones: the test set's flagged fraction below measures what that costs.", "",
+             "## Choice on validation (Fashion-MNIST validation vs the OOD proxy)", "",
+             "AUROC (FPR at 95% TPR) per proxy family; none of these families is an evaluation set below. "
+             f"Rule: the highest mean AUROC; scores within {r['protocol']['tie']} of it count as tied and the "
+             "simplest (first listed) wins.", ""]
+    rows = [[f"**{n}**" if n == chosen else n,
+             *[f"{t['families'][f]['auroc']:.4f} ({pct(t['families'][f]['fpr_at_95_tpr'])})" for f in fams],
+             f"{t['mean_auroc']:.4f}", f"{t['min_auroc']:.4f}"] for n, t in r["validation"].items()]
+    lines += [common.md_table(["score", *fams, "mean AUROC", "min AUROC"], rows), "",
+              f"Chosen: **{chosen}**, threshold {r['threshold']:.6g}.", "",
+              "## Evaluation of the chosen score (in-distribution: Fashion-MNIST test, 10,000)", "",
+              "AUROC and FPR@95%TPR use the test images as the in-distribution side; *flagged* is at the stored "
+              "threshold (set on validation). *Distinct looks*: how many different 28x28 inputs the set became "
+              "after preprocessing (every constant image becomes the same blank look).", ""]
+    rows = [["Fashion-MNIST test (in distribution)", f"{ev['fmnist_test']['n']:,}", "", "", "",
+             pct(ev["fmnist_test"]["flagged"]), f"<= {pct(r['targets']['fmnist_test_flagged_max'])}"]]
+    target = {"MNIST test digits": f">= {pct(r['targets']['mnist_flagged_min'])} (AUROC >= {r['targets']['mnist_auroc_min']})",
+              "uniform noise": ">= 99%", "constant images": ">= 99%", "gradients": ">= 99%"}
+    rows += [[name, f"{s['n']:,}", f"{s['distinct_looks']:,}", f"{s['auroc']:.4f}", pct(s["fpr_at_95_tpr"]),
+              pct(s["flagged"]), target.get(name, "")] for name, s in ev["sets"].items()]
+    pv = ev["photos_in_class_validation"]
+    rows.append(["photos, seven in-class folders (validation split; in distribution by intent)", f"{pv['n']}", "", "", "",
+                 pct(pv["flagged"]), ""])
+    lines += [common.md_table(["set", "images", "distinct looks", "AUROC", "FPR@95%TPR", "flagged", "aim"], rows), "",
+              "In-class photos flagged per folder: "
+              + ", ".join(f"{k} {pct(v)}" for k, v in pv["per_folder_flagged"].items()) + ".", "",
+              "## Risk and coverage", "", "Accuracy (strict accuracy for the photos) on all images, on those the "
+              "detector lets through, and on those it flags.", ""]
+    ft = ev["fmnist_test"]
+    rows = [[name, pct(x["coverage"]), pct(x["accuracy_all"]), pct(x["accuracy_unflagged"]), pct(x["accuracy_flagged"])]
+            for name, x in (("Fashion-MNIST test", ft), ("photos, in-class validation", pv))]
+    lines += [common.md_table(["set", "coverage (unflagged)", "accuracy, all", "accuracy, unflagged",
+                               "accuracy, flagged"], rows), "",
+              "Fashion-MNIST test accuracy when only the lowest-scoring fraction is kept: "
+              + ", ".join(f"{pct(x['coverage'])} kept: {pct(x['accuracy'])}" for x in ft["risk_coverage"]) + ".", "",
+              "## Latency (batch 1, CPU, BN-folded model as served)", "",
+              common.md_table(["call", "median ms", "min ms", "p95 ms"], [
+                  [label, lat[k]["median_ms"], lat[k]["min_ms"], lat[k]["p95_ms"]] for k, label in (
+                      ("predict_proba", "predict_proba (what the app serves)"),
+                      ("predict_with_score", "detector.predict (probabilities + score, one pass)"),
+                      ("score_alone", "detector.score alone (its own forward pass)"),
+                      ("score_from_features", "score from features already computed"))]), "",
+              f"Added to a batch-1 classify by `detector.predict`: {lat['added_ms_one_pass']:.2f} ms between the "
+              f"medians, {lat['added_ms_one_pass_min']:.2f} ms between the fastest calls (target < 2 ms). Calls "
+              f"interleaved, {lat['predict_proba']['n']} rounds, {lat['torch_threads']} torch threads; load average "
+              f"(1 min) {lat.get('load_average_1min_before', r['machine']['load_average_1_5_15min'][0]):.2f} before "
+              f"timing, {lat['load_average_1min_after']:.2f} after ({r['machine']['cpu_count']} cores: above ~0.5 means "
+              "other work shared the CPU, and medians then measure the contention more than the code)"
+              + (f". Timed by `{lat['command']}`." if "command" in lat else "."), "",
+              "## For reference: every candidate on the evaluation sets (AUROC)", "",
+              "Computed after the choice above and not used for it.", ""]
+    names = list(ev["sets"])
+    rows = [[n, *[f"{ev['all_candidates_auroc'][n][s]:.4f}" for s in names]] for n in r["validation"]]
+    lines += [common.md_table(["score", *names], rows)]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""The images bench/ood.py scores: the validation proxy for choosing a score, and the synthetic
+out-of-distribution sets (noise, constant images, gradients, visitor-style sketches) it reports.
+
+Every set is generated from a seeded numpy Generator, as looks or as images for the serving path.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from preprocess import fashion_look
+
+
+def looks_of(images) -> torch.Tensor:
+    return torch.from_numpy(np.stack([fashion_look(img) for img in images]))
+
+
+def proxy_families(raw_val: np.ndarray, n: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    """The validation OOD proxy: looks (n, 28, 28) per family, none of them an evaluation set."""
+    picks = raw_val[rng.permutation(len(raw_val))[:n]]
+    return {"smoothed noise blobs": looks_of(smooth_noise(n, rng)),
+            "gratings / checkerboards": looks_of(gratings(n, rng)),
+            "FMNIST val edge maps": looks_of(edge_maps(picks)),
+            "FMNIST val patch-shuffled": looks_of(patch_shuffled(picks, rng)),
+            "FMNIST val rotated 90": looks_of([np.rot90(a).copy() for a in picks])}
+
+
+def smooth_noise(n: int, rng: np.random.Generator) -> list[np.ndarray]:
+    from PIL import ImageFilter
+    out = []
+    for _ in range(n):
+        img = Image.fromarray((rng.random((56, 56)) * 255).astype(np.uint8))
+        a = np.asarray(img.filter(ImageFilter.GaussianBlur(rng.uniform(1.5, 5))), dtype=np.float64)
+        out.append((a - a.min()) / max(a.max() - a.min(), 1e-6))
+    return out
+
+
+def gratings(n: int, rng: np.random.Generator) -> list[np.ndarray]:
+    yy, xx = np.mgrid[0:28, 0:28]
+    out = []
+    for i in range(n):
+        if i % 2:
+            s = rng.integers(2, 8)
+            out.append(((yy // s + xx // s) % 2).astype(np.float64))
+        else:
+            f, th = rng.uniform(0.05, 0.35), rng.uniform(0, np.pi)
+            out.append(0.5 + 0.5 * np.sin(2 * np.pi * f * (xx * np.cos(th) + yy * np.sin(th)) + rng.uniform(0, 2 * np.pi)))
+    return out
+
+
+def edge_maps(raw: np.ndarray) -> list[np.ndarray]:
+    """Gradient magnitude of each garment: its outline, a line drawing made from in-distribution images."""
+    out = []
+    for a in raw.astype(np.float64) / 255:
+        e = np.hypot(*np.gradient(a))
+        out.append(e / max(e.max(), 1e-6))
+    return out
+
+
+def patch_shuffled(raw: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    """The 16 7x7 patches of each image in a random order: garment texture, no garment shape."""
+    out = []
+    for a in raw:
+        patches = a.reshape(4, 7, 4, 7).transpose(0, 2, 1, 3).reshape(16, 7, 7)[rng.permutation(16)]
+        out.append(patches.reshape(4, 4, 7, 7).transpose(0, 2, 1, 3).reshape(28, 28))
+    return out
+
+
+def uniform_noise(n: int, rng: np.random.Generator) -> list[np.ndarray]:
+    return [rng.integers(0, 256, (28, 28), dtype=np.uint8) for _ in range(n)]
+
+
+def constants(n: int) -> list[np.ndarray]:
+    """Every grey level from black to white, n of them, each a 28x28 image of one value."""
+    return [np.full((28, 28), v, dtype=np.uint8) for v in np.linspace(0, 255, n).round().astype(np.uint8)]
+
+
+def gradients(n: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Linear ramps (random direction and range) and radial ones (random centre), half each."""
+    yy, xx = np.mgrid[0:28, 0:28] / 27.0
+    out = []
+    for i in range(n):
+        if i % 2:
+            th = rng.uniform(0, 2 * np.pi)
+            t = xx * np.cos(th) + yy * np.sin(th)
+        else:
+            cy, cx = rng.uniform(0, 1, 2)
+            t = np.hypot(yy - cy, xx - cx)
+        t = (t - t.min()) / max(t.max() - t.min(), 1e-6)
+        lo, hi = np.sort(rng.uniform(0, 1, 2))
+        out.append(((lo + (hi - lo) * t) * 255).round().astype(np.uint8))
+    return out
+
+
+# Hand-drawn digits as polylines in a unit box (x right, y down): the strokes a visitor draws.
+DIGIT_STROKES = {
+    0: [[(0.5, 0.05), (0.2, 0.2), (0.15, 0.5), (0.2, 0.8), (0.5, 0.95), (0.8, 0.8), (0.85, 0.5), (0.8, 0.2), (0.5, 0.05)]],
+    1: [[(0.35, 0.2), (0.55, 0.05), (0.55, 0.95)]],
+    2: [[(0.2, 0.25), (0.4, 0.07), (0.7, 0.08), (0.8, 0.3), (0.2, 0.92), (0.85, 0.92)]],
+    3: [[(0.2, 0.12), (0.7, 0.08), (0.75, 0.35), (0.4, 0.48), (0.8, 0.65), (0.7, 0.92), (0.2, 0.88)]],
+    4: [[(0.65, 0.95), (0.65, 0.05), (0.15, 0.65), (0.85, 0.65)]],
+    5: [[(0.8, 0.07), (0.25, 0.07), (0.2, 0.45), (0.65, 0.42), (0.8, 0.7), (0.6, 0.93), (0.2, 0.88)]],
+    6: [[(0.7, 0.07), (0.3, 0.35), (0.2, 0.75), (0.45, 0.95), (0.75, 0.8), (0.7, 0.55), (0.3, 0.55)]],
+    7: [[(0.15, 0.08), (0.85, 0.08), (0.4, 0.95)]],
+    8: [[(0.5, 0.5), (0.25, 0.3), (0.5, 0.05), (0.75, 0.3), (0.5, 0.5), (0.2, 0.75), (0.5, 0.95), (0.8, 0.75), (0.5, 0.5)]],
+    9: [[(0.75, 0.45), (0.45, 0.55), (0.25, 0.3), (0.5, 0.07), (0.75, 0.3), (0.7, 0.95)]],
+}
+
+
+def sketches(n_each: int, rng: np.random.Generator) -> dict[str, list[Image.Image]]:
+    """Visitor-style drawings: dark strokes on a white 280x280 canvas (as the app's sketch pad)."""
+    return {"digits": [draw(_digit(i % 10, rng), rng) for i in range(n_each)],
+            "circles": [draw([_circle(rng)], rng) for _ in range(n_each)],
+            "scribbles": [draw([_scribble(rng)], rng) for _ in range(n_each)]}
+
+
+def draw(strokes: list[list[tuple[float, float]]], rng: np.random.Generator) -> Image.Image:
+    img = Image.new("L", (280, 280), 255)
+    pen = ImageDraw.Draw(img)
+    width = int(rng.integers(8, 25))
+    for stroke in strokes:
+        pen.line([(float(x), float(y)) for x, y in stroke], fill=0, width=width, joint="curve")
+    return img
+
+
+def _place(points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Unit-box points -> canvas pixels: random size and position, a small random tilt and wobble."""
+    size, th = rng.uniform(120, 240), rng.uniform(-0.25, 0.25)
+    rot = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
+    p = (points - 0.5) @ rot.T * size + rng.normal(0, 0.02 * size, points.shape)
+    return p + rng.uniform(140 - (280 - size) / 2 * 0.8, 140 + (280 - size) / 2 * 0.8, 2)
+
+
+def _digit(d: int, rng: np.random.Generator) -> list[np.ndarray]:
+    aspect = np.array([rng.uniform(0.5, 0.8), 1.0])       # digits are taller than wide
+    return [_place((np.array(s) - 0.5) * aspect + 0.5, rng) for s in DIGIT_STROKES[d]]
+
+
+def _circle(rng: np.random.Generator) -> np.ndarray:
+    t = np.linspace(0, 2 * np.pi, 40) + rng.uniform(0, 2 * np.pi)
+    rx, ry = rng.uniform(0.3, 0.5, 2)
+    return _place(np.stack([0.5 + rx * np.cos(t), 0.5 + ry * np.sin(t)], 1), rng)
+
+
+def _scribble(rng: np.random.Generator) -> np.ndarray:
+    walk = np.cumsum(rng.normal(0, 1, (int(rng.integers(5, 16)), 2)), 0)
+    return _place((walk - walk.min(0)) / np.maximum(walk.max(0) - walk.min(0), 1e-6), rng)   # fills the box

@@ -1,0 +1,109 @@
+"""The README's results table, generated from the artefacts so that no measured figure is typed.
+
+Reads weights/evaluation/metrics.json and ood.json and bench/results/*.json, and rewrites the
+block between the `results:start` and `results:end` markers of README.md. A missing artefact
+leaves its row out.
+
+    python bench/report.py            # after training, evaluate.py and the bench scripts
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+
+import _common as common  # noqa: E402  (puts the repository root on sys.path)
+
+EVALUATION = common.REPO / "weights" / "evaluation"
+START, END = "<!-- results:start", "<!-- results:end -->"
+
+
+def read(path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def pct(v: float, digits: int = 1) -> str:
+    return f"{100 * v:.{digits}f}%"
+
+
+def model_rows(m: dict) -> list[str]:
+    lo, hi = m["accuracy_ci95"]
+    rows = [f"| Fashion-MNIST test accuracy | **{pct(m['accuracy'], 2)}** (95% Wilson interval {pct(lo, 2)} to "
+            f"{pct(hi, 2)}, n={m['n']:,}); macro F1 {m['macro_f1']:.4f} |",
+            f"| Calibration | expected calibration error {m['calibration']['ece']:.4f} at softmax temperature "
+            f"{m.get('temperature', '?')} |"]
+    photos = m.get("photos")
+    if photos:
+        folders = ", ".join(f"{k} {pct(v['strict'], 0)}" for k, v in photos["per_folder"].items())
+        rows.append(f"| Real phone photos ({photos['split']} split, {photos['n']} mapped) | strict accuracy "
+                    f"**{pct(photos['strict_accuracy'])}**, coarse {pct(photos['coarse_accuracy'])}; per folder (strict): "
+                    f"{folders} |")
+    if m.get("parameters"):
+        trained = f"{m['train_seconds'] / 60:.1f} min on {m.get('hardware', '?')}" if m.get("train_seconds") else "n/a"
+        rows.append(f"| Model | {m['parameters']:,} parameters; last training run {trained} |")
+    return rows
+
+
+def ood_rows(o: dict) -> list[str]:
+    ev, sets = o["evaluation"], o["evaluation"]["sets"]
+    flagged = "; ".join(f"{name} {pct(s['flagged'])} (AUROC {s['auroc']:.3f})" for name, s in sets.items())
+    rows = [f"| Out-of-distribution ({o['chosen']}, threshold set on validation) | Fashion-MNIST test flagged "
+            f"{pct(ev['fmnist_test']['flagged'])}; flagged: {flagged} |"]
+    inside = ev.get("photos_in_class_validation")
+    if inside:
+        rows.append(f"| In-class phone photos flagged | {pct(inside['flagged'])} of {inside['n']}; strict accuracy on "
+                    f"the unflagged {pct(inside['accuracy_unflagged'])}, on the flagged {pct(inside['accuracy_flagged'])} |")
+    return rows
+
+
+def bench_rows() -> list[str]:
+    rows = []
+    uploads = read(common.RESULTS / "product_uploads.json")
+    if uploads:
+        rows.append(f"| Product uploads ({uploads['n']:,} test images on white, tinted, enlarged, off-centre) | "
+                    f"{pct(uploads['new_segmented']['accuracy'])} (threshold crop before segmentation: "
+                    f"{pct(uploads['old_threshold']['accuracy'])}) |")
+    drawings = read(common.RESULTS / "drawings.json")
+    if drawings:
+        rows.append(f"| Drawings (tests/drawings.py, {drawings['n']} outlined and filled) | "
+                    f"{pct(drawings['recognised'])} recognised |")
+    photos = read(common.RESULTS / "photos.json")
+    if photos and photos.get("large_jpeg", {}).get("new"):
+        rows.append(f"| Classify a 4000x3000 phone JPEG (decode, segment, predict) | median "
+                    f"{photos['large_jpeg']['new']['median_ms']:.0f} ms on {photos['info']['machine']['cpu_model']} |")
+    return rows
+
+
+def results_block() -> str:
+    rows = ["| | |", "|---|---|"]
+    metrics = read(EVALUATION / "metrics.json")
+    if metrics:
+        rows += model_rows(metrics)
+    ood = read(EVALUATION / "ood.json")
+    if ood:
+        rows += ood_rows(ood)
+    rows += bench_rows()
+    command = (metrics or {}).get("command")
+    tail = ["", f"The shipped weights were trained with `{command}`."] if command else []
+    return "\n".join(rows + tail)
+
+
+def main() -> int:
+    readme = common.REPO / "README.md"
+    text = readme.read_text()
+    pattern = re.compile(re.escape(START) + r".*?-->\n.*?" + re.escape(END), re.S)
+    match = pattern.search(text)
+    if not match:
+        print(f"README.md has no {START} ... {END} block", file=sys.stderr)
+        return 2
+    head = match.group(0).split("\n", 1)[0]
+    readme.write_text(text[:match.start()] + f"{head}\n{results_block()}\n{END}" + text[match.end():])
+    print(f"README.md results block: {results_block().count(chr(10)) + 1} lines")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""What a visitor is told about an answer, through the real app: /analyse, the verdict on the page,
+and real phone photos end to end.
+
+- Test images are in distribution and get the calibrated confidence in words; uniform noise and
+  MNIST digits (a committed slice) are flagged with the plain verdict.
+- The page shows the verdict (real Chromium), and the outline of what was kept beside the 28x28.
+- The committed example photos (examples/photos/, CC0) go through upload -> segmentation -> model.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gradio_client import handle_file
+from PIL import Image
+
+from conftest import REPO
+from dashboard.service import GUESS
+
+SLICE = REPO / "tests" / "data" / "fashion_mnist"
+PHOTOS = REPO / "examples" / "photos"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+KEYS = {"label", "probabilities", "in_distribution", "ood_score", "ood_threshold", "confidence"}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, list[Path]]:
+    from data import load_images
+    folder = tmp_path_factory.mktemp("analyse")
+    _, labels, raw = load_images(str(SLICE), "test")
+    digits = np.load(REPO / "tests" / "data" / "mnist_digits.npz")
+    digits = digits[digits.files[0]]
+    rng = np.random.default_rng(0)
+    out = {"fashion": [], "noise": [], "mnist": []}
+    for i in range(10):
+        for kind, img in (("fashion", raw[i]), ("noise", rng.integers(0, 256, (64, 64), dtype=np.uint8)),
+                          ("mnist", digits[i])):
+            path = folder / f"{kind}-{i}.png"
+            Image.fromarray(img).save(path)
+            out[kind].append(path)
+    return out
+
+
+def analyse(client, path: Path) -> dict:
+    return client.predict(handle_file(str(path)), api_name="/analyse")
+
+
+def test_analyse_answers_with_the_verdict_and_confidence(client, files):
+    answers = {kind: [analyse(client, p) for p in paths] for kind, paths in files.items()}
+    for a in answers["fashion"]:
+        assert set(a) == KEYS and abs(sum(a["probabilities"].values()) - 1) < 1e-4
+        assert a["label"] == max(a["probabilities"], key=a["probabilities"].get)
+    inside = [a["in_distribution"] for a in answers["fashion"]]
+    assert sum(inside) >= 9, inside                      # 95% of test images pass the threshold
+    assert all("test images" in a["confidence"] for a in answers["fashion"] if a["in_distribution"])
+    for kind in ("noise", "mnist"):
+        flagged = [not a["in_distribution"] for a in answers[kind]]
+        assert sum(flagged) >= 9, (kind, flagged)
+        assert all(a["ood_score"] > a["ood_threshold"] and a["confidence"] == GUESS
+                   for a in answers[kind] if not a["in_distribution"])
+
+
+def test_classify_keeps_its_output(client, files):
+    out = client.predict(handle_file(str(files["fashion"][0])), api_name="/classify")
+    assert set(out) == {"label", "confidences"} and len(out["confidences"]) == 3
+
+
+@pytest.mark.skipif(not PHOTOS.is_dir(), reason="no example photos")
+def test_real_photos_end_to_end(client):
+    """Each committed photo is segmented and classified; most land in their folder's classes."""
+    from data import PHOTO_FOLDERS
+    right = 0
+    photos = sorted(PHOTOS.glob("*.jpg"))
+    for path in photos:
+        folder = path.stem.split("-", 1)[1]
+        a = analyse(client, path)
+        assert set(a) == KEYS
+        right += a["label"] in PHOTO_FOLDERS[folder].strict
+    mapped = sum(bool(PHOTO_FOLDERS[p.stem.split("-", 1)[1]].strict) for p in photos)
+    assert right >= mapped - 2, f"{right} of {mapped} photos in their folder's classes"
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
+def test_page_shows_the_verdict_and_the_outline(app_server, files, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+    artifacts = REPO / "tests" / "artifacts"
+    artifacts.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(app_server.url, wait_until="domcontentloaded")
+            page.locator("#upload input[type=file]").set_input_files(str(files["noise"][0]))
+            expect(page.locator("#explain-verdict")).to_contain_text("does not look like the garments", timeout=90_000)
+            expect(page.locator("#explain-maps img").first).to_be_visible(timeout=90_000)   # still explained
+            page.screenshot(path=str(artifacts / "browser_verdict_noise.png"), full_page=True)
+            page.locator("#upload button[aria-label='Remove Image']").click()
+            photo = next(PHOTOS.glob("*pants.jpg"), None) or files["fashion"][1]
+            page.locator("#upload input[type=file]").set_input_files(str(photo))
+            expect(page.locator("#explain-kept img")).to_be_visible(timeout=90_000)
+            expect(page.locator("#status")).to_contain_text("outlined region", timeout=90_000)
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(artifacts / "browser_photo.png"), full_page=True)
+        finally:
+            browser.close()

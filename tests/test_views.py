@@ -1,0 +1,228 @@
+"""dashboard/views.py: what the Mistakes, Trust and Model views show, checked against the files
+they are made from; and a served folder whose evaluation files are missing or damaged, where
+each view must say what is missing instead of failing.
+
+In process, no Gradio server: `Views(Service(load_weights(folder)))` as app.py builds them.
+
+    pytest tests/test_views.py -q
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dashboard.service import Service, load_weights
+from dashboard.views import MISTAKES_SHOWN, RANDOM_ORDER, Views
+
+REPO = Path(__file__).resolve().parents[1]
+WEIGHTS = REPO / "weights"
+EVAL = WEIGHTS / "evaluation"
+
+
+@pytest.fixture(scope="module")
+def views() -> Views:
+    return Views(Service(load_weights(str(WEIGHTS))))
+
+
+@pytest.fixture(scope="module")
+def metrics() -> dict:
+    return json.loads((EVAL / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def trust() -> dict:
+    return json.loads((EVAL / "trust.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def mistakes() -> dict:
+    with np.load(EVAL / "misclassified.npz") as z:
+        return {k: z[k] for k in z.files}
+
+
+# --- Mistakes ----------------------------------------------------------------------------------
+
+def test_all_mistakes_most_confident_first(views, mistakes, metrics):
+    gallery, shown, text = views.filter_mistakes("All", "All")
+    n = len(mistakes["true"])
+    cm = np.array(metrics["confusion_matrix"])
+    assert n == cm.sum() - np.trace(cm)                        # every test-set mistake is in the file
+    assert len(gallery) == len(shown) == min(n, MISTAKES_SHOWN)
+    conf = mistakes["confidence"][shown]
+    assert (np.diff(conf) <= 0).all()                          # most confident first
+    assert conf[0] == mistakes["confidence"].max()
+    assert text.startswith(f"{n} of {n} misclassified test images match")
+    image, caption = gallery[0]
+    assert image.shape == (84, 84) and image.dtype == np.uint8 and image.max() > 0
+    r = shown[0]
+    assert caption == (f"{views.labels[mistakes['true'][r]]} → {views.labels[mistakes['pred'][r]]} "
+                       f"({float(mistakes['confidence'][r]):.0%})")
+
+
+def test_filters_match_the_confusion_matrix(views, metrics):
+    cm = np.array(metrics["confusion_matrix"])
+    labels = views.labels
+    shirt, tshirt = labels.index("Shirt"), labels.index("T-shirt/top")
+    gallery, shown, text = views.filter_mistakes("Shirt", "All")
+    assert text.startswith(f"{cm[shirt].sum() - cm[shirt, shirt]} of ")
+    assert gallery and all(caption.startswith("Shirt → ") for _, caption in gallery)
+    gallery, shown, text = views.filter_mistakes("Shirt", "T-shirt/top")
+    assert len(shown) == min(cm[shirt, tshirt], MISTAKES_SHOWN)
+    assert all(caption.startswith("Shirt → T-shirt/top (") for _, caption in gallery)
+    # A cell with no mistakes (the diagonal) shows nothing, and says so.
+    gallery, shown, text = views.filter_mistakes("Trouser", "Trouser")
+    assert gallery == [] and shown == [] and text.startswith("0 of ")
+
+
+def test_mistake_detail_is_the_selected_image(views, mistakes):
+    _, shown, _ = views.filter_mistakes("Coat", "All")
+    look, text = views.mistake_detail(shown, 1)
+    r = shown[1]
+    assert look.shape == (28, 28) and 0 <= look.min() and look.max() <= 1 and look.max() > 0.5
+    assert f"Test image #{int(mistakes['index'][r])}:" in text
+    assert "true class **Coat**" in text and f"predicted **{views.labels[mistakes['pred'][r]]}**" in text
+
+
+def test_per_class_accuracy_is_the_recall(views, metrics):
+    df = views.per_class_accuracy()
+    assert list(df["class"]) == views.labels
+    assert np.allclose(df["accuracy"], [metrics["per_class"][c]["recall"] for c in views.labels])
+
+
+# --- Trust -------------------------------------------------------------------------------------
+
+def test_trust_table_has_a_row_per_method_and_the_baseline(views, trust):
+    df = views.trust_table()
+    assert list(df["Method"]) == trust["methods"] + [RANDOM_ORDER]
+    for _, row in df.iterrows():
+        r = trust["random_order"] if row["Method"] == RANDOM_ORDER else trust[row["Method"]]
+        assert row["Deletion AUC ↓"] == f"{r['deletion_auc']:.3f}"
+        assert row["Insertion AUC ↑"] == f"{r['insertion_auc']:.3f}"
+    baseline = df[df["Method"] == RANDOM_ORDER].iloc[0]
+    assert baseline["Randomisation ρ ↓"] == "–" and baseline["Passes randomisation"] == "–"
+
+
+@pytest.mark.parametrize("kind", ["deletion", "insertion"])
+def test_trust_curves_follow_trust_json(views, trust, kind):
+    df = views.trust_curves(kind)
+    assert set(df["method"]) == set(trust["methods"]) | {RANDOM_ORDER}
+    saliency = df[df["method"] == "Saliency"]
+    assert list(saliency["probability of the class"]) == pytest.approx(trust["Saliency"][f"mean_{kind}_curve"])
+    assert list(saliency["fraction of pixels"]) == pytest.approx(trust["fractions"])
+
+
+def test_randomisation_curves_count_layers_from_one(views, trust):
+    df = views.randomisation_curves()
+    assert RANDOM_ORDER not in set(df["method"])
+    gc = df[df["method"] == "Grad-CAM"]
+    assert list(gc["layers randomised"]) == list(range(1, len(trust["Grad-CAM"]["randomisation_curve"]) + 1))
+    assert list(gc["rank correlation"]) == pytest.approx(trust["Grad-CAM"]["randomisation_curve"])
+
+
+def test_trust_verdict_sorts_every_method_by_the_evidence(views, trust):
+    verdict = views.trust_verdict()
+    earn_part, fail_part = verdict.split("**Not on this evidence:**")
+    base = trust["random_order"]
+    for name in trust["methods"]:
+        r = trust[name]
+        earns = (r["deletion_auc"] < base["deletion_auc"] and r["insertion_auc"] > base["insertion_auc"]
+                 and r["randomisation_passes"])
+        assert name in (earn_part if earns else fail_part), name
+    assert views.trust_markdown().startswith(f"Measured over **{trust['n_images']}** test images")
+
+
+# --- Model -------------------------------------------------------------------------------------
+
+def test_model_markdown_reports_the_files(views, metrics):
+    md = views.model_markdown()
+    assert f"**Test accuracy:** {metrics['accuracy']:.2%}" in md
+    assert f"on {metrics['n']:,} test images" in md
+    assert f"expected calibration error {metrics['calibration']['ece']:.3f}" in md
+    widths = json.loads((WEIGHTS / "config.json").read_text())["widths"]
+    assert f"stages of {', '.join(map(str, widths))} channels" in md and "Missing" not in md and "⚠" not in md
+
+
+def test_history_frame_has_one_point_per_epoch(views):
+    history = json.loads((WEIGHTS / "training_history.json").read_text())
+    df = views.history_frame()
+    train = df[df["series"] == "train accuracy"]
+    assert list(train["epoch"]) == [h["epoch"] for h in history]
+    assert list(train["accuracy"]) == pytest.approx([h["train_accuracy"] for h in history])
+    val = df[df["series"] == "validation accuracy"]
+    assert list(val["epoch"]) == [h["epoch"] for h in history if h.get("val_accuracy") is not None]
+    assert list(val["accuracy"]) == pytest.approx([h["val_accuracy"] for h in history
+                                                   if h.get("val_accuracy") is not None])
+
+
+# --- a served folder with missing or damaged evaluation files ----------------------------------
+
+def served(tmp_path: Path, damage) -> tuple[Views, Service]:
+    folder = tmp_path / "weights"
+    shutil.copytree(WEIGHTS, folder)
+    damage(folder)
+    service = Service(load_weights(str(folder)))
+    return Views(service), service
+
+
+def test_a_folder_with_no_evaluation_says_what_is_missing(tmp_path):
+    views, service = served(tmp_path, lambda f: (shutil.rmtree(f / "evaluation"),
+                                                 (f / "training_history.json").unlink()))
+    gallery, shown, text = views.filter_mistakes("All", "All")
+    assert gallery == [] and shown == [] and "`evaluation/misclassified.npz` is missing" in text
+    assert views.trust_table() is None and views.trust_curves("deletion") is None
+    assert views.randomisation_curves() is None and views.trust_verdict() == ""
+    assert "No trust results for these weights" in views.trust_markdown()
+    assert "evaluation/trust.json" in views.trust_markdown()
+    assert views.per_class_accuracy() is None and views.history_frame() is None
+    md = views.model_markdown()
+    assert "Test accuracy" not in md and "**Missing evaluation artefacts:**" in md
+    for name in ("metrics.json", "training_history.json", "trust.json", "misclassified.npz", "samples.npz"):
+        assert name in md, name
+        assert any(name in p for p in service.info()["missing_artefacts"]), name
+    assert service.info()["test_accuracy"] is None
+    # The model itself is served: predictions still work.
+    assert service.predict(np.zeros((28, 28), np.float32)).shape == (10,)
+
+
+def _corrupt(folder: Path) -> None:
+    ev = folder / "evaluation"
+    (ev / "metrics.json").write_text("{not json")
+    (ev / "trust.json").write_text("[1, 2, 3]")                       # JSON, but not the schema
+    (ev / "misclassified.npz").write_bytes(b"PK\x03\x04 this is not a zip archive")
+    (folder / "training_history.json").write_text(json.dumps({"epoch": 1}))   # an object, not a list
+
+
+def test_damaged_files_are_named_and_the_views_still_render(tmp_path):
+    views, service = served(tmp_path, _corrupt)
+    problems = service.info()["missing_artefacts"]
+    for name in ("metrics.json", "trust.json", "misclassified.npz", "training_history.json"):
+        (problem,) = [p for p in problems if name in p]
+        assert "could not be read" in problem, problem
+    assert not any("samples.npz" in p for p in problems)             # the intact one is used
+    gallery, _, text = views.filter_mistakes("Shirt", "All")
+    assert gallery == [] and "misclassified.npz` is missing" in text
+    assert views.trust_table() is None and "No trust results" in views.trust_markdown()
+    assert views.per_class_accuracy() is None and views.history_frame() is None
+    md = views.model_markdown()
+    assert "could not be read" in md and "metrics.json" in md
+
+
+def test_a_partial_trust_file_shows_dashes_not_errors(tmp_path):
+    def partial(folder: Path) -> None:
+        path = folder / "evaluation" / "trust.json"
+        t = json.loads(path.read_text())
+        for name in t["methods"]:
+            t[name] = {"deletion_auc": t[name]["deletion_auc"]}      # everything else lost
+        t.pop("random_order")
+        path.write_text(json.dumps(t))
+    views, _ = served(tmp_path, partial)
+    df = views.trust_table()
+    assert list(df["Method"]) == json.loads((EVAL / "trust.json").read_text())["methods"]
+    assert (df["Insertion AUC ↑"] == "–").all() and (df["Passes randomisation"] == "–").all()
+    assert (df["Deletion AUC ↓"] != "–").all()
+    assert views.trust_curves("insertion") is None and views.randomisation_curves() is None
+    assert views.trust_verdict() == ""                               # no baseline: no verdict
