@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from preprocess import look_and_mask
+from preprocess import fit_to_frame, look_and_mask
 
 SIZE = 28
 WORK_SIDE = 256   # both paths work on at most this many pixels a side
@@ -46,20 +46,7 @@ def threshold_look(image: Image.Image, size: int = SIZE) -> np.ndarray:
         gray, border = 1.0 - gray, 1.0 - border
     background = float(np.median(border))
     gray = np.clip((gray - background) / max(1.0 - background, 1e-6), 0.0, 1.0)
-    ys, xs = np.nonzero(gray > 0.05)
-    out = np.zeros((size, size), dtype=np.float32)
-    if len(ys) == 0:
-        return out
-    crop = gray[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
-    h, w = crop.shape
-    scale = 1.0 if 0.8 * size <= max(h, w) <= size else size / max(h, w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    if (nh, nw) != (h, w):
-        resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
-        crop = np.asarray(Image.fromarray(crop.astype(np.float32), mode="F").resize((nw, nh), resample))
-    top, left = (size - nh) // 2, (size - nw) // 2
-    out[top:top + nh, left:left + nw] = np.clip(crop, 0.0, 1.0)
-    return out
+    return fit_to_frame(gray, gray > 0.05, size)        # the crop and fit the app still uses
 
 
 def segmented_look(image: Image.Image, size: int = SIZE) -> tuple[np.ndarray, bool]:
