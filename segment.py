@@ -104,6 +104,7 @@ def garment_mask(rgb: np.ndarray) -> np.ndarray:
     mask = _cut(rgb)
     box = _backdrop_box(mask)
     if box is not None:
+        # A one-pixel band: a product shot's garment may come within a few pixels of its card's edge.
         inner = _cut(rgb[box], band_share=0.0)
         if MIN_MASK_SHARE <= inner.mean() <= PEEL_MAX_SHARE:
             mask = np.zeros_like(mask)
