@@ -1,0 +1,195 @@
+"""Deliberate breaks of the product, and proof that the tests catch each one.
+
+Copies the repository (the files git knows: tracked, and untracked but not ignored, as they are in
+the working tree) to a temporary folder, runs the chosen tests there once unchanged (the baseline:
+they must pass, or a "kill" would prove nothing), then applies each break in turn, runs the tests
+meant to catch it, and restores the file. Prints one row per break: killed (by which tests) or
+SURVIVED. Exits 1 if any break survives, cannot be applied, or its baseline fails.
+
+    python tests/mutations.py                    # every break, after the unchanged baseline
+    python tests/mutations.py --only lock        # breaks whose name contains "lock"
+    python tests/mutations.py --no-baseline      # skip the unchanged run (when it is known to pass)
+
+Not collected by pytest (the name does not start with test_). Every pytest runs under `nice -n 19`.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parents[1]
+RUN_TIMEOUT_S = 1800
+
+
+class NotApplicable(RuntimeError):
+    """The code a break edits is not there (any more): the break must be rewritten, not skipped."""
+
+
+def replace_once(old: str, new: str) -> Callable[[str], str]:
+    def edit(source: str) -> str:
+        if source.count(old) != 1:
+            raise NotApplicable(f"expected exactly one {old.strip()!r}, found {source.count(old)}")
+        return source.replace(old, new)
+    return edit
+
+
+def insert_after(pattern: str, text: str) -> Callable[[str], str]:
+    def edit(source: str) -> str:
+        found = list(re.finditer(pattern, source, flags=re.MULTILINE))
+        if len(found) != 1:
+            raise NotApplicable(f"expected exactly one match of {pattern!r}, found {len(found)}")
+        end = found[0].end()
+        return source[:end] + text + source[end:]
+    return edit
+
+
+def prepend(text: str) -> Callable[[str], str]:
+    return lambda source: text + source
+
+
+@dataclass
+class Break:
+    name: str
+    path: str                       # the file edited, relative to the repository
+    edit: Callable[[str], str]      # source -> broken source; NotApplicable when the anchor is gone
+    tests: list[str]                # pytest node ids meant to catch it
+
+
+BREAKS = [
+    Break("no optimiser step (train.py train_step)", "train.py",
+          replace_once("    optimizer.step()\n", "    pass  # MUTATION: optimizer.step() removed\n"),
+          ["tests/test_train.py::test_training_learns_from_the_slice",
+           "tests/test_train.py::test_torchrun_data_parallel_on_cpu"]),
+    Break("no pixel limit (preprocess.py _check_size)", "preprocess.py",
+          replace_once("    if width * height > MAX_IMAGE_PIXELS:\n", "    if False:  # MUTATION: no pixel limit\n"),
+          ["tests/test_model.py::test_decompression_bomb_is_refused_before_decoding",
+           "tests/test_model.py::test_the_apps_pixel_limit_is_reached_below_pillows"]),
+    Break("pixel limit raised to 10**12 (preprocess.py MAX_IMAGE_PIXELS)", "preprocess.py",
+          replace_once("MAX_IMAGE_PIXELS = 40_000_000\n", "MAX_IMAGE_PIXELS = 10**12  # MUTATION\n"),
+          ["tests/test_model.py::test_the_apps_pixel_limit_is_reached_below_pillows",
+           "tests/test_app.py::test_the_apps_own_pixel_limit_refuses_a_45_megapixel_upload"]),
+    Break("no model lock (dashboard/service.py)", "dashboard/service.py",
+          replace_once("        self._lock = threading.Lock()\n",
+                       "        self._lock = __import__('contextlib').nullcontext()  # MUTATION: no lock\n"),
+          ["tests/test_app.py::test_concurrent_requests_get_the_serial_answers",
+           "tests/test_app.py::test_the_service_runs_the_network_for_one_request_at_a_time"]),
+    Break("blank preprocessing of non-8-bit input (preprocess.py _unit_range)", "preprocess.py",
+          insert_after(r'^def _unit_range\(.*\n    """.*"""\n',
+                       "    if a.dtype != np.uint8:\n"
+                       "        return np.zeros(a.shape, np.float32)  # MUTATION: non-8-bit input comes out blank\n"),
+          ["tests/test_model.py::test_preprocess_accepts_all_kinds_of_images"]),
+    Break("broken explain import (explain/__init__.py)", "explain/__init__.py",
+          prepend('raise ImportError("MUTATION: explain/ is broken")\n'),
+          ["tests/test_notebook.py"]),
+]
+
+
+def copy_repository(dest: Path) -> int:
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    n = 0
+    for rel in filter(None, listed):
+        src = REPO / rel
+        if not src.is_file():            # deleted in the working tree, or a submodule
+            continue
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, target)
+        n += 1
+    return n
+
+
+def run_tests(copy: Path, tests: list[str]) -> tuple[int, list[str], float, str]:
+    """pytest on `tests` in the copy -> (exit code, failed/errored node ids, seconds, output tail)."""
+    command = ["nice", "-n", "19", sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE",
+               "--tb=line", *tests]
+    start = time.monotonic()
+    try:
+        proc = subprocess.run(command, cwd=copy, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+                              env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+        out, code = proc.stdout + proc.stderr, proc.returncode
+    except subprocess.TimeoutExpired as e:
+        out, code = f"timed out after {RUN_TIMEOUT_S} s\n{e.stdout or ''}", -1
+    failed = sorted({m.group(2) for m in re.finditer(r"^(FAILED|ERROR) (.+?)(?: - .*)?$", out, flags=re.MULTILINE)})
+    return code, failed, time.monotonic() - start, out[-3000:]
+
+
+def short(node: str) -> str:
+    return node.replace("tests/", "")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", default="", help="run only the breaks whose name contains this text")
+    p.add_argument("--no-baseline", action="store_true", help="do not run the tests on the unchanged copy first")
+    p.add_argument("--keep", action="store_true", help="keep the temporary copy (its path is printed)")
+    args = p.parse_args(argv)
+    breaks = [b for b in BREAKS if args.only.lower() in b.name.lower()]
+    if not breaks:
+        p.error(f"no break matches {args.only!r}")
+
+    tmp = Path(tempfile.mkdtemp(prefix="mutations-"))
+    copy = tmp / "repo"
+    print(f"copied {copy_repository(copy)} files of {REPO} to {copy}", flush=True)
+    rows, bad = [], False
+    try:
+        baseline_failed: set[str] = set()
+        if not args.no_baseline:
+            everything = list(dict.fromkeys(t for b in breaks for t in b.tests))
+            code, failed, seconds, tail = run_tests(copy, everything)
+            print(f"baseline (unchanged copy): exit {code} in {seconds:.0f} s"
+                  + (f", failing: {', '.join(map(short, failed))}" if code else ", all pass"), flush=True)
+            if code:
+                baseline_failed = set(failed) or {"(all)"}
+                print(tail, flush=True)
+        for b in breaks:
+            target = copy / b.path
+            original = target.read_text()
+            try:
+                target.write_text(b.edit(original))
+            except NotApplicable as e:
+                rows.append((b.name, b.tests, f"NOT APPLICABLE: {e}", 0.0))
+                bad = True
+                continue
+            try:
+                print(f"running: {b.name} ...", flush=True)
+                code, failed, seconds, tail = run_tests(copy, b.tests)
+            finally:
+                target.write_text(original)
+            tainted = [t for t in b.tests if "(all)" in baseline_failed
+                       or any(f.startswith(t) for f in baseline_failed)]
+            if tainted:
+                result, bad = f"BASELINE FAILS ({', '.join(map(short, tainted))}): proves nothing", True
+            elif code == 0:
+                result, bad = "SURVIVED", True
+            elif not failed:
+                result, bad = f"NO RESULT (pytest exit {code}):\n{tail[-800:]}", True
+            else:
+                result = "killed by " + ", ".join(map(short, failed))
+            rows.append((b.name, b.tests, result, seconds))
+            print(f"  -> {result} ({seconds:.0f} s)", flush=True)
+    finally:
+        if args.keep:
+            print(f"kept {copy}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    print("\n| break | tests run | result | seconds |\n|---|---|---|---|")
+    for name, tests, result, seconds in rows:
+        print(f"| {name} | {'<br>'.join(map(short, tests))} | {result} | {seconds:.0f} |")
+    survived = [r for r in rows if not r[2].startswith("killed")]
+    print(f"\n{len(rows) - len(survived)} of {len(rows)} breaks killed" + (f"; {len(survived)} not" if survived else ""))
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
