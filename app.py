@@ -33,6 +33,15 @@ from pathlib import Path
 
 # Before gradio is imported: no usage analytics or version check, so start-up needs no network.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# Gradio's queue summarises its recent events with pandas for its monitoring page, by default
+# after every event and over the last 10,000: a cost per request that grows with the app's age
+# (bench/results/profile.md). Every 100 events over the last 1,000 keeps the page and drops the cost.
+os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "100")
+os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "1000")
+# Before torch is imported: OpenMP threads that sleep rather than spin between parallel regions.
+# Requests run side by side on two cores, so a spinning thread burns the core another request
+# needs (bench/results/profile.md).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import allocator  # noqa: E402
 
@@ -49,6 +58,7 @@ from PIL import Image  # noqa: E402
 import explain  # noqa: E402
 import hub  # noqa: E402
 from dashboard import uploads  # noqa: E402
+from dashboard.sessions import lean_sessions  # noqa: E402
 from dashboard.service import (DEFAULT_METHODS, PREDICTED, VIEW_SIZE, RequestError, Service,  # noqa: E402
                                load_weights, view_image)
 from dashboard.views import Views, outline_image  # noqa: E402
@@ -58,6 +68,12 @@ MAX_FILE_SIZE = "10mb"                 # uploads above this are refused by the s
 MAX_UPLOAD_FOLDER_BYTES = 512 * 2**20  # Gradio's upload folder is trimmed to this, oldest first
 CACHE_SWEEP = (60, 600)                # Gradio deletes its files older than 600 s, every 60 s
 MAP_COLUMNS, MAP_ROW_PX = 4, 200       # attribution gallery layout
+# The queue. Predictions (decode, one row of a shared forward pass) are cheap and batched, so many
+# run at once; explanations (seconds of CPU under a crowd) get two workers of their own, so a
+# classify never waits behind them. The queue is long enough for a crowd of a few hundred
+# visitors: each waiting visitor sees their place and the expected wait instead of a refusal.
+PREDICT_WORKERS, EXPLAIN_WORKERS = 16, 2
+QUEUE_SIZE = 512
 PHOTO_EXAMPLES = Path(__file__).resolve().parent / "examples" / "photos"   # small CC0 phone photos
 
 
@@ -379,38 +395,42 @@ def build_demo() -> gr.Blocks:
                 model_tab()
 
         private = dict(api_visibility="private")
+        predicting = dict(concurrency_id="predict", concurrency_limit=PREDICT_WORKERS)
+        explaining = dict(concurrency_id="explain", concurrency_limit=EXPLAIN_WORKERS)
         # Explain view: any new image (upload, example click, clear) -> decode -> analyse.
-        image.change(lambda v: ui_decode(v), image, [look_state, kept, status], preprocess=False, **private) \
-            .then(ui_analyse, [look_state, methods, target], outputs, **private)
+        image.change(lambda v: ui_decode(v), image, [look_state, kept, status], preprocess=False,
+                     **private, **predicting).then(ui_analyse, [look_state, methods, target], outputs,
+                                                   **private, **explaining)
         draw_btn.click(lambda v: ui_decode(v, sketch=True), sketch, [look_state, kept, status], preprocess=False,
-                       **private).then(ui_analyse, [look_state, methods, target], outputs, **private)
+                       **private, **predicting).then(ui_analyse, [look_state, methods, target], outputs,
+                                                     **private, **explaining)
         for control in (methods, target):
-            control.input(ui_analyse, [look_state, methods, target], outputs, **private)
+            control.input(ui_analyse, [look_state, methods, target], outputs, **private, **explaining)
         # Mistakes view.
         filters = ([true_f, pred_f], [m_gallery, shown_rows, m_text])
         for control in (true_f, pred_f):
             control.change(VIEWS.filter_mistakes, *filters, **private)
         demo.load(VIEWS.filter_mistakes, *filters, **private)
         m_gallery.select(select_mistake, shown_rows, [mistake_look, m_note], **private) \
-            .then(ui_analyse, [mistake_look, m_methods, m_target], m_outputs, **private)
+            .then(ui_analyse, [mistake_look, m_methods, m_target], m_outputs, **private, **explaining)
         for control in (m_methods, m_target):
-            control.input(ui_analyse, [mistake_look, m_methods, m_target], m_outputs, **private)
+            control.input(ui_analyse, [mistake_look, m_methods, m_target], m_outputs, **private, **explaining)
 
         # Named API endpoints. The JSON ones are plain functions (gr.api); /explain returns images,
         # which Gradio caches and serves only for component outputs, so it keeps a trigger of its own.
-        gr.api(classify, api_name="classify")
-        gr.api(classify_sketch, api_name="classify_sketch")
-        gr.api(analyse, api_name="analyse")
-        gr.api(model_info, api_name="model_info")
+        gr.api(classify, api_name="classify", **predicting)
+        gr.api(classify_sketch, api_name="classify_sketch", **predicting)
+        gr.api(analyse, api_name="analyse", **predicting)
+        gr.api(model_info, api_name="model_info", **predicting)
         view, _, label, gallery, _, scores = outputs
         api_explain = gr.Button(visible=False)
         api_explain.click(explain_image, [image, methods, target], [view, label, gallery, scores],
-                          api_name="explain", preprocess=False)
-    # Two workers: decoding and rendering overlap while the model lock serialises the network.
-    demo.queue(default_concurrency_limit=2, max_size=64)
+                          api_name="explain", preprocess=False, **explaining)
+    demo.queue(max_size=QUEUE_SIZE)
     return demo
 
 
+lean_sessions()
 demo = build_demo()
 
 

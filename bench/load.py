@@ -1,22 +1,34 @@
-"""A bounded burst of concurrent API requests against the real app; checks every answer and the memory.
+"""A bounded burst of concurrent API requests against the real app; checks every answer, the
+server's CPU time per request and its memory.
 
-Starts `python app.py --port P` on 127.0.0.1, opens one gradio_client.Client per worker (each
-worker is a separate user with its own session), then releases all workers at once: they share a
-fixed list of requests (mixed /classify and /explain on real Fashion-MNIST test images saved as
-PNG) until it is empty or the global timeout passes. Every answer is compared with a direct call
-in this process (`model.load_model` + `model.preprocess` + `predict_proba`): the top label must be
-equal and each returned probability within --tolerance. The app's resident memory (with children)
-is sampled every 50 ms: at start, peak during the burst, and after --idle seconds of rest.
+Starts `python app.py --port P` on 127.0.0.1 and releases all workers at once: they share a fixed
+list of requests (mixed /classify and /explain on real Fashion-MNIST test images saved as PNG)
+until it is empty or the global timeout passes. Two kinds of client:
 
-    python bench/load.py                                     # 500 requests, 50 at once (~2-5 min on 2 cores)
+- `--client lean` (default): one process, one event loop, raw HTTP against Gradio's REST API
+  (bench/gradio_http.py): each request uploads its PNG, then calls the endpoint, in a session of
+  its own as curl would. It costs the shared cores little, so the figures describe the server.
+- `--client gradio`: one gradio_client.Client (one session) per worker, as a Python user connects.
+
+Every answer is compared with a direct call in this process (`model.load_model` +
+`model.preprocess` + `predict_proba`): the top label must be equal and each returned probability
+within --tolerance. The app's CPU time (user + system, children included) is read before and after
+each burst: its difference over the requests served is the server's CPU per request. The app's
+resident memory (with children) is sampled every 50 ms: at start, peak during the burst, and after
+--idle seconds of rest.
+
+    python bench/load.py --explain-share 0 --name load_classify   # classify only, 50 clients
+    python bench/load.py --bursts 3                               # mixed, 40% explain, 3 bursts
+    python bench/load.py --concurrency 100 --name load_crowd      # a crowd of 100
     python bench/load.py --model outputs/smoke --requests 20 --concurrency 5 --idle 1 \\
-        --results-dir /tmp/bench                             # smoke run
+        --results-dir /tmp/bench                                  # smoke run
 
-Writes <results-dir>/load.json and load.md (default bench/results/).
+Writes <results-dir>/<name>.json and <name>.md (default bench/results/load.*).
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
 import queue
 import random
 import sys
@@ -27,8 +39,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as common  # noqa: E402  (puts the repository root on sys.path)
+if str(Path(__file__).resolve().parent) not in sys.path:   # imported by bench/profile.py: already there
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as common  # noqa: E402  (puts the repository root on sys.path, ahead of bench/)
 
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -201,6 +214,50 @@ def burst(clients: list, reqs: list[Request], paths: list[Path], expected: list[
     return outcomes, wall, not_sent
 
 
+def burst_lean(url: str, reqs: list[Request], paths: list[Path], expected: list[dict], cli, api: dict) -> tuple:
+    """The same burst as `burst`, from one event loop speaking raw HTTP (bench/gradio_http.py)."""
+    from gradio_http import GradioHTTP
+    images = [p.read_bytes() for p in paths]
+    todo = list(reversed(reqs))
+    outcomes: list[Outcome] = []
+
+    async def one(client: GradioHTTP, req: Request, t0: float) -> None:
+        began = time.perf_counter()
+        try:
+            data = [await client.upload(images[req.image], paths[req.image].name)]
+            if req.endpoint == "explain":
+                data += [req.methods, PREDICTED]
+            result = await client.call(api[req.endpoint].strip("/"), data)
+            result = result[0] if req.endpoint == "classify" else result
+            problem = check(req, result, expected[req.image], cli.tolerance)
+            status, detail = ("wrong", problem) if problem else ("ok", "")
+        except Exception as e:  # refusals, timeouts, server errors: all counted, none hidden
+            status, detail = "error", f"{type(e).__name__}: {str(e)[:300]}"
+        outcomes.append(Outcome(req.index, req.endpoint, len(req.methods), status, detail,
+                                began - t0, (time.perf_counter() - began) * 1000))
+
+    async def run() -> float:
+        async with GradioHTTP(url, max_connections=2 * cli.concurrency, timeout=cli.timeout) as client:
+            t0 = time.perf_counter()
+
+            async def worker() -> None:
+                while todo and time.perf_counter() - t0 < cli.timeout:
+                    await one(client, todo.pop(), t0)
+
+            await asyncio.gather(*(worker() for _ in range(cli.concurrency)))
+            return time.perf_counter() - t0
+
+    wall = asyncio.run(run())
+    return outcomes, wall, len(todo)
+
+
+def cpu_seconds(proc) -> float:
+    """CPU time so far of a psutil process and its children (user + system)."""
+    t = proc.cpu_times()
+    return t.user + t.system + t.children_user + t.children_system + sum(
+        c.cpu_times().user + c.cpu_times().system for c in proc.children(recursive=True))
+
+
 def endpoint_stats(outcomes: list[Outcome], endpoint: str | None, methods: int | None = None) -> dict:
     sel = [o for o in outcomes if (endpoint is None or o.endpoint == endpoint)
            and (methods is None or o.methods == methods)]
@@ -213,7 +270,9 @@ def endpoint_stats(outcomes: list[Outcome], endpoint: str | None, methods: int |
 
 def markdown(res: dict) -> str:
     info, mem, cli = res["info"], res["memory"], res["settings"]
-    who = ("sharing one gradio_client client, so one session per burst" if cli.get("shared_client")
+    who = ("raw HTTP from one event loop (bench/gradio_http.py): each request uploads its PNG, then calls the "
+           "endpoint, in a session of its own" if cli.get("client", "gradio") == "lean"
+           else "sharing one gradio_client client, so one session per burst" if cli.get("shared_client")
            else "one gradio_client client each, each its own session; new clients each burst")
     rows = []
     for key, s in res["stats"].items():
@@ -235,13 +294,15 @@ returned image files.
 
 {common.md_table(['requests', 'sent', 'served (correct)', 'wrong', 'errors', 'p50 ms', 'p95 ms', 'max ms'], rows)}
 
-Burst wall time {res['wall_seconds']:.1f} s in all: {res['throughput_per_s']:.1f} requests/s served; not sent before the
+Burst wall time {res['wall_seconds']:.1f} s in all: **{res['throughput_per_s']:.1f} requests/s** served; not sent before the
 timeout: {res['not_sent']}. Latency is the round trip seen by a client, queueing included.
+**Server CPU: {res['server_cpu_ms_per_request']:.1f} ms per request served** (the app process and its children, user +
+system, over the bursts).
 
-{common.md_table(['burst', 'requests served', 'wall s', 'app RSS after start-up (MiB)', 'after warm-up (MiB)',
+{common.md_table(['burst', 'requests served', 'wall s', 'server CPU ms / request', 'app RSS after start-up (MiB)', 'after warm-up (MiB)',
                   'peak during burst (MiB)', f"after {cli['idle']:.0f} s idle (MiB)", 'after - start-up (MiB)',
                   'after - warm-up (MiB)'],
-                 [[b['burst'], b['served'], f"{b['wall_seconds']:.1f}", mem['start_mib'], mem.get('warm_mib', ''),
+                 [[b['burst'], b['served'], f"{b['wall_seconds']:.1f}", b['server_cpu_ms_per_request'], mem['start_mib'], mem.get('warm_mib', ''),
                    b['peak_mib'], b['after_idle_mib'], round(b['after_idle_mib'] - mem['start_mib'], 1),
                    round(b['after_idle_mib'] - mem['warm_mib'], 1) if 'warm_mib' in mem else '']
                   for b in mem['bursts']])}
@@ -275,7 +336,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=600, help="global limit in seconds for the burst")
     p.add_argument("--idle", type=float, default=20, help="seconds of rest before the 'after' memory reading")
     p.add_argument("--bursts", type=int, default=1, help="bursts in a row, each with new clients (memory: plateau or growth?)")
-    p.add_argument("--shared-client", action="store_true", help="one gradio_client.Client (one session) for all workers")
+    p.add_argument("--client", choices=["lean", "gradio"], default="lean",
+                   help="lean: raw HTTP from one event loop; gradio: one gradio_client.Client per worker")
+    p.add_argument("--shared-client", action="store_true", help="with --client gradio: one Client (one session) for all workers")
     p.add_argument("--app-env", nargs="*", default=[], metavar="KEY=VALUE", help="extra environment of the app process")
     p.add_argument("--name", default="load", help="results file name (<name>.json, <name>.md)")
     p.add_argument("--seed", type=int, default=0)
@@ -309,11 +372,16 @@ def main(argv=None) -> int:
             warm_rss = app.sampler.rss()
             outcomes, walls, not_sent, per_burst = [], [], 0, []
             for b in range(cli.bursts):
-                clients = open_clients(app.url, cli.concurrency, cli.shared_client)   # new users each burst
+                clients = [] if cli.client == "lean" else open_clients(app.url, cli.concurrency, cli.shared_client)
                 t_start = app.sampler.samples[-1][0]
-                print(f"[load] burst {b + 1}/{cli.bursts}: {len(clients)} clients connected; app RSS "
+                print(f"[load] burst {b + 1}/{cli.bursts}: {cli.concurrency} {cli.client} clients; app RSS "
                       f"{common.mib(app.sampler.rss())} MiB; sending {len(reqs)} requests", flush=True)
-                got, wall, left = burst(clients, reqs, paths, expected, cli, api)
+                cpu_start = cpu_seconds(app.sampler.proc)
+                if cli.client == "lean":
+                    got, wall, left = burst_lean(app.url, reqs, paths, expected, cli, api)
+                else:
+                    got, wall, left = burst(clients, reqs, paths, expected, cli, api)
+                cpu = cpu_seconds(app.sampler.proc) - cpu_start
                 for o in got:
                     o.index += b * len(reqs)
                 outcomes += got
@@ -323,7 +391,9 @@ def main(argv=None) -> int:
                 for c in {id(c): c for c in clients}.values():          # a shared client once
                     c.close()
                 time.sleep(cli.idle)
-                per_burst.append({"burst": b + 1, "wall_seconds": wall, "served": sum(o.status == "ok" for o in got),
+                served = sum(o.status == "ok" for o in got)
+                per_burst.append({"burst": b + 1, "wall_seconds": wall, "served": served,
+                                  "server_cpu_s": round(cpu, 3), "server_cpu_ms_per_request": round(1000 * cpu / max(served, 1), 2),
                                   "peak_mib": common.mib(peak), "after_idle_mib": common.mib(app.sampler.rss())})
             samples = app.sampler.samples
             log_tail = (Path(tmp) / "app.log").read_text()[-3000:]
@@ -337,6 +407,8 @@ def main(argv=None) -> int:
     res = {"info": info, "settings": vars(cli) | {"explain_methods": cli.explain_methods}, "stats": stats,
            "wall_seconds": sum(walls), "not_sent": not_sent,
            "throughput_per_s": stats["all"]["served"] / sum(walls) if sum(walls) else 0.0,
+           "server_cpu_ms_per_request": round(1000 * sum(b["server_cpu_s"] for b in per_burst)
+                                              / max(stats["all"]["served"], 1), 2),
            "memory": {"start_mib": common.mib(start_rss), "warm_mib": common.mib(warm_rss), "peak_mib": max(b["peak_mib"] for b in per_burst),
                       "after_idle_mib": per_burst[-1]["after_idle_mib"], "bursts": per_burst,
                       "samples": len(samples), "processes_at_start": processes,

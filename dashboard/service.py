@@ -1,9 +1,11 @@
 """The model behind the dashboard: which weights are served (with the fallback), and its answers.
 
 `Service` owns the network as trained (for explanations), its serving copy (BatchNorm folded,
-channels-last, for predictions), the evaluation artefacts of the served folder and one lock: the
-hook-based explainers attach hooks to the shared network, so two requests never run it at once.
-Nothing here imports Gradio; app.py turns the errors into messages.
+channels-last, for predictions), the evaluation artefacts of the served folder, a batcher that
+lets concurrent predictions share one forward pass of the serving copy, and one lock for the
+network as trained: the hook-based explainers attach hooks to it, so two explanations never run
+it at once. Predictions never wait for an explanation. Nothing here imports Gradio; app.py turns
+the errors into messages.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import torch
 import explain
 import hub
 from artefacts import load_artefacts
+from dashboard.batcher import Batcher
 from dashboard.uploads import clip
 from explain.render import share
 from model import FashionCNN, WeightsError, count_parameters, load_model
@@ -32,6 +35,10 @@ PREDICTED = "predicted class"          # the target choice that follows the pred
 DEFAULT_METHODS = ("Saliency", "Integrated Gradients", "Grad-CAM", "Occlusion")
 VIEW_SIZE = 224                        # pixels a side of every displayed 28x28 image
 TOP_CLASSES = 3                        # classes listed in a prediction
+# Points of each map's deletion/insertion curve, less one. The curves of all chosen maps cost more
+# than the maps themselves (bench/results/profile.md); 14 steps of 56 pixels rank the maps of one
+# image as well as finer steps would, for half the forward passes of the library's default.
+CURVE_STEPS = 14
 
 
 GUESS = ("This does not look like the garments the model was trained on: the class below is a "
@@ -135,12 +142,13 @@ class Service:
         self.serving = copy.deepcopy(self.model).optimize_for_inference_()
         self.artefacts = load_artefacts(loaded.folder, short_path)
         self.labels = list(self.model.label_names)
-        self._lock = threading.Lock()
+        self.batcher = Batcher(self._forward)
+        self._explain_lock = threading.Lock()
         self.on_use = lambda: None        # called after each use of the network (the idle trimmer)
 
     @contextmanager
     def _turn(self):
-        with self._lock:
+        with self._explain_lock:
             yield
         self.on_use()
 
@@ -148,20 +156,34 @@ class Service:
         cfg = self.model.config
         return normalize(look, cfg.mean, cfg.std)[None, None]      # (1, 1, 28, 28)
 
+    @torch.inference_mode()
+    def _forward(self, x: torch.Tensor) -> list[tuple[np.ndarray, float | None]]:
+        """(probabilities, OOD score or None) per image of a batch, from one pass of the serving copy.
+
+        Every prediction carries its score: in a batch the detector costs little, and one path
+        means /classify and /analyse can never disagree on the probabilities.
+        """
+        detector = self.serving.ood
+        if detector is None:
+            return [(p, None) for p in self.serving.predict_proba(x).numpy()]
+        probs, scores = detector.predict(self.serving, x)
+        return list(zip(probs.numpy(), scores.tolist()))
+
+    def _predict(self, look: np.ndarray) -> tuple[np.ndarray, float | None]:
+        out = self.batcher(self._input(look))
+        self.on_use()
+        return out
+
     def predict(self, look: np.ndarray) -> np.ndarray:
         """Served class probabilities (num_classes,) for a 28x28 look."""
-        with self._turn():
-            return self.serving.predict_proba(self._input(look))[0].numpy()
+        return self._predict(look)[0]
 
     def assess(self, look: np.ndarray) -> Assessment:
         """Probabilities, the out-of-distribution score and verdict, and the confidence in words."""
+        probs, score = self._predict(look)
         detector = self.serving.ood
-        if detector is None:
-            probs = self.predict(look)
+        if detector is None or score is None:
             return Assessment(probs, None, None, self.confidence_sentence(probs))
-        with self._turn():
-            probs, score = detector.predict(self.serving, self._input(look))
-        probs, score = probs[0].numpy(), float(score[0])
         inside = not bool(detector.flag(torch.tensor([score]))[0])
         return Assessment(probs, score, inside, self.confidence_sentence(probs) if inside else GUESS)
 
@@ -207,24 +229,31 @@ class Service:
 
         Each map is expressed as shares of its total, so maps of different methods can share one
         colour scale; the scores are the map's deletion and insertion AUC for this very image.
+        The maps come from the network as trained, one method at a time under the lock; the
+        curves of all maps from one forward pass of the serving copy (the same logits to float
+        rounding, faster, and free of the explainers' hooks, so no lock).
         """
         methods = checked_methods(methods)
         probs = self.predict(look)
         t = self.target_index(target, probs)
         x = self._input(look)[0]                                            # (1, 28, 28)
-        maps, scores = {}, {}
+        attributions, seconds = {}, {}
         for i, name in enumerate(methods):
             if progress is not None:
                 progress((i, len(methods) + 1), desc=name)
             start = time.perf_counter()
             with self._turn():
-                attribution = np.asarray(explain.explain(self.model, x, name, target=t), dtype=np.float32)
-                seconds = time.perf_counter() - start
-                curves = explain.deletion_insertion(self.model, x, attribution, t)
-            maps[name] = share(attribution)
-            scores[name] = {"deletion_auc": float(curves["deletion_auc"]),
-                            "insertion_auc": float(curves["insertion_auc"]),
-                            "seconds": round(seconds, 4), "signed": bool(explain.METHODS[name].signed)}
+                attributions[name] = np.asarray(explain.explain(self.model, x, name, target=t), dtype=np.float32)
+            seconds[name] = time.perf_counter() - start
+        if progress is not None:
+            progress((len(methods), len(methods) + 1), desc="deletion and insertion curves")
+        with torch.inference_mode():
+            curves = explain.deletion_insertion_many(self.serving, x, attributions, t, CURVE_STEPS)
+        maps = {name: share(a) for name, a in attributions.items()}
+        scores = {name: {"deletion_auc": float(curves[name]["deletion_auc"]),
+                         "insertion_auc": float(curves[name]["insertion_auc"]),
+                         "seconds": round(seconds[name], 4), "signed": bool(explain.METHODS[name].signed)}
+                  for name in methods}
         return probs, t, maps, scores
 
     def info(self) -> dict:

@@ -8,7 +8,8 @@ table precomputed at evaluation time: `python -m explain.trust <model_dir>`).
 """
 from explain.methods import METHODS, MethodSpec, background_value, explain, explain_batch, resolve_target
 from explain.render import colorbar, common_scale, render_overlay, share
-from explain.faithfulness import deletion_insertion, infidelity, randomisation_test, sensitivity, spearman
+from explain.faithfulness import (deletion_insertion, deletion_insertion_many, infidelity, randomisation_test,
+                                  sensitivity, spearman)
 
 
 def __getattr__(name: str):
@@ -21,5 +22,5 @@ def __getattr__(name: str):
 
 
 __all__ = ["METHODS", "MethodSpec", "explain", "explain_batch", "resolve_target", "background_value", "render_overlay",
-           "common_scale", "colorbar", "share", "deletion_insertion", "infidelity", "sensitivity",
+           "common_scale", "colorbar", "share", "deletion_insertion", "deletion_insertion_many", "infidelity", "sensitivity",
            "randomisation_test", "spearman", "precompute_trust", "write_trust", "format_table"]

@@ -6,6 +6,7 @@ serves other weights instead (development before weights/ exists, e.g. outputs/s
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -93,3 +94,22 @@ def app_server(tmp_path_factory) -> AppServer:
 def client(app_server):
     from gradio_client import Client
     return Client(app_server.url, verbose=False)
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = REPO / "tests" / "artifacts"       # screenshots (git-ignored)
+needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
+
+
+@pytest.fixture
+def page():
+    """A fresh page of headless Debian Chromium driven by Playwright (which cannot download its own)."""
+    from playwright.sync_api import sync_playwright
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        try:
+            yield browser.new_page(viewport={"width": 1400, "height": 1000})
+        finally:
+            browser.close()

@@ -8,7 +8,6 @@ and real phone photos end to end.
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +15,11 @@ import pytest
 from gradio_client import handle_file
 from PIL import Image
 
-from conftest import REPO
+from conftest import ARTIFACTS, REPO, needs_chromium
 from dashboard.service import GUESS
 
 SLICE = REPO / "tests" / "data" / "fashion_mnist"
 PHOTOS = REPO / "examples" / "photos"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 KEYS = {"label", "probabilities", "in_distribution", "ood_score", "ood_threshold", "confidence"}
 
 
@@ -82,27 +80,18 @@ def test_real_photos_end_to_end(client):
     assert right >= mapped - 2, f"{right} of {mapped} photos in their folder's classes"
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
-def test_page_shows_the_verdict_and_the_outline(app_server, files, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
-    artifacts = REPO / "tests" / "artifacts"
-    artifacts.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(app_server.url, wait_until="domcontentloaded")
-            page.locator("#upload input[type=file]").set_input_files(str(files["noise"][0]))
-            expect(page.locator("#explain-verdict")).to_contain_text("does not look like the garments", timeout=90_000)
-            expect(page.locator("#explain-maps img").first).to_be_visible(timeout=90_000)   # still explained
-            page.screenshot(path=str(artifacts / "browser_verdict_noise.png"), full_page=True)
-            page.locator("#upload button[aria-label='Remove Image']").click()
-            photo = next(PHOTOS.glob("*pants.jpg"), None) or files["fashion"][1]
-            page.locator("#upload input[type=file]").set_input_files(str(photo))
-            expect(page.locator("#explain-kept img")).to_be_visible(timeout=90_000)
-            expect(page.locator("#status")).to_contain_text("outlined region", timeout=90_000)
-            page.wait_for_timeout(500)
-            page.screenshot(path=str(artifacts / "browser_photo.png"), full_page=True)
-        finally:
-            browser.close()
+@needs_chromium
+def test_page_shows_the_verdict_and_the_outline(app_server, files, page):
+    from playwright.sync_api import expect
+    page.goto(app_server.url, wait_until="domcontentloaded")
+    page.locator("#upload input[type=file]").set_input_files(str(files["noise"][0]))
+    expect(page.locator("#explain-verdict")).to_contain_text("does not look like the garments", timeout=90_000)
+    expect(page.locator("#explain-maps img").first).to_be_visible(timeout=90_000)   # still explained
+    page.screenshot(path=str(ARTIFACTS / "browser_verdict_noise.png"), full_page=True)
+    page.locator("#upload button[aria-label='Remove Image']").click()
+    photo = next(PHOTOS.glob("*pants.jpg"), None) or files["fashion"][1]
+    page.locator("#upload input[type=file]").set_input_files(str(photo))
+    expect(page.locator("#explain-kept img")).to_be_visible(timeout=90_000)
+    expect(page.locator("#status")).to_contain_text("outlined region", timeout=90_000)
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(ARTIFACTS / "browser_photo.png"), full_page=True)

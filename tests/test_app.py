@@ -429,11 +429,12 @@ def test_unusable_weights_fall_back_to_the_committed_ones(app_module, fallback, 
 
 
 def test_the_service_runs_the_network_for_one_request_at_a_time(app_module, fallback, test_images, monkeypatch):
-    """The model lock's promise (dashboard/service.py): explainers attach hooks to the shared network,
-    so two requests never run it at once. Every use of the network is made to last 50 ms here, so
-    that without the lock concurrent requests overlap for certain, not by chance. (Without the
-    lock and without the delay, two threads explaining at once gave the serial answers in 32 of 32
-    requests on a busy 2-core machine: the end-to-end test above alone cannot be relied on.)"""
+    """The locks' promise (dashboard/service.py): explainers attach hooks to the network as trained,
+    so two explanations never run it at once, and the batcher runs one batch at a time.
+    Every use of a network is made to last 50 ms here, so that without a lock concurrent requests
+    overlap for certain, not by chance. (Without the lock and without the delay, two threads
+    explaining at once gave the serial answers in 32 of 32 requests on a busy 2-core machine: the
+    end-to-end test above alone cannot be relied on.)"""
     service = app_module.Service(app_module.load_weights(str(fallback), fallback=fallback))
     looks = [test_images[0][i] / 255.0 for i in range(2)]
     jobs = [(i, methods) for i in range(2) for methods in (["Grad-CAM", "Saliency"], ["Guided Backprop"], ["DeepLift"])]
@@ -444,30 +445,66 @@ def test_the_service_runs_the_network_for_one_request_at_a_time(app_module, fall
         return t, {m: (s["deletion_auc"], s["insertion_auc"]) for m, s in scores.items()}
 
     serial = [run(job) for job in jobs]
-    inside, most, count = 0, 0, threading.Lock()
+    inside, most, count = {}, {}, threading.Lock()
 
-    def slow(real):
+    def slow(real, network):
         def one_at_a_time(*args, **kwargs):
-            nonlocal inside, most
             with count:
-                inside += 1
-                most = max(most, inside)
+                inside[network] = inside.get(network, 0) + 1
+                most[network] = max(most.get(network, 0), inside[network])
             try:
                 time.sleep(0.05)
                 return real(*args, **kwargs)
             finally:
                 with count:
-                    inside -= 1
+                    inside[network] -= 1
         return one_at_a_time
 
     explain_module = app_module.explain
-    monkeypatch.setattr(explain_module, "explain", slow(explain_module.explain))
-    monkeypatch.setattr(explain_module, "deletion_insertion", slow(explain_module.deletion_insertion))
-    monkeypatch.setattr(service.serving, "predict_proba", slow(service.serving.predict_proba))
+    monkeypatch.setattr(explain_module, "explain", slow(explain_module.explain, "as trained"))
+    monkeypatch.setattr(service.batcher, "fn", slow(service.batcher.fn, "serving"))
     with ThreadPoolExecutor(6) as pool:
         concurrent = list(pool.map(run, jobs))
-    assert most == 1, f"{most} requests ran the network at the same time"
+    assert most == {"as trained": 1, "serving": 1}, f"requests ran a network at the same time: {most}"
     assert concurrent == serial
+
+
+def test_batched_predictions_are_the_single_ones(app_module, fallback, test_images, monkeypatch):
+    """Concurrent predictions share forward passes (dashboard/batcher.py) and each caller gets its own row:
+    16 threads, each its own image, against the answers one at a time. The network is made slow so
+    that requests do queue up behind it."""
+    service = app_module.Service(app_module.load_weights(str(fallback), fallback=fallback))
+    looks = [test_images[0][i] / 255.0 for i in range(16)]
+    alone = [service.assess(look) for look in looks]
+    real = service.batcher.fn
+    monkeypatch.setattr(service.batcher, "fn", lambda x: (time.sleep(0.05), real(x))[1])
+    service.batcher.batch_sizes.clear()
+    with ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(service.assess, looks))
+    assert max(service.batcher.batch_sizes) > 1, service.batcher.batch_sizes
+    assert sum(service.batcher.batch_sizes) == len(looks)
+    for a, b in zip(alone, together):
+        np.testing.assert_allclose(a.probs, b.probs, atol=1e-5)
+        assert a.in_distribution == b.in_distribution
+        if a.ood_score is not None:
+            assert abs(a.ood_score - b.ood_score) <= 1e-3 * max(1.0, abs(a.ood_score))
+
+
+def test_a_failing_batch_fails_each_of_its_callers_and_the_next_batch_works():
+    from dashboard.batcher import Batcher
+    calls = []
+
+    def fn(x):
+        calls.append(len(x))
+        if (x < 0).any():
+            raise ValueError("negative input")
+        return list(x.sum(dim=1))
+
+    batcher = Batcher(fn)
+    with pytest.raises(ValueError, match="negative input"):
+        batcher(torch.full((1, 3), -1.0))
+    assert float(batcher(torch.ones(1, 3))) == 3.0
+    assert calls == [1, 1]
 
 
 class _Hub(http.server.BaseHTTPRequestHandler):
@@ -558,3 +595,21 @@ def test_host_and_hub_timeout_options(tmp_path, image_files):
         assert classify(c, image_files[0])["label"]
     finally:
         stop_app(server)
+
+
+def test_a_new_session_copies_no_component_config():
+    """dashboard/sessions.py: a request without a session (REST /call, curl) starts one; it must not
+    copy the config of every block of the page (the dashboard has no deep link to restore)."""
+    import gradio as gr
+    from gradio.state_holder import SessionState
+
+    from dashboard.sessions import lean_sessions
+    with gr.Blocks() as demo:
+        box = gr.Textbox("a")
+        gr.Button().click(lambda: "b", None, box)
+    lean_sessions()
+    lean_sessions()                                             # idempotent
+    session = SessionState(demo)
+    assert session.config_values == {}
+    session[box._id] = gr.Textbox("b")                          # what a handler's update does
+    assert list(session.config_values) == [box._id] and session[box._id].value == "b"

@@ -23,12 +23,9 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
-from conftest import REPO
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = REPO / "tests" / "artifacts"
+from conftest import ARTIFACTS, REPO, needs_chromium
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                "Ankle boot")
 
@@ -45,93 +42,115 @@ def garment_photo(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
-def test_browser_upload_shows_prediction_and_maps(app_server, garment_photo, tmp_path):
-    ARTIFACTS.mkdir(exist_ok=True)
+@needs_chromium
+def test_browser_upload_shows_prediction_and_maps(app_server, garment_photo, tmp_path, page):
     from gradio_client import Client
     info = Client(app_server.url, verbose=False).predict(api_name="/model_info")
     metrics = json.loads((Path(info["folder"]) / "evaluation" / "metrics.json").read_text())
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(app_server.url, wait_until="domcontentloaded")
-            page.locator("#upload input[type=file]").set_input_files(str(garment_photo))
-            label = page.locator("#explain-label")
-            top = label.locator("[data-testid=label-output-value]")       # the top class, not the top 3
-            expect(top).to_have_text("Trouser", timeout=90_000)              # the easiest class to get right
-            maps = page.locator("#explain-maps img")
-            expect(maps.first).to_be_visible(timeout=90_000)
-            expect(page.locator("#explain-scores")).to_contain_text("Grad-CAM", timeout=30_000)
-            page.wait_for_timeout(500)                                # let the last images paint
-            page.screenshot(path=str(ARTIFACTS / "browser_prediction.png"), full_page=True)
-            if os.environ.get("UPDATE_SCREENSHOT") == "1":
-                shutil.copy(ARTIFACTS / "browser_prediction.png", REPO / "docs" / "screenshot.png")
+    page.goto(app_server.url, wait_until="domcontentloaded")
+    page.locator("#upload input[type=file]").set_input_files(str(garment_photo))
+    label = page.locator("#explain-label")
+    top = label.locator("[data-testid=label-output-value]")       # the top class, not the top 3
+    expect(top).to_have_text("Trouser", timeout=90_000)              # the easiest class to get right
+    maps = page.locator("#explain-maps img")
+    expect(maps.first).to_be_visible(timeout=90_000)
+    expect(page.locator("#explain-scores")).to_contain_text("Grad-CAM", timeout=30_000)
+    page.wait_for_timeout(500)                                # let the last images paint
+    page.screenshot(path=str(ARTIFACTS / "browser_prediction.png"), full_page=True)
+    if os.environ.get("UPDATE_SCREENSHOT") == "1":
+        shutil.copy(ARTIFACTS / "browser_prediction.png", REPO / "docs" / "screenshot.png")
 
-            # A file that is not an image: a message in the page, and the app still answers.
-            bad = tmp_path / "notes.png"
-            bad.write_text("not a picture")
-            page.locator("#upload button[aria-label='Remove Image']").click()
-            page.locator("#upload input[type=file]").set_input_files(str(bad))
-            expect(page.locator("#status")).to_contain_text("not an image", timeout=60_000)
-            page.screenshot(path=str(ARTIFACTS / "browser_bad_input.png"), full_page=True)
+    # A file that is not an image: a message in the page, and the app still answers.
+    bad = tmp_path / "notes.png"
+    bad.write_text("not a picture")
+    page.locator("#upload button[aria-label='Remove Image']").click()
+    page.locator("#upload input[type=file]").set_input_files(str(bad))
+    expect(page.locator("#status")).to_contain_text("not an image", timeout=60_000)
+    page.screenshot(path=str(ARTIFACTS / "browser_bad_input.png"), full_page=True)
 
-            # A test-set example, one click: classified and explained like an upload.
-            page.get_by_role("button", name="Sneaker", exact=True).click()
-            expect(page.locator("#status")).to_contain_text("Classified", timeout=60_000)
-            expect(top).to_have_text("Sneaker", timeout=60_000)
-            expect(maps.first).to_be_visible(timeout=60_000)
+    # A test-set example, one click: classified and explained like an upload.
+    page.get_by_role("button", name="Sneaker", exact=True).click()
+    expect(page.locator("#status")).to_contain_text("Classified", timeout=60_000)
+    expect(top).to_have_text("Sneaker", timeout=60_000)
+    expect(maps.first).to_be_visible(timeout=60_000)
 
-            # The sketchpad: an empty canvas is refused, a drawing is classified.
-            page.get_by_role("tab", name="Draw").click()
-            draw = page.get_by_role("button", name="Classify drawing")
-            draw.click()
-            expect(page.locator("#status")).to_contain_text("Draw something first", timeout=60_000)
-            page.locator("#sketch button[aria-label='Brush']").click()
-            page.mouse.click(5, 5)                                     # close the brush options
-            box = page.locator("#sketch canvas").first.bounding_box()
-            x0, y0, w, h = box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.2, box["width"], box["height"]
-            page.mouse.move(x0 - 0.15 * w, y0)                         # a rough pair of trousers
-            page.mouse.down()
-            for dx, dy in ((-0.15, 0), (0.15, 0), (0.15, 0.6), (0.03, 0.6), (0, 0.15), (-0.03, 0.6), (-0.15, 0.6),
-                           (-0.15, 0)):
-                page.mouse.move(x0 + dx * w, y0 + dy * h, steps=8)
-            page.mouse.up()
-            draw.click()
-            expect(page.locator("#status")).to_contain_text("Classified", timeout=60_000)
-            expect(top).to_have_text(re.compile("|".join(map(re.escape, CLASS_NAMES))), timeout=60_000)
-            page.screenshot(path=str(ARTIFACTS / "browser_sketch.png"), full_page=True)
+    # The sketchpad: an empty canvas is refused, a drawing is classified.
+    page.get_by_role("tab", name="Draw").click()
+    draw = page.get_by_role("button", name="Classify drawing")
+    draw.click()
+    expect(page.locator("#status")).to_contain_text("Draw something first", timeout=60_000)
+    page.locator("#sketch button[aria-label='Brush']").click()
+    page.mouse.click(5, 5)                                     # close the brush options
+    box = page.locator("#sketch canvas").first.bounding_box()
+    x0, y0, w, h = box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.2, box["width"], box["height"]
+    page.mouse.move(x0 - 0.15 * w, y0)                         # a rough pair of trousers
+    page.mouse.down()
+    for dx, dy in ((-0.15, 0), (0.15, 0), (0.15, 0.6), (0.03, 0.6), (0, 0.15), (-0.03, 0.6), (-0.15, 0.6),
+                   (-0.15, 0)):
+        page.mouse.move(x0 + dx * w, y0 + dy * h, steps=8)
+    page.mouse.up()
+    draw.click()
+    expect(page.locator("#status")).to_contain_text("Classified", timeout=60_000)
+    expect(top).to_have_text(re.compile("|".join(map(re.escape, CLASS_NAMES))), timeout=60_000)
+    page.screenshot(path=str(ARTIFACTS / "browser_sketch.png"), full_page=True)
 
-            # Mistakes: the gallery of misclassified test images; selecting one explains it.
-            page.get_by_role("tab", name="Mistakes").click()
-            mistakes = page.locator("#mistakes img")
-            expect(mistakes.first).to_be_visible(timeout=60_000)
-            assert mistakes.count() >= 10
-            mistakes.first.click()
-            expect(page.get_by_text(re.compile(r"Test image #\d+: true class"))).to_be_visible(timeout=60_000)
-            expect(page.locator("#mistake-label [data-testid=label-output-value]")).to_have_text(
-                re.compile("|".join(map(re.escape, CLASS_NAMES))), timeout=90_000)
-            expect(page.locator("#mistake-maps img").first).to_be_visible(timeout=90_000)
-            page.wait_for_timeout(500)
-            page.screenshot(path=str(ARTIFACTS / "browser_mistakes.png"), full_page=True)
+    # Mistakes: the gallery of misclassified test images; selecting one explains it.
+    page.get_by_role("tab", name="Mistakes").click()
+    mistakes = page.locator("#mistakes img")
+    expect(mistakes.first).to_be_visible(timeout=60_000)
+    assert mistakes.count() >= 10
+    mistakes.first.click()
+    expect(page.get_by_text(re.compile(r"Test image #\d+: true class"))).to_be_visible(timeout=60_000)
+    expect(page.locator("#mistake-label [data-testid=label-output-value]")).to_have_text(
+        re.compile("|".join(map(re.escape, CLASS_NAMES))), timeout=90_000)
+    expect(page.locator("#mistake-maps img").first).to_be_visible(timeout=90_000)
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(ARTIFACTS / "browser_mistakes.png"), full_page=True)
 
-            # Trust: the explanation and one table row per method, plus the random-order baseline.
-            page.get_by_role("tab", name="Trust").click()
-            expect(page.locator("#trust-text")).to_contain_text("Measured over", timeout=30_000)
-            trust = json.loads((Path(info["folder"]) / "evaluation" / "trust.json").read_text())
-            table = page.get_by_role("grid", name="Per-method results over the test sample")
-            rows = [*trust["methods"], "(random order)"]
-            for name in rows:
-                expect(table.get_by_role("gridcell", name=name, exact=True)).to_be_visible(timeout=30_000)
-            expect(table.get_by_role("row")).to_have_count(1 + len(rows))      # the header and one per row
-            page.wait_for_timeout(500)
-            page.screenshot(path=str(ARTIFACTS / "browser_trust.png"), full_page=True)
+    # Trust: the explanation and one table row per method, plus the random-order baseline.
+    page.get_by_role("tab", name="Trust").click()
+    expect(page.locator("#trust-text")).to_contain_text("Measured over", timeout=30_000)
+    trust = json.loads((Path(info["folder"]) / "evaluation" / "trust.json").read_text())
+    table = page.get_by_role("grid", name="Per-method results over the test sample")
+    rows = [*trust["methods"], "(random order)"]
+    for name in rows:
+        expect(table.get_by_role("gridcell", name=name, exact=True)).to_be_visible(timeout=30_000)
+    expect(table.get_by_role("row")).to_have_count(1 + len(rows))      # the header and one per row
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(ARTIFACTS / "browser_trust.png"), full_page=True)
 
-            # Model: the test accuracy of the served weights, as metrics.json has it.
-            page.get_by_role("tab", name="Model").click()
-            expect(page.locator("#model-text")).to_contain_text(f"Test accuracy: {metrics['accuracy']:.2%}",
-                                                                timeout=30_000)
-            page.screenshot(path=str(ARTIFACTS / "browser_model.png"), full_page=True)
-        finally:
-            browser.close()
+    # Model: the test accuracy of the served weights, as metrics.json has it.
+    page.get_by_role("tab", name="Model").click()
+    expect(page.locator("#model-text")).to_contain_text(f"Test accuracy: {metrics['accuracy']:.2%}",
+                                                        timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "browser_model.png"), full_page=True)
+
+
+@needs_chromium
+def test_a_visitor_behind_a_crowd_sees_their_place_and_the_wait(app_server, garment_photo, page):
+    """The queue policy (app.py): when explanations are saturated, the page says where the visitor is in
+    the queue and how long the wait is, then serves them. The crowd: explain requests with every
+    method from API clients, more than the explain workers can take at once. The visitor has been
+    served once before the crowd arrives: Gradio estimates a wait from the times it has measured."""
+    import explain
+    from gradio_client import Client, handle_file
+    page.goto(app_server.url, wait_until="domcontentloaded")
+    top = page.locator("#explain-label [data-testid=label-output-value]")
+    page.get_by_role("button", name="Sneaker", exact=True).click()
+    expect(top).to_have_text("Sneaker", timeout=90_000)
+    crowd = Client(app_server.url, verbose=False)
+    jobs = [crowd.submit(handle_file(str(garment_photo)), list(explain.METHODS), "predicted class",
+                         api_name="/explain") for _ in range(12)]
+    try:
+        expect(page.get_by_role("button", name="Trouser", exact=True)).to_be_visible()
+        page.wait_for_timeout(1000)                            # the crowd is queued
+        page.get_by_role("button", name="Trouser", exact=True).click()
+        # Gradio's status tracker over the result panel: "queue: 5/9 | 1.2/6.8s", the place in the
+        # queue, the seconds waited and the expected wait.
+        waiting = page.get_by_text(re.compile(r"queue: \d+/\d+ \| [\d.]+/[\d.]+s")).first
+        expect(waiting).to_be_visible(timeout=60_000)
+        page.screenshot(path=str(ARTIFACTS / "browser_queue.png"), full_page=True)
+        expect(top).to_have_text("Trouser", timeout=180_000)
+    finally:
+        for job in jobs:
+            job.result(timeout=300)                     # every crowd request is answered too

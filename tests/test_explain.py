@@ -284,6 +284,33 @@ def test_known_answer_region_ranked_first_and_deletion_beats_random(method, regi
     assert curves["insertion_auc"] > max(r["insertion_auc"] for r in random) + 0.05
 
 
+def test_many_maps_share_one_pass_and_give_each_maps_own_curves(region_case):
+    """deletion_insertion_many (the dashboard's one pass for all chosen maps) against the curves built
+    by hand, one image at a time: the top-k pixels of each map's own order blanked (deletion) or
+    kept on a blank image (insertion)."""
+    from explain import background_value, deletion_insertion_many
+    from explain.faithfulness import pixel_order
+    model, x = region_case
+    rng = np.random.default_rng(3)
+    maps = {"a": rng.random((28, 28)), "b": -rng.random((28, 28)), "flat": np.zeros((28, 28))}
+    flat_x, blank = x.reshape(-1), torch.full((784,), background_value(model))
+
+    def prob(image):
+        with torch.no_grad():
+            return float(model(image.view(1, 1, 28, 28)).softmax(-1)[0, 0])
+
+    for steps in (1, 7):
+        together = deletion_insertion_many(model, x, maps, 0, steps)
+        assert list(together) == list(maps)
+        for name, a in maps.items():
+            order = torch.as_tensor(pixel_order(a))
+            for j, k in enumerate(np.round(np.linspace(0, 1, steps + 1) * 784).astype(int)):
+                first = torch.zeros(784, dtype=torch.bool)
+                first[order[:k]] = True
+                assert together[name]["deletion_curve"][j] == pytest.approx(prob(torch.where(first, blank, flat_x)), abs=1e-5)
+                assert together[name]["insertion_curve"][j] == pytest.approx(prob(torch.where(first, flat_x, blank)), abs=1e-5)
+
+
 def test_deletion_insertion_curves_are_well_formed(region_case):
     model, x = region_case
     out = deletion_insertion(model, x, np.zeros((28, 28)), 0, steps=14)

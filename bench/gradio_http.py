@@ -1,0 +1,64 @@
+"""A lean asynchronous client of a Gradio app's HTTP API: upload a file, call a named endpoint.
+
+One process with one event loop can keep a hundred requests in flight for little CPU, so a load
+test measures the server rather than a crowd of Python clients sharing its cores. It speaks the
+documented REST protocol of Gradio's queue (https://www.gradio.app/guides/querying-gradio-apps-with-curl):
+
+    POST /gradio_api/upload (multipart "files")           -> [server path]
+    POST /gradio_api/call/<api_name> {"data": [...]}      -> {"event_id": id}
+    GET  /gradio_api/call/<api_name>/<id>                 -> server-sent events, ending in
+                                                             "complete" (data: outputs) or "error"
+"""
+from __future__ import annotations
+
+import json
+
+import httpx
+
+
+class CallError(RuntimeError):
+    """The app answered a call with an error event, or not as the protocol says."""
+
+
+def file_data(path: str) -> dict:
+    """A server path as an endpoint input (what gradio_client.handle_file sends after its upload)."""
+    return {"path": path, "meta": {"_type": "gradio.FileData"}}
+
+
+class GradioHTTP:
+    """Requests against one app; share one instance (one connection pool) among all coroutines."""
+
+    def __init__(self, url: str, max_connections: int = 256, timeout: float = 600.0):
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self.http = httpx.AsyncClient(base_url=url.rstrip("/") + "/gradio_api", limits=limits,
+                                      timeout=httpx.Timeout(timeout, connect=30.0))
+
+    async def __aenter__(self) -> "GradioHTTP":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.http.aclose()
+
+    async def upload(self, content: bytes, name: str, mime: str = "image/png") -> dict:
+        r = await self.http.post("/upload", files=[("files", (name, content, mime))])
+        if r.status_code != 200:
+            raise CallError(f"upload: HTTP {r.status_code}: {r.text[:200]}")
+        return file_data(r.json()[0])
+
+    async def call(self, api_name: str, data: list) -> list:
+        """The outputs of one queued call of /<api_name>, or CallError with the app's message."""
+        r = await self.http.post(f"/call/{api_name}", json={"data": data})
+        if r.status_code != 200:
+            raise CallError(f"/{api_name}: HTTP {r.status_code}: {r.text[:200]}")
+        event_id = r.json()["event_id"]
+        event = None
+        async with self.http.stream("GET", f"/call/{api_name}/{event_id}") as stream:
+            async for line in stream.aiter_lines():
+                if line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:") and event in ("complete", "error"):
+                    payload = json.loads(line[5:])
+                    if event == "error":
+                        raise CallError(f"/{api_name}: {payload}")
+                    return payload
+        raise CallError(f"/{api_name}: the event stream ended without a result")
