@@ -30,11 +30,14 @@ A score is higher the further an image is from the training data. The candidates
 - "gda-layers": the same density on the globally pooled output of all three stages (16 + 64 + 192
   values for the shipped widths): earlier layers see stroke width and texture, which the
   penultimate layer partly discards (Lee et al. 2018 also read several layers).
-- "gda-layers+pixels": "gda-layers" plus minus the log density of four pixel statistics of the
-  input (ink, brightness, edges) under their own class-conditional Gaussians, a density of the
-  input's complexity (in the spirit of Serra et al., "Input Complexity and Out-of-distribution
-  Detection with Likelihood-based Generative Models", ICLR 2020); the sum is the joint log density
-  if the two are independent.
+- "gda-layers+look": the same density on the pooled stages and six statistics of the look together
+  (`look_stats`: ink, brightness, edges, interior texture, flat share), one Gaussian per class over
+  both. Pooling keeps how much a stage fires, not whether the garment's inside has any texture: a
+  smooth synthetic fill (a gradient, a blank lit surface) can pool like a plain garment, while every
+  scanned or photographed garment has texture. The statistics measure the input's complexity (in
+  the spirit of Serra et al., "Input Complexity and Out-of-distribution Detection with
+  Likelihood-based Generative Models", ICLR 2020); modelled jointly with the features, a texture
+  is judged against what garments with those features have, not against all garments.
 
 The statistics are fitted on training images only; the threshold is a quantile of held-out
 in-distribution scores (`fit(..., keep=0.95)` lets 95% of them pass).
@@ -50,7 +53,7 @@ import torch
 
 from model import FashionCNN
 
-SCORES = ("msp", "energy", "mahalanobis", "gda", "gda-layers", "gda-layers+pixels")
+SCORES = ("msp", "energy", "mahalanobis", "gda", "gda-layers", "gda-layers+look")
 DETECTOR_FILE, META_FILE, WEIGHTS_FILE = "ood.safetensors", "ood.json", "model.safetensors"
 FORMAT_VERSION = 1
 # Covariances get this fraction of their mean variance added on the diagonal: a feature that never
@@ -58,9 +61,13 @@ FORMAT_VERSION = 1
 # feature firing on an input still counts heavily against it.
 RIDGE = 1e-4
 INK = 0.05      # a look pixel above this is ink (the foreground level of the Fashion-MNIST look)
-TENSOR_FIELDS = ("means", "whiten", "log_prior", "pixel_means", "pixel_whiten", "pixel_log_prior")
-NEEDS = {"msp": (), "energy": (), "mahalanobis": TENSOR_FIELDS[:2], "gda": TENSOR_FIELDS[:3],
-         "gda-layers": TENSOR_FIELDS[:3], "gda-layers+pixels": TENSOR_FIELDS}
+# One grey level of an 8-bit image on the look's scale: the texture floor, and, twice it, the
+# largest |Laplacian| that still counts as flat (a linear ramp rounded to 8 bits has 0, 1 or 2).
+GREY_LEVEL = 1 / 255
+LOOK_STATS = 6  # the width of `look_stats`
+TENSOR_FIELDS = ("means", "whiten", "log_prior")
+NEEDS = {"msp": (), "energy": (), "mahalanobis": TENSOR_FIELDS[:2], "gda": TENSOR_FIELDS,
+         "gda-layers": TENSOR_FIELDS, "gda-layers+look": TENSOR_FIELDS}
 
 
 class OODError(ValueError):
@@ -68,7 +75,7 @@ class OODError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------
-# What the scores read: pooled features per view, their logits, pixel statistics
+# What the scores read: pooled features per view, their logits, statistics of the look
 # ---------------------------------------------------------------------------------------------
 
 def view_features(model: FashionCNN, x: torch.Tensor) -> torch.Tensor:
@@ -105,12 +112,16 @@ def served_proba(model: FashionCNN, views: torch.Tensor) -> torch.Tensor:
     return (view_logits(model, views) / model.config.temperature).softmax(-1).mean(0)
 
 
-def pixel_stats(model: FashionCNN, x: torch.Tensor) -> torch.Tensor:
-    """Four statistics (B, 4) of a normalised batch (B, 1, 28, 28), on the [0, 1] look scale.
+def look_stats(model: FashionCNN, x: torch.Tensor) -> torch.Tensor:
+    """Six statistics (B, LOOK_STATS) of a normalised batch (B, 1, 28, 28), on the [0, 1] look scale.
 
     Ink fraction, mean brightness of the ink, fraction of bright pixels, edge density (mean
-    absolute difference between neighbours): a garment is a filled, smooth silhouette; a digit or
-    a sketch is thin strokes, noise is all edges, a blank image has no ink.
+    absolute difference between neighbours): a garment is a filled silhouette; a digit or a sketch
+    is thin strokes, noise is all edges, a blank image has no ink. Then the inside of the ink (ink
+    pixels whose four neighbours are ink too): its texture, log(mean |Laplacian| + one grey level),
+    and its flat share, the fraction where |Laplacian| is at most two grey levels. Fabric, seams,
+    folds and sensor noise give every scanned or photographed garment texture; a ramp, a blank
+    lit surface or a flat fill has almost none (log scale: the ratio to a garment's texture counts).
     """
     look = (x[:, 0].float() * model.config.std + model.config.mean).clamp(0, 1)   # (B, H, W)
     ink = look > INK
@@ -118,12 +129,20 @@ def pixel_stats(model: FashionCNN, x: torch.Tensor) -> torch.Tensor:
     ink_mean = (look * ink).sum((1, 2)) / ink.sum((1, 2)).clamp(min=1)
     bright = (look > 0.5).float().mean((1, 2))
     edges = (look[:, 1:] - look[:, :-1]).abs().mean((1, 2)) + (look[:, :, 1:] - look[:, :, :-1]).abs().mean((1, 2))
-    return torch.stack([ink_frac, ink_mean, bright, edges], 1)
+    centre = look[:, 1:-1, 1:-1]
+    laplacian = (4 * centre - look[:, :-2, 1:-1] - look[:, 2:, 1:-1] - look[:, 1:-1, :-2] - look[:, 1:-1, 2:]).abs()
+    inside = ink[:, 1:-1, 1:-1] & ink[:, :-2, 1:-1] & ink[:, 2:, 1:-1] & ink[:, 1:-1, :-2] & ink[:, 1:-1, 2:]   # (B, H-2, W-2)
+    n_inside = inside.sum((1, 2)).clamp(min=1)
+    texture = ((laplacian * inside).sum((1, 2)) / n_inside + GREY_LEVEL).log()
+    flat = ((laplacian <= 2 * GREY_LEVEL) & inside).sum((1, 2)) / n_inside
+    return torch.stack([ink_frac, ink_mean, bright, edges, texture, flat], 1)
 
 
-def density_input(model: FashionCNN, score_name: str, views: torch.Tensor) -> torch.Tensor:
-    """The vector (B, D) a score's feature Gaussians model: view-averaged penultimate or all-stage features."""
-    return (views if score_name.startswith("gda-layers") else penultimate(model, views)).mean(0)
+def density_input(model: FashionCNN, score_name: str, views: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The vector (B, D) a score's Gaussians model: view-averaged penultimate or all-stage features,
+    with `look_stats` of the normalised input x (B, 1, 28, 28) appended for "gda-layers+look"."""
+    f = (views if score_name.startswith("gda-layers") else penultimate(model, views)).mean(0)
+    return torch.cat([f, look_stats(model, x)], 1) if score_name == "gda-layers+look" else f
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,17 +199,14 @@ def log_density(x: torch.Tensor, means: torch.Tensor, whiten: torch.Tensor, log_
 class OODDetector:
     """A fitted OOD score and its threshold; scores above `threshold` are flagged.
 
-    means (C, D), whiten (K, D, D), log_prior (C,): the feature Gaussians (K = 1 for "mahalanobis",
-    C otherwise); pixel_*: the Gaussians of `pixel_stats` ("gda-layers+pixels"). Unused ones are None.
+    means (C, D), whiten (K, D, D), log_prior (C,): the Gaussians of `density_input` (K = 1 for
+    "mahalanobis", C otherwise). Unused ones are None.
     """
     score_name: str
     threshold: float = math.inf
     means: torch.Tensor | None = None
     whiten: torch.Tensor | None = None
     log_prior: torch.Tensor | None = None
-    pixel_means: torch.Tensor | None = None
-    pixel_whiten: torch.Tensor | None = None
-    pixel_log_prior: torch.Tensor | None = None
 
     def __post_init__(self):
         if self.score_name not in SCORES:
@@ -220,13 +236,10 @@ class OODDetector:
         if name == "energy":
             t = model.config.temperature
             return (-t * (view_logits(model, views) / t).logsumexp(-1)).mean(0)
-        f = density_input(model, name, views)
+        f = density_input(model, name, views, x)
         if name == "mahalanobis":
             return sq_distances(f, self.means, self.whiten).amin(-1)
-        score = -log_density(f, self.means, self.whiten, self.log_prior)
-        if name == "gda-layers+pixels":
-            score = score - log_density(pixel_stats(model, x), self.pixel_means, self.pixel_whiten, self.pixel_log_prior)
-        return score
+        return -log_density(f, self.means, self.whiten, self.log_prior)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {k: getattr(self, k).contiguous() for k in TENSOR_FIELDS if getattr(self, k) is not None}
@@ -324,30 +337,28 @@ def _check_tensors(path: Path, meta: dict, tensors: dict[str, torch.Tensor]) -> 
         if not v.is_floating_point() or not torch.isfinite(v).all():
             raise OODError(f"{path}: {k} is not all finite floating-point values")
     if "means" in tensors:
-        _check_gaussians(path, "", tensors, tied=name == "mahalanobis")
-    if "pixel_means" in tensors:
-        _check_gaussians(path, "pixel_", tensors, tied=False)
+        _check_gaussians(path, tensors, tied=name == "mahalanobis")
 
 
-def _check_gaussians(path: Path, prefix: str, tensors: dict, tied: bool) -> None:
-    means, whiten = tensors[prefix + "means"], tensors[prefix + "whiten"]
+def _check_gaussians(path: Path, tensors: dict, tied: bool) -> None:
+    means, whiten = tensors["means"], tensors["whiten"]
     if means.ndim != 2:
-        raise OODError(f"{path}: {prefix}means has shape {list(means.shape)}, expected (classes, features)")
+        raise OODError(f"{path}: means has shape {list(means.shape)}, expected (classes, features)")
     c, d = means.shape
     if list(whiten.shape) != [1 if tied else c, d, d]:
-        raise OODError(f"{path}: {prefix}whiten has shape {list(whiten.shape)}, expected {[1 if tied else c, d, d]}")
-    if prefix + "log_prior" in tensors and list(tensors[prefix + "log_prior"].shape) != [c]:
-        raise OODError(f"{path}: {prefix}log_prior has shape {list(tensors[prefix + 'log_prior'].shape)}, expected {[c]}")
+        raise OODError(f"{path}: whiten has shape {list(whiten.shape)}, expected {[1 if tied else c, d, d]}")
+    if "log_prior" in tensors and list(tensors["log_prior"].shape) != [c]:
+        raise OODError(f"{path}: log_prior has shape {list(tensors['log_prior'].shape)}, expected {[c]}")
     diagonal = whiten.diagonal(dim1=-2, dim2=-1)
     if not (diagonal > 0).all() or whiten.triu(1).any():
-        raise OODError(f"{path}: {prefix}whiten is not a whitening factor (lower triangular, positive diagonal)")
+        raise OODError(f"{path}: whiten is not a whitening factor (lower triangular, positive diagonal)")
 
 
 def _check_fits(path: Path, detector: OODDetector, model: FashionCNN) -> None:
     if detector.means is None:
         return
-    widths = model.config.widths
-    d = sum(widths) if detector.score_name.startswith("gda-layers") else widths[-1]
+    widths, name = model.config.widths, detector.score_name
+    d = (sum(widths) if name.startswith("gda-layers") else widths[-1]) + (LOOK_STATS if name == "gda-layers+look" else 0)
     expected = [model.config.num_classes, d]
     if list(detector.means.shape) != expected:
         raise OODError(f"{path}: statistics of shape {list(detector.means.shape)} do not fit this model "
@@ -375,16 +386,12 @@ def fit_statistics(model: FashionCNN, views: torch.Tensor, x: torch.Tensor, labe
     """The detector, without threshold, from training `view_features` (V, N, F) and inputs x (N, 1, 28, 28)."""
     if score_name not in SCORES:
         raise OODError(f"unknown OOD score {score_name!r}: expected one of {SCORES}")
-    c = model.config.num_classes
-    stats = {}
-    if NEEDS[score_name]:
-        tied = score_name == "mahalanobis"
-        means, whiten, log_prior = fit_gaussians(density_input(model, score_name, views), labels, c, tied)
-        stats = {"means": means, "whiten": whiten, "log_prior": None if tied else log_prior}
-    if score_name == "gda-layers+pixels":
-        stats |= dict(zip(("pixel_means", "pixel_whiten", "pixel_log_prior"),
-                          fit_gaussians(pixel_stats(model, x), labels, c, tied=False)))
-    return OODDetector(score_name, **stats)
+    if not NEEDS[score_name]:
+        return OODDetector(score_name)
+    tied = score_name == "mahalanobis"
+    means, whiten, log_prior = fit_gaussians(density_input(model, score_name, views, x), labels,
+                                             model.config.num_classes, tied)
+    return OODDetector(score_name, means=means, whiten=whiten, log_prior=None if tied else log_prior)
 
 
 def threshold_at(val_scores: torch.Tensor, keep: float) -> float:

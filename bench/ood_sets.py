@@ -1,29 +1,43 @@
-"""The images bench/ood.py scores: the validation proxy for choosing a score, and the synthetic
-out-of-distribution sets (noise, constant images, gradients, visitor-style sketches) it reports.
+"""The images the OOD benches score: the validation proxy for choosing a score, and the reported
+out-of-distribution sets (MNIST, noise, constant images, gradients, visitor-style sketches, photos
+of garments outside the ten classes) and the in-class validation photos.
 
-Every set is generated from a seeded numpy Generator, as looks or as images for the serving path.
+The proxy and the reported sets draw from two numpy Generators of one seed (streams 0 and 1), so
+the images of one do not depend on the size of the other. The proxy is returned as looks, the
+reported sets as images for the serving path (uint8 arrays or PIL images).
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 
+from data import PHOTO_FOLDERS
 from preprocess import fashion_look
+
+# The photo folders with a class, and the predictions counted right for them; the mapping has one
+# home, data.PHOTO_FOLDERS.
+PHOTO_CLASSES = {f: m.strict for f, m in PHOTO_FOLDERS.items() if m.strict}
+PHOTO_OUTSIDE = tuple(f for f, m in PHOTO_FOLDERS.items() if not m.strict)
+PER_FAMILY = 1000   # images per proxy family and per synthetic set, unless a script is told otherwise
 
 
 def looks_of(images) -> torch.Tensor:
     return torch.from_numpy(np.stack([fashion_look(img) for img in images]))
 
 
-def proxy_families(raw_val: np.ndarray, n: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+def proxy_families(raw_val: np.ndarray, n: int, seed: int) -> dict[str, torch.Tensor]:
     """The validation OOD proxy: looks (n, 28, 28) per family, none of them an evaluation set."""
+    rng = np.random.default_rng([seed, 0])
     picks = raw_val[rng.permutation(len(raw_val))[:n]]
     return {"smoothed noise blobs": looks_of(smooth_noise(n, rng)),
             "gratings / checkerboards": looks_of(gratings(n, rng)),
             "FMNIST val edge maps": looks_of(edge_maps(picks)),
             "FMNIST val patch-shuffled": looks_of(patch_shuffled(picks, rng)),
-            "FMNIST val rotated 90": looks_of([np.rot90(a).copy() for a in picks])}
+            "FMNIST val rotated 90": looks_of([np.rot90(a).copy() for a in picks]),
+            "smooth shading": looks_of(smooth_shading(n, rng))}
 
 
 def smooth_noise(n: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -46,6 +60,26 @@ def gratings(n: int, rng: np.random.Generator) -> list[np.ndarray]:
         else:
             f, th = rng.uniform(0.05, 0.35), rng.uniform(0, np.pi)
             out.append(0.5 + 0.5 * np.sin(2 * np.pi * f * (xx * np.cos(th) + yy * np.sin(th)) + rng.uniform(0, 2 * np.pi)))
+    return out
+
+
+def smooth_shading(n: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Blank surfaces under uneven light: a bicubic surface through a random 2x2 to 4x4 grid of grey
+    levels, random contrast, 8-bit, 28 to 160 px a side (both preprocessing paths: the small ones
+    are thresholded, the large ones segmented).
+
+    Smooth like the gradients evaluation set, but not made like it (no linear or radial ramps, other
+    sizes, another random stream), so that choosing a score on it is not choosing on that set.
+    """
+    out = []
+    for _ in range(n):
+        k = int(rng.integers(2, 5))
+        w, h = (int(v) for v in rng.integers(28, 161, 2))
+        grid = rng.uniform(0, 1, (k, k)).astype(np.float32)
+        a = np.asarray(Image.fromarray(grid, mode="F").resize((w, h), Image.Resampling.BICUBIC), dtype=np.float64)
+        a = (a - a.min()) / max(a.max() - a.min(), 1e-6)
+        lo, hi = np.sort(rng.uniform(0, 1, 2))
+        out.append(((lo + (hi - lo) * a) * 255).round().astype(np.uint8))
     return out
 
 
@@ -76,9 +110,9 @@ def constants(n: int) -> list[np.ndarray]:
     return [np.full((28, 28), v, dtype=np.uint8) for v in np.linspace(0, 255, n).round().astype(np.uint8)]
 
 
-def gradients(n: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Linear ramps (random direction and range) and radial ones (random centre), half each."""
-    yy, xx = np.mgrid[0:28, 0:28] / 27.0
+def gradients(n: int, rng: np.random.Generator, size: int = 28) -> list[np.ndarray]:
+    """Linear ramps (random direction and range) and radial ones (random centre), half each, size x size."""
+    yy, xx = np.mgrid[0:size, 0:size] / (size - 1)
     out = []
     for i in range(n):
         if i % 2:
@@ -146,3 +180,41 @@ def _circle(rng: np.random.Generator) -> np.ndarray:
 def _scribble(rng: np.random.Generator) -> np.ndarray:
     walk = np.cumsum(rng.normal(0, 1, (int(rng.integers(5, 16)), 2)), 0)
     return _place((walk - walk.min(0)) / np.maximum(walk.max(0) - walk.min(0), 1e-6), rng)   # fills the box
+
+
+# ---------------------------------------------------------------------------------------------
+# The reported sets
+# ---------------------------------------------------------------------------------------------
+
+def evaluation_sets(mnist: str | Path, photos_root: str | Path, per_family: int, seed: int) -> dict[str, list]:
+    """The reported OOD sets by name, as images for the serving path (uint8 arrays or PIL images).
+
+    Args:
+        mnist: the MNIST dataset folder (its test split is read).
+        photos_root: the clothing photo set (<split>/<folder>/*.jpg); its train split's folders
+            outside the ten classes (hats, shorts, skirts) are one set.
+        per_family: images per synthetic set (constant images: at most 256, one per grey level;
+            sketches: a tenth of it per kind).
+        seed: the generator is stream 1 of this seed (the proxy is stream 0).
+    """
+    from datasets import load_dataset
+    rng = np.random.default_rng([seed, 1])
+    sets = {"MNIST test digits": [np.asarray(im.convert("L")) for im in load_dataset(str(mnist), split="test")["image"]],
+            "uniform noise": uniform_noise(per_family, rng),
+            "constant images": constants(min(per_family, 256)),
+            "gradients": gradients(per_family, rng),
+            # Large enough for the segmentation path, which small images skip.
+            "gradients, 256 px": gradients(per_family, rng, size=256)}
+    sets |= {f"sketches: {k}": v for k, v in sketches(per_family // 10, rng).items()}
+    sets["photos: hat/shorts/skirt (train split)"] = [img for img, _ in photos(photos_root, "train", PHOTO_OUTSIDE)]
+    return sets
+
+
+def photos(root: str | Path, split: str, folders) -> list[tuple[Image.Image, str]]:
+    """(RGB image with its EXIF rotation applied, folder name) for every JPEG of `folders` in `split`."""
+    out = []
+    for folder in folders:
+        for path in sorted((Path(root) / split / folder).glob("*.jpg")):
+            with Image.open(path) as img:
+                out.append((ImageOps.exif_transpose(img).convert("RGB"), folder))
+    return out

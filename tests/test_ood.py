@@ -223,6 +223,35 @@ def test_committed_detector_flags_most_mnist_digits(committed, model):
     assert flagged >= 0.9, f"only {flagged:.0%} of 20 MNIST digits flagged"
 
 
+def ramps(n: int, size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Linear ramps in random directions and radial ones from random centres, 8-bit, size x size."""
+    yy, xx = np.mgrid[0:size, 0:size] / (size - 1)
+    out = []
+    for i in range(n):
+        th, (cy, cx) = rng.uniform(0, 2 * np.pi), rng.uniform(0, 1, 2)
+        t = xx * np.cos(th) + yy * np.sin(th) if i % 2 else np.hypot(yy - cy, xx - cx)
+        lo, hi = np.sort(rng.uniform(0, 1, 2))
+        out.append(((lo + (hi - lo) * (t - t.min()) / np.ptp(t)) * 255).round().astype(np.uint8))
+    return out
+
+
+def test_look_stats_tell_a_smooth_ramp_from_garments(model, slice_test):
+    garments = ood.look_stats(model, ood.as_input(model, slice_test[0]))
+    clear = [a for a in ramps(20, 28, np.random.default_rng(0)) if np.ptp(a) > 64]   # not near-blank looks
+    ramp = ood.look_stats(model, looks_to_x(model, clear))
+    assert garments.shape == (200, ood.LOOK_STATS) and torch.isfinite(garments).all()
+    texture, flat = 4, 5
+    assert ramp[:, texture].max() < garments[:, texture].min()
+    assert ramp[:, flat].min() > garments[:, flat].max()
+
+
+@pytest.mark.parametrize("size", [28, 256])     # 256: the segmentation path, which 28 px images skip
+def test_committed_detector_flags_gradients(committed, model, size):
+    images = ramps(60, size, np.random.default_rng(size))
+    flags = committed.flag(committed.score(model, looks_to_x(model, images)))
+    assert flags.all(), f"{int((~flags).sum())} of {len(flags)} {size} px gradients not flagged"
+
+
 def test_the_detector_travels_with_the_weights(tmp_path):
     """save_pretrained writes it beside the weights; from_pretrained, load_model and the app's loader
     on a Hub-layout folder read it back with the same threshold and scores."""

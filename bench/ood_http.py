@@ -1,0 +1,209 @@
+"""The out-of-distribution verdict through the real app's /analyse over HTTP, on whole sets, checked against the detector in process.
+
+Starts `python app.py` on 127.0.0.1 (bench/_common.AppProcess), encodes every image of each set as
+a PNG, uploads it and calls /analyse through Gradio's HTTP API (bench/gradio_http.py: POST
+/gradio_api/upload, POST /gradio_api/call/analyse, the result from the event stream), with
+--concurrency requests in flight. Each answer is compared with the detector called in this process
+on the same image, as bench/ood.py calls it (`preprocess.fashion_look`, then `model.ood.predict`
+on the weights `model.load_model` returns): the verdict must agree, and the score's difference is
+reported (the app serves a BatchNorm-folded copy of the network, equal to float rounding).
+
+The sets are bench/ood.py's (bench/ood_sets.py, the same seed): Fashion-MNIST test, MNIST test,
+uniform noise, constant images, gradients at 28 and 256 px, sketches, photos of hats, shorts and
+skirts, and the in-class validation photos. PNG is lossless, so the app decodes the very pixels
+scored here. The app refuses a blank image (a single flat colour) with a message instead of a
+verdict; such answers are counted as refused, and a refusal agrees with a flag (neither presents a
+class as trustworthy).
+
+    python bench/ood_http.py                                       # every set in full
+    python bench/ood_http.py --limit 20 --results-dir /tmp/bench   # smoke run: 20 images per set
+    python bench/ood_http.py --sets "Fashion-MNIST test" "MNIST test digits"
+
+Writes <results-dir>/ood_http.json and ood_http.md (default bench/results/).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import re
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as common  # noqa: E402  (puts the repository root on sys.path)
+
+import httpx  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import ood  # noqa: E402
+from gradio_http import CallError, GradioHTTP  # noqa: E402
+from ood_sets import PER_FAMILY, PHOTO_CLASSES, evaluation_sets, looks_of, photos  # noqa: E402
+from model import load_model  # noqa: E402
+
+DATA = common.REPO.parent / "shared" / "data"
+FMNIST_TEST = "Fashion-MNIST test"
+PHOTOS_IN_CLASS = "photos, in-class (validation split)"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default=str(common.REPO / "weights"), help="model folder (with its ood.* files)")
+    p.add_argument("--fashion-mnist", default=str(DATA / "fashion_mnist"))
+    p.add_argument("--mnist", default=str(DATA / "mnist"))
+    p.add_argument("--photos", default=str(DATA / "clothing_photos"))
+    p.add_argument("--results-dir", default=str(common.RESULTS))
+    p.add_argument("--per-family", type=int, default=PER_FAMILY, help="images per synthetic set (as bench/ood.py)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic sets (as bench/ood.py)")
+    p.add_argument("--limit", type=int, default=0, help="send only the first N images of each set (0: all)")
+    p.add_argument("--sets", nargs="*", default=None, help="only these sets, by name (default: all)")
+    p.add_argument("--concurrency", type=int, default=8, help="requests in flight")
+    return p.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------------------------
+# The sets and the detector in process
+# ---------------------------------------------------------------------------------------------
+
+def all_sets(args) -> dict[str, list]:
+    """Every set by name, as images for the serving path (uint8 arrays or PIL images)."""
+    from data import load_images
+    sets = {FMNIST_TEST: list(load_images(args.fashion_mnist, "test")[2])}
+    sets |= evaluation_sets(args.mnist, args.photos, args.per_family, args.seed)
+    sets[PHOTOS_IN_CLASS] = [img for img, _ in photos(args.photos, "validation", PHOTO_CLASSES)]
+    unknown = set(args.sets or ()) - set(sets)
+    if unknown:
+        raise SystemExit(f"unknown set(s) {sorted(unknown)}: choose from {list(sets)}")
+    return {k: v[:args.limit or None] for k, v in sets.items() if not args.sets or k in args.sets}
+
+
+@torch.no_grad()
+def direct_scores(model, images: list, batch_size: int = 1000) -> torch.Tensor:
+    """The detector's scores (N,) in this process: the look of each image, then `model.ood.predict`."""
+    x = ood.as_input(model, looks_of(images))
+    return torch.cat([model.ood.predict(model, x[i:i + batch_size])[1] for i in range(0, len(x), batch_size)])
+
+
+def png_bytes(image) -> bytes:
+    buf = io.BytesIO()
+    (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# Through the app
+# ---------------------------------------------------------------------------------------------
+
+async def analyse_all(url: str, images: list, concurrency: int) -> list[dict]:
+    """/analyse's answer for every image, in order: {"answer": dict}, {"refused": the app's message}
+    or {"failed": what went wrong on the way (an HTTP status, a timeout, a broken stream)}."""
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(client: GradioHTTP, image) -> dict:
+        async with gate:
+            try:
+                upload = await client.upload(png_bytes(image), "image.png")
+                return {"answer": (await client.call("analyse", [upload]))[0]}
+            except CallError as e:
+                # An error event carries the app's message; anything else is the transport's failure.
+                transport = ": HTTP " in str(e) or "ended without" in str(e)
+                return {"failed": str(e)[:300]} if transport else {"refused": app_message(str(e))}
+            except httpx.HTTPError as e:
+                return {"failed": f"{type(e).__name__}: {str(e)[:200]}"}
+
+    async with GradioHTTP(url, max_connections=2 * concurrency) as client:
+        return await asyncio.gather(*(one(client, image) for image in images))
+
+
+def app_message(error: str) -> str:
+    """The user-facing sentence of an error event ({'error': '...', ...}), else the error as it came."""
+    found = re.search(r"""'error': (['"])(.*?)\1""", error)
+    return found.group(2) if found else error[:300]
+
+
+def compare(answers: list[dict], scores: torch.Tensor, threshold: float) -> dict:
+    """One set's figures: the app's verdicts against the detector's in process."""
+    direct = (scores > threshold).tolist()
+    answered = [i for i, a in enumerate(answers) if "answer" in a]
+    # A refusal flags (no class is presented as trustworthy); a failed request agrees with nothing.
+    app_flag = [None if "failed" in a else ("refused" in a) or not a["answer"]["in_distribution"] for a in answers]
+    gaps = [abs(answers[i]["answer"]["ood_score"] - float(scores[i])) for i in answered]
+    n = len(answers)
+    return {"n": n, "answered": len(answered),
+            "flagged_http": sum(not answers[i]["answer"]["in_distribution"] for i in answered) / n,
+            "refused": sum("refused" in a for a in answers) / n, "failed": sum("failed" in a for a in answers),
+            "not_passed_http": sum(f is True for f in app_flag) / n,
+            "flagged_direct": sum(direct) / n, "agreement": sum(a == d for a, d in zip(app_flag, direct)) / n,
+            "disagreements": [{"index": i, "direct_score": float(scores[i]), "app": answers[i]}
+                              for i in range(n) if app_flag[i] != direct[i]][:20],
+            "max_score_difference": max(gaps, default=None),
+            "thresholds_reported": sorted({answers[i]["answer"]["ood_threshold"] for i in answered}),
+            "refusal_messages": dict(Counter(a["refused"] for a in answers if "refused" in a).most_common(5)),
+            "failure_messages": dict(Counter(a["failed"] for a in answers if "failed" in a).most_common(5))}
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    model = load_model(args.model)
+    if model.ood is None:
+        raise SystemExit(f"{args.model}: no usable OOD detector ({model.ood_error}); bench/ood.py fits one")
+    sets = all_sets(args)
+    print(f"[ood_http] scoring {sum(map(len, sets.values())):,} images in process ...", flush=True)
+    scores = {name: direct_scores(model, images) for name, images in sets.items()}
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp, common.AppProcess(args.model, Path(tmp) / "app.log") as app:
+        for name, images in sets.items():
+            t0 = time.perf_counter()
+            answers = asyncio.run(analyse_all(app.url, images, args.concurrency))
+            seconds = time.perf_counter() - t0
+            results[name] = compare(answers, scores[name], model.ood.threshold) | {
+                "seconds": round(seconds, 1), "requests_per_s": round(len(images) / seconds, 1)}
+            r = results[name]
+            print(f"[ood_http] {name:40s} n {r['n']:>6,} flagged {r['flagged_http']:.3f} refused {r['refused']:.3f} "
+                  f"direct {r['flagged_direct']:.3f} agreement {r['agreement']:.4f} ({seconds:.0f} s)", flush=True)
+    report = {"command": common.command_line("bench/ood_http.py"), "model": common.model_note(Path(args.model)),
+              "machine": common.machine_info(), "detector": {"score": model.ood.score_name,
+                                                             "threshold": model.ood.threshold},
+              "limit": args.limit, "concurrency": args.concurrency, "seed": args.seed,
+              "app_ready_s": round(app.ready_s, 1), "sets": results}
+    common.write_results(args.results_dir, "ood_http", report, markdown(report))
+    print(markdown(report))
+
+
+def pct(v: float) -> str:
+    return f"{100 * v:.1f}%"
+
+
+def markdown(r: dict) -> str:
+    sent = sum(s["n"] for s in r["sets"].values())
+    seconds = sum(s["seconds"] for s in r["sets"].values())
+    lines = ["# Out-of-distribution verdicts through the app's /analyse (HTTP)", "",
+             f"Model: {r['model']}; detector {r['detector']['score']}, threshold {r['detector']['threshold']:.6g}. "
+             f"Command: `{r['command']}`. Machine: {r['machine']['cpu_model']}, {r['machine']['cpu_count']} cores. "
+             f"{sent:,} PNG uploads, {r['concurrency']} in flight, {seconds:.0f} s "
+             + (f"(the first {r['limit']} images of each set)." if r["limit"] else "(every image of every set)."), "",
+             "*Flagged*: answered with in_distribution false. *Refused*: the app answered with an error message "
+             "instead of a verdict (a blank image). *Agreement*: the app's verdict (a refusal counts as a flag) "
+             "equals the detector's in this process on the same image; *max score difference* is between the "
+             "app's ood_score and the in-process score. *Failed*: requests that got no answer (counted as disagreeing).", ""]
+    rows = [[name, f"{s['n']:,}", pct(s["flagged_http"]), pct(s["refused"]), pct(s["flagged_direct"]),
+             pct(s["agreement"]), "" if s["max_score_difference"] is None else f"{s['max_score_difference']:.2g}",
+             s["failed"], f"{s['requests_per_s']:.0f}"] for name, s in r["sets"].items()]
+    lines.append(common.md_table(["set", "images", "flagged (HTTP)", "refused (HTTP)", "flagged (in process)",
+                                  "agreement", "max score difference", "failed", "requests/s"], rows))
+    for key, label in (("refusal_messages", "Refusal messages"), ("failure_messages", "Failures")):
+        messages = Counter()
+        for s in r["sets"].values():
+            messages.update(s[key])
+        if messages:
+            lines += ["", f"{label}: " + "; ".join(f"{m!r} ({c:,})" for m, c in messages.most_common(3)) + "."]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
