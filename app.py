@@ -101,15 +101,15 @@ TRIMMER = allocator.IdleTrimmer(idle_s=2.0)   # gives a burst's freed memory bac
 SERVICE.on_use = TRIMMER.touch
 
 
-def upload_roots() -> list[Path]:
-    """The only folders a request may name a file in: Gradio's uploads and the app's own files."""
-    return [uploads.gradio_upload_folder(), APP_FOLDER.path.resolve()]
+# The only folders a request may name a file in: Gradio's uploads and the app's own files.
+# Resolved once: both are fixed for the process's life.
+UPLOAD_ROOTS = [uploads.gradio_upload_folder(), APP_FOLDER.path.resolve()]
 
 
 def decoded(image, sketch: bool = False) -> tuple:
     """Any accepted image -> (look, mask, working image); gr.Error with a one-line message otherwise."""
     try:
-        return uploads.decode(image, upload_roots(), sketch)
+        return uploads.decode(image, UPLOAD_ROOTS, sketch)
     except InvalidImageError as e:
         raise gr.Error(str(e)) from None
 
@@ -442,7 +442,7 @@ def stop_on_sigterm(signum, frame):
 
 if __name__ == "__main__":
     signal.signal(signal.SIGTERM, stop_on_sigterm)
-    janitor = uploads.UploadJanitor(uploads.gradio_upload_folder(), MAX_UPLOAD_FOLDER_BYTES,
+    janitor = uploads.UploadJanitor(UPLOAD_ROOTS[0], MAX_UPLOAD_FOLDER_BYTES,
                                     keep=lambda: set().union(*(getattr(b, "keep_in_cache", set())
                                                                for b in demo.blocks.values())))
     janitor.start()

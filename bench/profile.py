@@ -5,7 +5,8 @@ process, drives it the way bench/load.py does (one event loop, raw HTTP, each re
 PNG then calls the endpoint). Two scenarios, one after the other, each sampled on its own:
 
 - `classify`: a burst of /classify requests from --concurrency clients;
-- `explain`: one client asking /explain with every method, --explain-requests times.
+- `explain`: one client asking /explain with --explain-methods (default: every method),
+  --explain-requests times.
 
 Each sample (a thread's stack while it runs, idle threads left out) is given to the first stage,
 from the innermost frame outwards, whose pattern matches a frame; the share of samples of a stage
@@ -139,7 +140,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default=None, help="model folder (default: weights/)")
     p.add_argument("--requests", type=int, default=600, help="classify requests in the burst")
     p.add_argument("--concurrency", type=int, default=50, help="clients of the classify burst")
-    p.add_argument("--explain-requests", type=int, default=10, help="explain requests (all methods), one at a time")
+    p.add_argument("--explain-requests", type=int, default=10, help="explain requests, one at a time")
+    p.add_argument("--explain-methods", nargs="+", default=None, help="methods of each explain request (default: all)")
     p.add_argument("--images", type=int, default=20, help="distinct test images")
     p.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     p.add_argument("--results-dir", default=str(common.RESULTS))
@@ -151,7 +153,7 @@ def main(argv=None) -> int:
     import explain
     model_dir, note = (Path(cli.model), common.model_note(cli.model)) if cli.model else common.default_model_dir()
     info = {"model": note, "machine": common.machine_info(), "command": common.command_line("bench/profile.py")}
-    methods = list(explain.METHODS)
+    methods = cli.explain_methods or list(explain.METHODS)
     load_cli = load.parse_args(["--concurrency", str(cli.concurrency), "--timeout", "600"])
     api = {"classify": "/classify", "explain": "/explain"}
     scenarios = {}
@@ -164,7 +166,7 @@ def main(argv=None) -> int:
                 "classify": (f"{cli.requests} /classify requests from {cli.concurrency} clients at once",
                              [load.Request(i, "classify", i % len(paths), []) for i in range(cli.requests)],
                              cli.concurrency),
-                "explain": (f"{cli.explain_requests} /explain requests with all {len(methods)} methods, one client",
+                "explain": (f"{cli.explain_requests} /explain requests with {', '.join(methods)}, one client",
                             [load.Request(i, "explain", i % len(paths), methods) for i in range(cli.explain_requests)], 1),
             }
             for name, (description, reqs, clients) in plans.items():

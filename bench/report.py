@@ -56,6 +56,14 @@ def ood_rows(o: dict) -> list[str]:
     if inside:
         rows.append(f"| In-class phone photos flagged | {pct(inside['flagged'])} of {inside['n']}; strict accuracy on "
                     f"the unflagged {pct(inside['accuracy_unflagged'])}, on the flagged {pct(inside['accuracy_flagged'])} |")
+    http = read(common.RESULTS / "ood_http.json")
+    if http:
+        sent = sum(s["n"] for s in http["sets"].values())
+        agree = sum(s["agreement"] * s["n"] for s in http["sets"].values()) / sent
+        rows.append(f"| The same through the app's /analyse over HTTP ({sent:,} PNG uploads"
+                    f"{', first ' + str(http['limit']) + ' per set' if http['limit'] else ''}) | verdict equal to the "
+                    f"detector's in process for {pct(agree, 2)}; not passed (flagged or refused as blank): "
+                    + "; ".join(f"{k} {pct(s['not_passed_http'])}" for k, s in http["sets"].items()) + " |")
     return rows
 
 
@@ -77,6 +85,29 @@ def bench_rows() -> list[str]:
     return rows
 
 
+def serving_rows() -> list[str]:
+    """The app under load (bench/load.py, lean HTTP client): throughput, p95, server CPU, memory."""
+    rows = []
+    runs = {name: read(common.RESULTS / f"{name}.json") for name in
+            ("load_classify", "load_mixed", "load_crowd", "load_one_classify", "load_one_explain")}
+    for name, what in (("load_classify", "/classify only"), ("load_mixed", "mixed: 40% /explain with two methods"),
+                       ("load_crowd", "mixed, a crowd")):
+        r = runs[name]
+        if r:
+            a, mem = r["stats"]["all"], r["memory"]
+            back = max(b["after_idle_mib"] for b in mem["bursts"]) - mem["warm_mib"]
+            rows.append(f"| Serving {what}, {r['settings']['concurrency']} clients at once | **{r['throughput_per_s']:.0f} "
+                        f"requests/s**, p95 {a['p95_ms'] / 1000:.1f} s, {a['served']:,} of {a['sent']:,} answered right, "
+                        f"{a['errors']} errors; server CPU {r['server_cpu_ms_per_request']:.1f} ms per request; memory "
+                        f"after {r['settings']['idle']:.0f} s idle {back:+.0f} MiB from warm |")
+    one, explain = runs["load_one_classify"], runs["load_one_explain"]
+    if one and explain:
+        rows.append(f"| One client alone (HTTP round trip, upload included) | /classify median "
+                    f"{one['stats']['all']['p50_ms']:.0f} ms; /explain with all seven methods median "
+                    f"{explain['stats']['all']['p50_ms']:.0f} ms |")
+    return rows
+
+
 def results_block() -> str:
     rows = ["| | |", "|---|---|"]
     metrics = read(EVALUATION / "metrics.json")
@@ -86,6 +117,7 @@ def results_block() -> str:
     if ood:
         rows += ood_rows(ood)
     rows += bench_rows()
+    rows += serving_rows()
     command = (metrics or {}).get("command")
     tail = ["", f"The shipped weights were trained with `{command}`."] if command else []
     return "\n".join(rows + tail)

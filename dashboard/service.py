@@ -37,7 +37,7 @@ VIEW_SIZE = 224                        # pixels a side of every displayed 28x28 
 TOP_CLASSES = 3                        # classes listed in a prediction
 # Points of each map's deletion/insertion curve, less one. The curves of all chosen maps cost more
 # than the maps themselves (bench/results/profile.md); 14 steps of 56 pixels rank the maps of one
-# image as well as finer steps would, for half the forward passes of the library's default.
+# image almost exactly as 28 steps do (bench/results/curve_steps.md), for half the forward passes.
 CURVE_STEPS = 14
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -111,15 +112,30 @@ class UploadJanitor(threading.Thread):
                 pass          # a file removed under us: the next sweep sees the new state
 
     def sweep(self) -> int:
-        """Remove the oldest files until the folder fits; returns how many were removed."""
+        """Remove the oldest files until the folder fits; returns how many were removed.
+
+        One lstat per file and no path resolution: the sweep runs every few seconds over a
+        folder that holds every recent upload, so its cost must stay small beside the requests.
+        os.walk never follows a link, so every path listed is the file's real path.
+        """
         keep = {str(Path(p).resolve()) for p in self.keep()}
-        files = [(p.stat().st_mtime, p.stat().st_size, p) for p in self.folder.rglob("*")
-                 if p.is_file() and not p.is_symlink() and str(p.resolve()) not in keep]
+        files = []
+        for root, _, names in os.walk(self.folder):
+            for name in names:
+                path = os.path.join(root, name)
+                try:
+                    st = os.lstat(path)
+                except FileNotFoundError:
+                    continue                      # removed by Gradio's own sweep meanwhile
+                if stat.S_ISREG(st.st_mode) and path not in keep:
+                    files.append((st.st_mtime, st.st_size, path))
         total, removed = sum(size for _, size, _ in files), 0
-        for _, size, path in sorted(files, key=lambda f: f[0]):
+        if total <= self.max_bytes:
+            return 0
+        for _, size, path in sorted(files):
             if total <= self.max_bytes:
                 break
-            path.unlink(missing_ok=True)
+            Path(path).unlink(missing_ok=True)
             total, removed = total - size, removed + 1
         return removed
 

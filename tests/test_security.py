@@ -250,3 +250,27 @@ def test_sigterm_removes_the_apps_temporary_folder(tmp_path):
         stop_app(server)                                  # terminate(): SIGTERM
     assert server.process.returncode is not None and not own.exists()
     assert os.listdir(temp / "fashion-dashboard") == []
+
+
+def test_upload_janitor_removes_the_oldest_files_first_and_keeps_examples_and_links(tmp_path):
+    """dashboard/uploads.UploadJanitor: over its byte budget, the oldest files go first; cached
+    examples stay whatever their age; a link is neither counted nor followed."""
+    import os
+
+    from dashboard.uploads import UploadJanitor
+    folder, outside = tmp_path / "gradio", tmp_path / "outside.bin"
+    outside.write_bytes(b"x" * 5000)
+    files = []
+    for i in range(6):                                         # 6 files of 1000 bytes, oldest first
+        f = folder / f"{i:02d}" / "upload.png"
+        f.parent.mkdir(parents=True)
+        f.write_bytes(b"x" * 1000)
+        os.utime(f, (1000 + i, 1000 + i))
+        files.append(f)
+    (folder / "link.bin").symlink_to(outside)
+    (folder / "dirlink").symlink_to(tmp_path, target_is_directory=True)
+    janitor = UploadJanitor(folder.resolve(), max_bytes=3500, keep=lambda: {str(files[0])})
+    assert janitor.sweep() == 2                                # 5000 counted (not the kept one) -> 3000
+    assert [f.exists() for f in files] == [True, False, False, True, True, True]
+    assert outside.exists() and (folder / "link.bin").is_symlink()
+    assert janitor.sweep() == 0
