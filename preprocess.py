@@ -8,9 +8,11 @@ take the same path (`train.load_images`), so training and serving cannot drift.
     >>> from preprocess import preprocess
     >>> x = preprocess(pil_image)            # (1, 28, 28) float32, normalised with the config's mean/std
 
-Images whose border is already dark (every Fashion-MNIST image) are only centred. Images with a
-light or textured ground go through `segment.photo_look`, which separates the garment from its
-background before the same steps.
+Images whose border is already dark (every Fashion-MNIST image) are only centred. Of the images
+with a light or textured ground, drawings (strokes of one ink on a plain ground) go through
+`strokes.drawing_look`, which reads the garment the strokes draw, filled or only outlined; photos
+go through `segment.photo_look`, which separates the garment from its background. Both then take
+the same steps.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import torch
 from PIL import Image
 
 import segment
+import strokes
 from model import INPUT_SIZE, MEAN, STD
 
 # Images with more pixels than this are refused before any float work (a decompression bomb guard).
@@ -206,14 +209,16 @@ def look_and_mask(image, size: int = INPUT_SIZE) -> tuple[np.ndarray, np.ndarray
     """Any image -> (look (size, size) float32 in [0, 1], mask of what was kept or None, working image).
 
     The working image is the input at most WORK_SIZE a side, (H, W) or (H, W, 3) in [0, 1]; the
-    mask (H, W) bool is given when the garment was segmented from a light or textured ground.
+    mask (H, W) bool is given when the garment was segmented from a light or textured ground or
+    read from a drawing's strokes.
 
     Raises:
         InvalidImageError: the input is not an image (wrong type, shape, NaN, too large).
     """
     work = to_array(image)
     if min(work.shape[:2]) >= MIN_SEGMENT_SIDE and segment.needs_segmentation(work):
-        look, mask = segment.photo_look(work, size)
+        drawn = strokes.drawing_look(work, size)
+        look, mask = drawn if drawn is not None else segment.photo_look(work, size)
         return look, mask, work
     gray = luma(work)
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])

@@ -76,8 +76,11 @@ def bench_rows() -> list[str]:
                     f"{pct(uploads['old_threshold']['accuracy'])}) |")
     drawings = read(common.RESULTS / "drawings.json")
     if drawings:
-        rows.append(f"| Drawings (tests/drawings.py, {drawings['n']} outlined and filled) | "
-                    f"{pct(drawings['recognised'])} recognised |")
+        validation = drawings.get("validation") or {}
+        also = (f"; validation drawings (other shapes and jitter) {pct(validation['recognised'])}"
+                if "recognised" in validation else "")
+        rows.append(f"| Drawings (tests/drawings.py, {drawings['n']} outlined, filled and scribbled) | "
+                    f"{pct(drawings['recognised'])} recognised{also} |")
     photos = read(common.RESULTS / "photos.json")
     if photos and photos.get("large_jpeg", {}).get("new"):
         rows.append(f"| Classify a 4000x3000 phone JPEG (decode, segment, predict) | median "
