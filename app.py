@@ -35,12 +35,12 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 # Gradio's queue summarises its recent events with pandas for its monitoring page, by default
 # after every event and over the last 10,000: a cost per request that grows with the app's age
-# (bench/results/profile.md). Every 100 events over the last 1,000 keeps the page and drops the cost.
+# (bench/results/server_profile.md). Every 100 events over the last 1,000 keeps the page and drops the cost.
 os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "100")
 os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "1000")
 # Before torch is imported: OpenMP threads that sleep rather than spin between parallel regions.
 # Requests run side by side on two cores, so a spinning thread burns the core another request
-# needs (bench/results/profile.md).
+# needs (bench/results/server_profile.md).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import allocator  # noqa: E402
@@ -58,7 +58,7 @@ from PIL import Image  # noqa: E402
 import explain  # noqa: E402
 import hub  # noqa: E402
 from dashboard import uploads  # noqa: E402
-from dashboard.sessions import lean_sessions  # noqa: E402
+from dashboard.gradio_patches import atomic_image_cache, lean_sessions  # noqa: E402
 from dashboard.service import (DEFAULT_METHODS, PREDICTED, VIEW_SIZE, RequestError, Service,  # noqa: E402
                                load_weights, view_image)
 from dashboard.views import Views, outline_image  # noqa: E402
@@ -431,6 +431,7 @@ def build_demo() -> gr.Blocks:
 
 
 lean_sessions()
+atomic_image_cache()
 demo = build_demo()
 
 

@@ -39,7 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-if str(Path(__file__).resolve().parent) not in sys.path:   # imported by bench/profile.py: already there
+if str(Path(__file__).resolve().parent) not in sys.path:   # imported by bench/server_profile.py: already there
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402  (puts the repository root on sys.path, ahead of bench/)
 

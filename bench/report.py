@@ -81,6 +81,11 @@ def bench_rows() -> list[str]:
                 if "recognised" in validation else "")
         rows.append(f"| Drawings (tests/drawings.py, {drawings['n']} outlined, filled and scribbled) | "
                     f"{pct(drawings['recognised'])} recognised{also} |")
+    latency = (read(common.RESULTS / "latency.json") or {}).get("local") or {}
+    if "classify" in latency and "classify_phone_jpeg" in latency:
+        rows.append(f"| Classify, in the app's process (bench/latency.py) | 28x28 image: median "
+                    f"{latency['classify']['median_ms']:.1f} ms; 4000x3000 phone JPEG file (decode, segment, predict): "
+                    f"{latency['classify_phone_jpeg']['median_ms']:.0f} ms |")
     photos = read(common.RESULTS / "photos.json")
     if photos and photos.get("large_jpeg", {}).get("new"):
         rows.append(f"| Classify a 4000x3000 phone JPEG (decode, segment, predict) | median "

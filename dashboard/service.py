@@ -36,7 +36,7 @@ DEFAULT_METHODS = ("Saliency", "Integrated Gradients", "Grad-CAM", "Occlusion")
 VIEW_SIZE = 224                        # pixels a side of every displayed 28x28 image
 TOP_CLASSES = 3                        # classes listed in a prediction
 # Points of each map's deletion/insertion curve, less one. The curves of all chosen maps cost more
-# than the maps themselves (bench/results/profile.md); 14 steps of 56 pixels rank the maps of one
+# than the maps themselves (bench/results/server_profile.md); 14 steps of 56 pixels rank the maps of one
 # image almost exactly as 28 steps do (bench/results/curve_steps.md), for half the forward passes.
 CURVE_STEPS = 14
 

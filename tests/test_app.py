@@ -598,12 +598,12 @@ def test_host_and_hub_timeout_options(tmp_path, image_files):
 
 
 def test_a_new_session_copies_no_component_config():
-    """dashboard/sessions.py: a request without a session (REST /call, curl) starts one; it must not
+    """dashboard/gradio_patches.py: a request without a session (REST /call, curl) starts one; it must not
     copy the config of every block of the page (the dashboard has no deep link to restore)."""
     import gradio as gr
     from gradio.state_holder import SessionState
 
-    from dashboard.sessions import lean_sessions
+    from dashboard.gradio_patches import lean_sessions
     with gr.Blocks() as demo:
         box = gr.Textbox("a")
         gr.Button().click(lambda: "b", None, box)
@@ -613,3 +613,33 @@ def test_a_new_session_copies_no_component_config():
     assert session.config_values == {}
     session[box._id] = gr.Textbox("b")                          # what a handler's update does
     assert list(session.config_values) == [box._id] and session[box._id].value == "b"
+
+
+def test_a_cached_output_image_is_never_seen_half_written(tmp_path):
+    """dashboard/gradio_patches.py: two requests that produce the same image share its cache path;
+    while one saves it, a download by the other must read the whole file, never a truncated one.
+    One thread saves the same image over and over, another reads it as a client's download would."""
+    from gradio import processing_utils
+
+    from dashboard.gradio_patches import atomic_image_cache
+    atomic_image_cache()
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (224, 224, 3), dtype=np.uint8))
+    path = Path(processing_utils.save_img_array_to_cache(np.asarray(image), str(tmp_path), format="png"))
+    size, stop, bad = path.stat().st_size, threading.Event(), []
+
+    def save_again():
+        while not stop.is_set():
+            assert processing_utils.save_img_array_to_cache(np.asarray(image), str(tmp_path), format="png") == str(path)
+
+    writer = threading.Thread(target=save_again)
+    writer.start()
+    try:
+        for _ in range(3000):
+            got = len(path.read_bytes())
+            if got != size:
+                bad.append(got)
+    finally:
+        stop.set()
+        writer.join()
+    assert not bad, f"{len(bad)} reads saw {sorted(set(bad))[:5]} bytes instead of {size}"
+    assert [p.name for p in path.parent.iterdir()] == [path.name]          # no staging file left

@@ -13,11 +13,11 @@ from the innermost frame outwards, whose pattern matches a frame; the share of s
 times the app's CPU time per request (psutil, over the same window) estimates that stage's CPU per
 request.
 
-    python bench/profile.py                        # both scenarios (~1 min on 2 cores)
-    python bench/profile.py --requests 40 --explain-requests 3 --results-dir /tmp/bench   # smoke
+    python bench/server_profile.py                        # both scenarios (~1 min on 2 cores)
+    python bench/server_profile.py --requests 40 --explain-requests 3 --results-dir /tmp/bench   # smoke
 
 Needs py-spy (requirements-dev.txt) and the right to trace a child process (root, or
-ptrace_scope 0). Writes <results-dir>/profile.json and profile.md.
+ptrace_scope 0). Writes <results-dir>/server_profile.json and server_profile.md.
 """
 from __future__ import annotations
 
@@ -112,7 +112,7 @@ def markdown(res: dict) -> str:
 The real app (`python app.py`, {res['info']['model']}) on 127.0.0.1, driven by bench/load.py's lean client
 (raw HTTP, one event loop: each request uploads a real test image as PNG, then calls the endpoint).
 py-spy samples every running thread of the app {res['settings']['rate']} times a second; each sample goes to the
-first stage matched from the innermost frame outwards (bench/profile.py `STAGES`), threads waiting
+first stage matched from the innermost frame outwards (bench/server_profile.py `STAGES`), threads waiting
 on a lock or the selector left out. CPU ms per request = the stage's share of samples x the app's
 CPU time (psutil, user + system) over the window / requests served.
 """]
@@ -152,12 +152,12 @@ def main(argv=None) -> int:
     cli = parse_args(argv)
     import explain
     model_dir, note = (Path(cli.model), common.model_note(cli.model)) if cli.model else common.default_model_dir()
-    info = {"model": note, "machine": common.machine_info(), "command": common.command_line("bench/profile.py")}
+    info = {"model": note, "machine": common.machine_info(), "command": common.command_line("bench/server_profile.py")}
     methods = cli.explain_methods or list(explain.METHODS)
     load_cli = load.parse_args(["--concurrency", str(cli.concurrency), "--timeout", "600"])
     api = {"classify": "/classify", "explain": "/explain"}
     scenarios = {}
-    with tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-server-profile-") as tmp:
         paths = load.save_test_images(Path(tmp), cli.images)
         expected = load.expected_answers(model_dir, paths)
         with common.AppProcess(model_dir, Path(tmp) / "app.log") as app:
@@ -186,9 +186,9 @@ def main(argv=None) -> int:
                                    "problems": problems, "py_spy": log}
     res = {"info": info, "settings": vars(cli), "scenarios": scenarios}
     md = markdown(res)
-    json_path, md_path = common.write_results(cli.results_dir, "profile", res, md)
+    json_path, md_path = common.write_results(cli.results_dir, "server_profile", res, md)
     print(md)
-    print(f"[profile] wrote {json_path} and {md_path}")
+    print(f"[server_profile] wrote {json_path} and {md_path}")
     return 0 if all(not s["problems"] for s in scenarios.values()) else 1
 
 
