@@ -86,10 +86,6 @@ def bench_rows() -> list[str]:
         rows.append(f"| Classify, in the app's process (bench/latency.py) | 28x28 image: median "
                     f"{latency['classify']['median_ms']:.1f} ms; 4000x3000 phone JPEG file (decode, segment, predict): "
                     f"{latency['classify_phone_jpeg']['median_ms']:.0f} ms |")
-    photos = read(common.RESULTS / "photos.json")
-    if photos and photos.get("large_jpeg", {}).get("new"):
-        rows.append(f"| Classify a 4000x3000 phone JPEG (decode, segment, predict) | median "
-                    f"{photos['large_jpeg']['new']['median_ms']:.0f} ms on {photos['info']['machine']['cpu_model']} |")
     return rows
 
 
