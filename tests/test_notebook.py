@@ -98,3 +98,14 @@ def test_every_code_section_is_introduced_by_markdown():
         (section,) = [s for s in sections if title in s.splitlines()[0]]
         for part in ("**Question.**", "**Options", "**Choice.**", "**Source.**"):
             assert part in section, f"section {title!r} lacks {part}"
+
+
+def test_the_readme_opens_the_notebook_with_the_venvs_jupyter():
+    """The README's command opens the notebook with the jupyter installed next to this interpreter
+    (requirements-dev.txt), whose python3 kernel is this interpreter with the project's packages
+    (jupyter_client starts a kernel whose command is "python" with the server's own interpreter)."""
+    from jupyter_client.kernelspec import KernelSpecManager
+    assert ".venv/bin/jupyter notebook Subject.ipynb" in (ROOT / "README.md").read_text()
+    assert Path(sys.executable).with_name("jupyter-notebook").exists()
+    spec = KernelSpecManager().get_kernel_spec("python3")
+    assert spec.argv[0] in ("python", sys.executable) or Path(spec.argv[0]).resolve() == Path(sys.executable).resolve()
