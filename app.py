@@ -31,38 +31,21 @@ import signal
 import sys
 from pathlib import Path
 
-# Before gradio is imported: no usage analytics or version check, so start-up needs no network.
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-# Gradio's queue summarises its recent events with pandas for its monitoring page, by default
-# after every event and over the last 10,000: a cost per request that grows with the app's age
-# (bench/results/server_profile.md). Every 100 events over the last 1,000 keeps the page and drops the cost.
-os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "100")
-os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "1000")
-# Before torch is imported: OpenMP threads that sleep rather than spin between parallel regions.
-# Requests run side by side on two cores, so a spinning thread burns the core another request
-# needs (bench/results/server_profile.md).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import dashboard.process  # noqa: F401  (first: settings gradio and torch read at import)
+import allocator
+import gradio as gr
+import numpy as np
+import pandas as pd
+from PIL import Image
 
-import allocator  # noqa: E402
-
-# Before any worker thread exists: few malloc arenas, so memory freed after a burst can go back
-# to the OS. An explicit MALLOC_ARENA_MAX wins.
-if "MALLOC_ARENA_MAX" not in os.environ:
-    allocator.cap_arenas(2)
-
-import gradio as gr  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from PIL import Image  # noqa: E402
-
-import explain  # noqa: E402
-import hub  # noqa: E402
-from dashboard import uploads  # noqa: E402
-from dashboard.gradio_patches import atomic_image_cache, lean_sessions  # noqa: E402
-from dashboard.service import (DEFAULT_METHODS, PREDICTED, VIEW_SIZE, RequestError, Service,  # noqa: E402
+import explain
+import hub
+from dashboard import uploads
+from dashboard.gradio_patches import atomic_image_cache, lean_sessions
+from dashboard.service import (DEFAULT_METHODS, PREDICTED, VIEW_SIZE, RequestError, Service,
                                load_weights, view_image)
-from dashboard.views import Views, outline_image  # noqa: E402
-from preprocess import InvalidImageError  # noqa: E402
+from dashboard.views import Views, outline_image
+from preprocess import InvalidImageError
 
 MAX_FILE_SIZE = "10mb"                 # uploads above this are refused by the server itself
 MAX_UPLOAD_FOLDER_BYTES = 512 * 2**20  # Gradio's upload folder is trimmed to this, oldest first
@@ -144,23 +127,24 @@ def model_info() -> dict:
 
 
 def analyse_look(look: np.ndarray, methods, target=PREDICTED, progress=None) -> tuple:
-    """A 28x28 look -> (model view, label confidences, gallery [(overlay, caption)], scores summary)."""
+    """A 28x28 look -> (model view, label confidences, gallery [(overlay, caption)], scores summary,
+    the Assessment: the verdict the page shows)."""
     try:
-        probs, t, maps, scores = SERVICE.explain(look, methods, target, progress)
+        a, t, maps, scores = SERVICE.explain(look, methods, target, progress)
     except RequestError as e:
         raise gr.Error(str(e)) from None
     scale = explain.common_scale(list(maps.values()))
     gallery = [(explain.render_overlay(look, maps[n], scale, explain.METHODS[n].signed, size=VIEW_SIZE),
                 f"{n} · deletion AUC {s['deletion_auc']:.2f} · insertion AUC {s['insertion_auc']:.2f}")
                for n, s in scores.items()]
-    summary = {"predicted": LABELS[int(probs.argmax())], "target": LABELS[t],
-               "target_probability": float(probs[t]), "scale": float(scale), "methods": scores}
-    return view_image(look), SERVICE.confidences(probs), gallery, summary
+    summary = {"predicted": LABELS[int(a.probs.argmax())], "target": LABELS[t],
+               "target_probability": float(a.probs[t]), "scale": float(scale), "methods": scores}
+    return view_image(look), SERVICE.confidences(a.probs), gallery, summary, a
 
 
 def explain_image(image, methods=DEFAULT_METHODS, target=PREDICTED, progress=gr.Progress()) -> tuple:  # noqa: B008  (Gradio injects the tracker)
-    """Any accepted image -> analyse_look's outputs (the /explain endpoint)."""
-    return analyse_look(look_of(image), methods, target, progress)
+    """Any accepted image -> analyse_look's outputs but the Assessment (the /explain endpoint)."""
+    return analyse_look(look_of(image), methods, target, progress)[:4]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,11 +178,10 @@ def ui_analyse(look, methods, target, progress=gr.Progress()):  # noqa: B008  (G
     if look is None:
         return EMPTY_RESULT
     try:
-        view, label, gallery, summary = analyse_look(look, methods, target, progress)
+        view, label, gallery, summary, a = analyse_look(look, methods, target, progress)
     except gr.Error as e:
         gr.Warning(e.message)
         return EMPTY_RESULT
-    a = SERVICE.assess(look)
     verdict = a.confidence if a.in_distribution is not False else f"**⚠ {a.confidence}**"
     rows = -(-len(gallery) // MAP_COLUMNS)
     # The gallery's height follows its rows, so one row of maps leaves no empty box below.

@@ -253,9 +253,11 @@ def burst_lean(url: str, reqs: list[Request], paths: list[Path], expected: list[
 
 def cpu_seconds(proc) -> float:
     """CPU time so far of a psutil process and its children (user + system)."""
-    t = proc.cpu_times()
-    return t.user + t.system + t.children_user + t.children_system + sum(
-        c.cpu_times().user + c.cpu_times().system for c in proc.children(recursive=True))
+    total = 0.0
+    for p in [proc, *proc.children(recursive=True)]:
+        t = p.cpu_times()
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
 
 
 def endpoint_stats(outcomes: list[Outcome], endpoint: str | None, methods: int | None = None) -> dict:

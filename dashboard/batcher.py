@@ -9,6 +9,7 @@ own request, before it ever reaches the batch.
 from __future__ import annotations
 
 import threading
+from collections import deque
 from typing import Callable, Sequence
 
 import torch
@@ -34,7 +35,7 @@ class Batcher:
         self._waiting: list[_Slot] = []
         self._waiting_lock = threading.Lock()     # guards _waiting only: held for microseconds
         self._run_lock = threading.Lock()         # one forward pass at a time
-        self.batch_sizes: list[int] = []          # recent batch sizes, for bench/ and tests
+        self.batch_sizes: deque[int] = deque(maxlen=1000)   # recent batch sizes, for bench/ and tests
 
     def __call__(self, x: torch.Tensor):
         slot = _Slot(x)
@@ -63,4 +64,4 @@ class Batcher:
         finally:
             for s in batch:
                 s.done = True
-            self.batch_sizes = (self.batch_sizes + [len(batch)])[-1000:]
+            self.batch_sizes.append(len(batch))

@@ -225,7 +225,7 @@ class Service:
         return self.labels.index(target)
 
     def explain(self, look: np.ndarray, methods, target=PREDICTED, progress=None) -> tuple:
-        """A 28x28 look -> (probs, target index, {method: map in shares}, {method: scores}).
+        """A 28x28 look -> (Assessment, target index, {method: map in shares}, {method: scores}).
 
         Each map is expressed as shares of its total, so maps of different methods can share one
         colour scale; the scores are the map's deletion and insertion AUC for this very image.
@@ -234,8 +234,8 @@ class Service:
         rounding, faster, and free of the explainers' hooks, so no lock).
         """
         methods = checked_methods(methods)
-        probs = self.predict(look)
-        t = self.target_index(target, probs)
+        assessment = self.assess(look)
+        t = self.target_index(target, assessment.probs)
         x = self._input(look)[0]                                            # (1, 28, 28)
         attributions, seconds = {}, {}
         for i, name in enumerate(methods):
@@ -254,7 +254,7 @@ class Service:
                          "insertion_auc": float(curves[name]["insertion_auc"]),
                          "seconds": round(seconds[name], 4), "signed": bool(explain.METHODS[name].signed)}
                   for name in methods}
-        return probs, t, maps, scores
+        return assessment, t, maps, scores
 
     def info(self) -> dict:
         """Where the weights came from and what the evaluation says (the /model_info endpoint)."""

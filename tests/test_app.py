@@ -441,7 +441,7 @@ def test_the_service_runs_the_network_for_one_request_at_a_time(app_module, fall
 
     def run(job):
         i, methods = job
-        probs, t, maps, scores = service.explain(looks[i], methods)
+        _, t, maps, scores = service.explain(looks[i], methods)
         return t, {m: (s["deletion_auc"], s["insertion_auc"]) for m, s in scores.items()}
 
     serial = [run(job) for job in jobs]
