@@ -76,7 +76,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps; under torchrun each rank takes its LOCAL_RANK")
     p.add_argument("--amp", default="auto", choices=["auto", "on", "off"],
-                   help="bf16 autocast for training (auto: on for CUDA and for CPUs with AMX bf16 units)")
+                   help="bf16 autocast for training (auto: on for CUDA and for CPUs with bf16 units: AMX or AVX512-BF16)")
     p.add_argument("--channels-last", type=int, default=1, choices=[0, 1])
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--trust-images", type=int, default=100,
@@ -279,10 +279,12 @@ def setup_device(args) -> dict:
 
 
 def cpu_has_fast_bf16(device: torch.device) -> bool:
-    """True on CPUs with AMX tiles (Intel Sapphire Rapids and later), where oneDNN runs bf16
-    convolutions faster than fp32 (bench/throughput.py measures it); elsewhere bf16 is slower."""
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)   # private in torch 2.x: probe, don't assume
-    return device.type == "cpu" and probe is not None and bool(probe())
+    """True on CPUs with bf16 units, AMX tiles (Intel Sapphire Rapids and later) or AVX512-BF16
+    (AMD Zen 4 and later), where oneDNN runs bf16 convolutions faster than fp32
+    (bench/throughput.py measures it); elsewhere bf16 is emulated and slower."""
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    # private in torch 2.x: probe, don't assume
+    return device.type == "cpu" and any(probe is not None and bool(probe()) for probe in probes)
 
 
 def hardware_name(device: torch.device) -> str:
@@ -353,7 +355,7 @@ def train(args, ctx, model: nn.Module | None = None, data=None) -> tuple[nn.Modu
             hits = photo_val[1].gather(1, predict_probs(judged, photo_val[0]).argmax(1, keepdim=True))
             log["photo_val_strict"] = hits.float().mean().item()
         if len(xv):
-            with torch.autocast(ctx["device"].type, dtype=torch.bfloat16, enabled=ctx["amp"]):   # ~2x faster on AMX
+            with torch.autocast(ctx["device"].type, dtype=torch.bfloat16, enabled=ctx["amp"]):   # faster where bf16 units exist
                 val = predict_probs(judged, xv, device=ctx["device"])
             log["val_accuracy"] = (val.argmax(1) == yv).float().mean().item()
             log["val_loss"] = F.nll_loss(val.clamp_min(1e-12).log(), yv).item()

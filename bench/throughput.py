@@ -1,6 +1,6 @@
 """Training throughput of FashionCNN on this machine: float32 against bf16 autocast, memory layouts, widths.
 
-The reason train.py's `--amp auto` turns bf16 autocast on for CPUs with AMX units: this script
+The reason train.py's `--amp auto` turns bf16 autocast on for CPUs with bf16 units (AMX or AVX512-BF16): this script
 times train.py's own training step (`train.train_step` with `train.make_optimizer` and the default
 options: forward, label-smoothed loss, backward, Nesterov SGD step) on random batches for each
 setting, in one process, and writes bench/results/throughput.md. A second table times stage
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     base = rows[0]["images_per_s"]
     table = [[r["setting"], f"{r['images_per_s']:,.0f}", f"{r['images_per_s'] / base:.2f}x"] for r in rows]
     wide = []
-    for widths in WIDTHS:   # in train.py's setting on this machine (bf16 where AMX, channels-last)
+    for widths in WIDTHS:   # in train.py's setting on this machine (bf16 where the CPU has bf16 units, channels-last)
         rate = images_per_s(info["amx_bf16"], True, cli.batch_size, cli.steps, widths)
         wide.append({"widths": list(widths), "parameters": count_parameters(FashionCNN(widths=widths)), "images_per_s": rate})
         print(f"[throughput] widths {widths}: {rate:.0f} img/s", flush=True)
@@ -82,7 +82,7 @@ Stage widths (`train.py --widths`), {'bf16 autocast' if info['amx_bf16'] else 'f
 
 {common.md_table(["widths", "parameters", "images/s (median step)", f"vs {wide_table[0][0]}"], wide_table)}
 
-Machine: {m['cpu_model']}, {m['cpu_count']} cores, AMX bf16 units: {'yes' if info['amx_bf16'] else 'no'};
+Machine: {m['cpu_model']}, {m['cpu_count']} cores, bf16 units (AMX or AVX512-BF16): {'yes' if info['amx_bf16'] else 'no'};
 torch {m['torch']} with {m['torch_threads']} threads; load average at the start {m['load_average_1_5_15min'][0]:.2f}.
 
 ```bash
