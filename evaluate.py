@@ -76,6 +76,46 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return centre - half, centre + half
 
 
+def mcnemar(ours, theirs) -> dict:
+    """McNemar's test of two models' right/wrong answers on the same images (McNemar 1947), in its
+    exact binomial form (Dietterich 1998): only the images where the two disagree count.
+
+    Args:
+        ours, theirs: right (True) or wrong per image, (N,) bool arrays or tensors.
+    Returns: {"ours_only": right only for ours, "theirs_only": right only for theirs, "p_value": two-sided}.
+    """
+    ours, theirs = np.asarray(ours, dtype=bool), np.asarray(theirs, dtype=bool)
+    b, c = int((ours & ~theirs).sum()), int((~ours & theirs).sum())
+    n = b + c
+    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1))       # exact: big integers, no underflow
+    return {"ours_only": b, "theirs_only": c, "p_value": min(1.0, 2 * tail / 2 ** n) if n else 1.0}
+
+
+def paired_t_p(differences) -> float:
+    """Two-sided p of the paired t-test (Student 1908) on per-pair differences (e.g. two recipes at
+    the same seeds), from the closed form of the t distribution for integer degrees of freedom
+    (Abramowitz & Stegun 1964, 26.7.3 and 26.7.4): no SciPy needed."""
+    d = np.asarray(differences, dtype=float)
+    if len(d) < 2:
+        raise ValueError(f"a paired t-test needs at least 2 differences, got {len(d)}")
+    nu, sd = len(d) - 1, d.std(ddof=1)
+    if sd == 0:
+        return 1.0 if d.mean() == 0 else 0.0
+    theta = math.atan(abs(d.mean()) / (sd / math.sqrt(len(d))) / math.sqrt(nu))
+    c2, term, total = math.cos(theta) ** 2, 1.0, 1.0
+    if nu % 2:        # odd: P(|T| < t) = 2/pi (theta + sin cos (1 + 2/3 cos^2 + 2*4/(3*5) cos^4 + ...))
+        for k in range(1, (nu - 1) // 2):
+            term *= c2 * (2 * k) / (2 * k + 1)
+            total += term
+        inside = 2 / math.pi * (theta + (math.sin(theta) * math.cos(theta) * total if nu > 1 else 0.0))
+    else:             # even: P(|T| < t) = sin (1 + 1/2 cos^2 + 1*3/(2*4) cos^4 + ...)
+        for k in range(1, nu // 2):
+            term *= c2 * (2 * k - 1) / (2 * k)
+            total += term
+        inside = math.sin(theta) * total
+    return max(0.0, 1.0 - inside)
+
+
 def calibration(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> dict:
     """Expected calibration error (Guo et al. 2017) over equal-width confidence bins."""
     conf, pred = probs.max(1)

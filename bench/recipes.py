@@ -38,7 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+if str(Path(__file__).resolve().parent) not in sys.path:    # imported by another bench script: its sys.path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # already puts the repository first (bench/ood.py shadows ood)
 import _common as common  # noqa: E402  (puts the repository root on sys.path)
 
 import torch  # noqa: E402
@@ -144,24 +145,35 @@ def inference_ms(model: nn.Module, looks: torch.Tensor, repeats: int) -> dict:
             "served": common.time_calls(lambda: proba(x), repeats, warmup=5)}
 
 
-def train_recipe(recipe: Recipe, cli, data, test, out_dir: Path) -> dict:
+def fit(recipe: Recipe, cli, data, out_dir: Path, seed: int) -> tuple[nn.Module, list[dict], float | None, float, list[str]]:
+    """Train `recipe` through train.py's own loop; returns its best-on-validation model, the history,
+    the validation accuracy, the seconds and the train.py options it ran with."""
     argv = with_max_epochs(recipe.argv, cli.max_epochs)
     argv += ["--dataset", cli.dataset, "--out", str(out_dir / recipe.name), "--val-size", str(cli.val_size),
-             "--seed", str(cli.seed), "--no-progress"]
+             "--seed", str(seed), "--no-progress"]
     if cli.threads:
         argv += ["--threads", str(cli.threads)]
     args = train.parse_args(argv)
     ctx = train.setup_device(args)
     torch.manual_seed(args.seed)                                       # same init for every run of a recipe
     model = recipe.build() if recipe.build else None
-    print(f"[recipes] {recipe.name}: python train.py {shlex.join(argv)}", flush=True)
+    print(f"[{Path(sys.argv[0]).stem}] {recipe.name}: python train.py {shlex.join(argv)}", flush=True)
     model, history, val_acc, seconds = train.train(args, ctx, model=model, data=data)
+    return model, history, val_acc, seconds, argv
+
+
+def images_per_s(history: list[dict]) -> float:
+    """Training throughput over the whole run (augmentation + forward + backward)."""
+    return sum(h["images_per_s"] * h["seconds"] for h in history) / sum(h["seconds"] for h in history)
+
+
+def train_recipe(recipe: Recipe, cli, data, test, out_dir: Path) -> dict:
+    model, history, val_acc, seconds, argv = fit(recipe, cli, data, out_dir, cli.seed)
     metrics = evaluate.classification_metrics(evaluate.predict_probs(model, test[0]), test[1])   # test: once
-    trained = sum(h["images_per_s"] * h["seconds"] for h in history)
     return {"name": recipe.name, "source": "trained in this run", "train_options": argv,
             "test_accuracy": metrics["accuracy"], "test_accuracy_ci95": metrics["accuracy_ci95"],
             "macro_f1": metrics["macro_f1"], "val_accuracy": val_acc, "parameters": count_parameters(model),
-            "train_seconds": seconds, "images_per_s": trained / sum(h["seconds"] for h in history),
+            "train_seconds": seconds, "images_per_s": images_per_s(history),
             "epochs_run": len(history), "best_epoch": max(history, key=lambda h: h["val_accuracy"])["epoch"],
             "inference": inference_ms(model, test[0], cli.inference_repeats), "notes": recipe.notes,
             "history": history}
@@ -172,13 +184,12 @@ def row_from_run(name: str, folder: Path, test_looks: torch.Tensor, repeats: int
     metrics = json.loads((folder / "evaluation" / "metrics.json").read_text())
     history = json.loads((folder / "training_history.json").read_text())
     model = load_model(folder)
-    trained = sum(h["images_per_s"] * h["seconds"] for h in history)
     return {"name": name, "source": f"from {common.rel(folder)}/, trained by `{metrics.get('command', '?')}`",
             "test_accuracy": metrics["accuracy"], "test_accuracy_ci95": metrics["accuracy_ci95"],
             "macro_f1": metrics["macro_f1"], "val_accuracy": metrics.get("val_accuracy"),
             "parameters": count_parameters(model), "widths": list(model.config.widths),
             "train_seconds": metrics.get("train_seconds"),
-            "images_per_s": trained / sum(h["seconds"] for h in history) if history else None,
+            "images_per_s": images_per_s(history) if history else None,
             "epochs_run": metrics.get("epochs_run", len(history)), "best_epoch": metrics.get("best_epoch"),
             "inference": inference_ms(model, test_looks, repeats), "history": history,
             "notes": [f"Read from {common.rel(folder)}/evaluation/metrics.json and training_history.json: the training "
@@ -299,7 +310,7 @@ def main(argv=None) -> int:
         print("[recipes] nothing to report", file=sys.stderr)
         return 1
     amx = train.cpu_has_fast_bf16(torch.device("cpu"))
-    info = {"train_precision": "bf16 autocast (train.py --amp auto: this CPU has AMX)" if amx else "float32",
+    info = {"train_precision": "bf16 autocast (train.py --amp auto: this CPU has bf16 units)" if amx else "float32",
             "machine": common.machine_info(), "dataset": cli.dataset, "val_size": cli.val_size, "seed": cli.seed,
             "inference_repeats": cli.inference_repeats, "command": common.command_line("bench/recipes.py"),
             "total_seconds": time.perf_counter() - t0, "load_average_end": os.getloadavg()}

@@ -67,6 +67,9 @@ def ood_rows(o: dict) -> list[str]:
     return rows
 
 
+ABLATION_NAMES = {"quickstart-mlp": "Quickstart MLP (optimiser chosen on validation)"}
+
+
 def bench_rows() -> list[str]:
     rows = []
     uploads = read(common.RESULTS / "product_uploads.json")
@@ -81,6 +84,15 @@ def bench_rows() -> list[str]:
                 if "recognised" in validation else "")
         rows.append(f"| Drawings (tests/drawings.py, {drawings['n']} outlined, filled and scribbled) | "
                     f"{pct(drawings['recognised'])} recognised{also} |")
+    ablation = read(common.RESULTS / "ablation.json")
+    if ablation and ablation["info"].get("complete"):
+        rows_by = {r["name"]: r for r in ablation["summary"]}
+        shown = [(n, r) for n, r in rows_by.items() if n != "no test-time flip"]
+        rows.append(f"| Equal budgets: {ablation['info']['budget_minutes']:g} min of training each, "
+                    f"{len(ablation['info']['seeds'])} seeds (bench/ablation.py, test mean ± sd) | "
+                    + "; ".join(f"{ABLATION_NAMES.get(n, n)} {pct(r['test_mean'], 2)} ± {pct(r['test_sd'], 2)}"
+                                for n, r in shown)
+                    + f"; test-time flip removed {pct(rows_by['no test-time flip']['test_mean'], 2)} |")
     latency = (read(common.RESULTS / "latency.json") or {}).get("local") or {}
     if "classify" in latency and "classify_phone_jpeg" in latency:
         rows.append(f"| Classify, in the app's process (bench/latency.py) | 28x28 image: median "

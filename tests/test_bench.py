@@ -62,6 +62,53 @@ def test_recipes_writes_reference_and_shipped_rows(tmp_path, tiny_weights):
     assert "python bench/recipes.py" in md and "trained by `python train.py" in md
 
 
+def test_ablation_runs_every_row_per_seed_and_its_paired_tests_agree_with_its_answers(tmp_path, tiny_weights):
+    sys.path.insert(0, str(REPO / "bench"))
+    from ablation import MLP_OPTIONS, NO_TTA, RECIPE, SHIPPED, unpacked
+    results = tmp_path / "results"
+    run(["bench/ablation.py", "--dataset", DATA, "--val-size", "100", "--budget-minutes", "0.02", "--seeds", "0", "1",
+         "--mlp-epochs", "1", "--weights", str(tiny_weights), "--results-dir", str(results)], timeout=240)
+
+    data = json.loads((results / "ablation.json").read_text())
+    assert data["info"]["complete"] and set(data["mlp_grid"]) == set(MLP_OPTIONS)
+    assert data["info"]["mlp_option"] == max(data["mlp_grid"], key=lambda o: data["mlp_grid"][o]["val_accuracy"])
+    names = [RECIPE, NO_TTA, "no augmentation", "no EMA", "no label smoothing", "two-conv-cnn", "quickstart-mlp"]
+    assert [s["name"] for s in data["summary"]] == names and all(s["runs"] == 2 for s in data["summary"])
+    runs = {(r["name"], r["seed"]): r for r in data["runs"]}
+    n = data["info"]["test_n"]
+    for r in runs.values():        # the stored answers are the ones the accuracy was computed from
+        assert unpacked(r["test_right_bits"], n).float().mean().item() == pytest.approx(r["test_accuracy"])
+    def options(name, seed):       # train.py options but the output folder, which is named after the row
+        argv = runs[(name, seed)]["train_options"]
+        return argv[:argv.index("--out")] + argv[argv.index("--out") + 2:]
+    for seed in (0, 1):            # an ablation changes only its own option
+        base = options(RECIPE, seed)
+        assert options("no EMA", seed) == base[:4] + ["--ema", "0"] + base[4:]
+        assert options(NO_TTA, seed) == base
+    sys.path.insert(0, str(REPO))
+    import evaluate
+    from data import load_images
+    from model import load_model
+    looks, labels, _ = load_images(DATA, "test")
+    shipped = evaluate.predict_probs(load_model(tiny_weights), looks).argmax(1) == labels
+    for t in data["mcnemar"]:      # each paired test, redone from the stored answers
+        ours = shipped if t["ours"] == SHIPPED else unpacked(runs[(t["ours"], t["seed"])]["test_right_bits"], n)
+        theirs = unpacked(runs[(t["reference"], t["seed"])]["test_right_bits"], n)
+        assert {k: t[k] for k in ("ours_only", "theirs_only", "p_value")} == evaluate.mcnemar(ours, theirs)
+    assert {(t["ours"], t["reference"]) for t in data["mcnemar"]} == {
+        (SHIPPED, RECIPE), (SHIPPED, "two-conv-cnn"), (SHIPPED, "quickstart-mlp"),
+        (RECIPE, "two-conv-cnn"), (RECIPE, "quickstart-mlp")}
+    for s in data["summary"]:      # each row against the recipe, paired by seed
+        assert (s["vs_recipe"] is None) == (s["name"] == RECIPE)
+        if s["vs_recipe"]:
+            d = [runs[(s["name"], seed)]["test_accuracy"] - runs[(RECIPE, seed)]["test_accuracy"] for seed in (0, 1)]
+            assert s["vs_recipe"]["mean"] == pytest.approx(sum(d) / 2)
+            assert s["vs_recipe"]["p_value"] == pytest.approx(evaluate.paired_t_p(d))
+    md = (results / "ablation.md").read_text()
+    # Three tables, each a header and its rows: 7 rows, 4 MLP options, 5 paired tests x 2 seeds.
+    assert "python bench/ablation.py" in md and md.count("\n| ") == (1 + 7) + (1 + 4) + (1 + 10), md
+
+
 def test_latency_reports_every_method(tmp_path, tiny_weights):
     sys.path.insert(0, str(REPO))
     import explain

@@ -10,7 +10,10 @@ report). Elsewhere (a fresh clone, CI) the shipped 200-image slice of the same t
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+
+import pytest
 
 import evaluate
 from data import load_images
@@ -39,3 +42,32 @@ def test_committed_weights_score_the_stored_test_accuracy():
     else:
         assert len(labels) == 200
         assert accuracy >= SLICE_MINIMUM, f"weights/ score {accuracy:.3f} on the shipped slice"
+
+
+def test_mcnemar_counts_only_the_disagreements():
+    ours = [True] * 10 + [False] * 2 + [True] * 50 + [False] * 5
+    theirs = [False] * 10 + [True] * 2 + [True] * 50 + [False] * 5
+    result = evaluate.mcnemar(ours, theirs)
+    assert (result["ours_only"], result["theirs_only"]) == (10, 2)
+    # Two-sided exact binomial: 2 * P(X <= 2) for X ~ Binomial(12, 1/2) = 2 * (1 + 12 + 66) / 4096.
+    assert result["p_value"] == pytest.approx(2 * 79 / 4096)
+    assert evaluate.mcnemar(ours, ours)["p_value"] == 1.0
+    big = evaluate.mcnemar([True] * 3000, [False] * 3000)        # 2 ** 3000: exact integers, no overflow
+    assert big["ours_only"] == 3000 and 0.0 <= big["p_value"] < 1e-300
+
+
+@pytest.mark.parametrize("differences, p", [
+    ([1.0, 3.0], 1 - 2 * math.atan(2.0) / math.pi),                # 1 degree of freedom: t = 2, Cauchy
+    ([1.0, 2.0, 3.0], 1 - 12 ** 0.5 / 14 ** 0.5),                   # 2: P(|T| < t) = t / sqrt(2 + t^2), t = 12^0.5
+    ([1.0, 2.0, 3.0, 6.0], 0.06913686926442872),                    # 3: scipy.stats.ttest_1samp
+    ([0.5, -0.2, 0.9, 0.4, 0.1], 0.1415802635227843),               # 4: scipy.stats.ttest_1samp
+])
+def test_paired_t_p_matches_the_t_distribution(differences, p):
+    assert evaluate.paired_t_p(differences) == pytest.approx(p, rel=1e-9)
+    assert evaluate.paired_t_p([-d for d in differences]) == pytest.approx(p, rel=1e-9)   # two-sided
+
+
+def test_paired_t_p_refuses_a_single_pair_and_reads_constant_differences():
+    with pytest.raises(ValueError, match="at least 2"):
+        evaluate.paired_t_p([0.5])
+    assert evaluate.paired_t_p([0.0, 0.0]) == 1.0 and evaluate.paired_t_p([0.2, 0.2]) == 0.0
