@@ -38,9 +38,12 @@ def local_cache_dir(dataset: str) -> str | None:
     return str(Path(config.HF_DATASETS_CACHE) / "local" / f"{folder.resolve().name}-{key}")
 
 
-def load_images(dataset: str, split: str) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """One split through the serving preprocessing -> looks (N, 28, 28) in [0, 1], labels (N,), raw uint8."""
+def load_images(dataset: str | Path, split: str) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """One split through the serving preprocessing -> looks (N, 28, 28) in [0, 1], labels (N,), raw uint8.
+
+    `dataset`: a Hub dataset id or a local folder in the same layout (hub.resolve_dataset_dir's)."""
     from datasets import load_dataset
+    dataset = str(dataset)                          # datasets takes a string, not a Path
     ds = load_dataset(dataset, split=split, cache_dir=local_cache_dir(dataset))
     names = ds.features["label"].names
     assert len(names) == len(CLASS_NAMES), f"{dataset} has {len(names)} classes, expected {len(CLASS_NAMES)}"

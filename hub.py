@@ -33,21 +33,40 @@ def resolve_model_dir(source: str | os.PathLike, timeout: float = DEFAULT_TIMEOU
                       extra_patterns: tuple[str, ...] = ()) -> Path:
     """A local folder as is; otherwise a Hub repo id, downloaded (MODEL_FILES plus `extra_patterns`).
 
-    huggingface_hub reads its timeouts once, at import, and retries; a Hub that hangs or answers
-    5xx could stall a caller for minutes. A daemon thread bounds the wait to `timeout` seconds.
-
     Raises:
         HubError: the Hub did not answer in time, or refused (network, auth, unknown repo).
     """
     path = Path(source)
     if path.is_dir():
         return path
+    return _bounded_snapshot(str(source), timeout, allow_patterns=[*MODEL_FILES, *extra_patterns])
+
+
+def resolve_dataset_dir(source: str | os.PathLike = HUB_DATASET, timeout: float = DEFAULT_TIMEOUT_S) -> Path:
+    """A local folder as is; otherwise a Hub dataset id, its parquet files downloaded: a folder in
+    the Hub layout (<config>/<split>-*.parquet) that `datasets.load_dataset` reads as the id.
+
+    Raises:
+        HubError: the Hub did not answer in time, or refused (offline, network, unknown repo).
+    """
+    path = Path(source)
+    if path.is_dir():
+        return path
+    return _bounded_snapshot(str(source), timeout, repo_type="dataset", allow_patterns=["*.parquet", "README.md"])
+
+
+def _bounded_snapshot(repo_id: str, timeout: float, **kwargs) -> Path:
+    """snapshot_download, waiting at most `timeout` seconds.
+
+    huggingface_hub reads its timeouts once, at import, and retries; a Hub that hangs or answers
+    5xx could stall a caller for minutes. A daemon thread bounds the wait.
+    """
     from huggingface_hub import snapshot_download
     result: dict = {}
 
     def fetch():
         try:
-            result["folder"] = Path(snapshot_download(str(source), allow_patterns=[*MODEL_FILES, *extra_patterns]))
+            result["folder"] = Path(snapshot_download(repo_id, **kwargs))
         except Exception as e:  # network, auth, missing repo: all end in one HubError below
             result["error"] = e
 
@@ -55,11 +74,11 @@ def resolve_model_dir(source: str | os.PathLike, timeout: float = DEFAULT_TIMEOU
     worker.start()
     worker.join(timeout)
     if worker.is_alive():
-        raise HubError(f"the Hub did not answer within {timeout:.0f} s for {str(source)[:200]!r}")
+        raise HubError(f"the Hub did not answer within {timeout:.0f} s for {repo_id[:200]!r}")
     if "error" in result:
         e = result["error"]
         first = str(e).splitlines()[0] if str(e) else ""
-        raise HubError(f"could not download {str(source)[:200]!r} from the Hub: {type(e).__name__}: {first}")
+        raise HubError(f"could not download {repo_id[:200]!r} from the Hub: {type(e).__name__}: {first}")
     return result["folder"]
 
 

@@ -109,6 +109,20 @@ def test_unreachable_hub_repo_is_a_clear_error(monkeypatch, tmp_path):
     assert time.monotonic() - start < 10
 
 
+def test_the_dataset_is_a_local_folder_as_is_or_a_clear_error_when_the_hub_is_unreachable(monkeypatch, tmp_path):
+    import hub
+    import huggingface_hub.constants as hub_constants
+    from conftest import free_port
+    from data import load_images
+    folder = hub.resolve_dataset_dir(SLICE)
+    assert folder == Path(SLICE) and len(load_images(folder, "test")[1]) > 0
+    monkeypatch.setattr(hub_constants, "ENDPOINT", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    with pytest.raises(hub.HubError, match=f"could not download '{hub.HUB_DATASET}' from the Hub"):
+        hub.resolve_dataset_dir()
+
+
 # --- preprocessing -----------------------------------------------------------------------------
 
 def garment(h=300, w=200, dark_on_light=True, box=(60, 50, 240, 150)) -> np.ndarray:
