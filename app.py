@@ -52,10 +52,12 @@ MAX_UPLOAD_FOLDER_BYTES = 512 * 2**20  # Gradio's upload folder is trimmed to th
 CACHE_SWEEP = (60, 600)                # Gradio deletes its files older than 600 s, every 60 s
 MAP_COLUMNS, MAP_ROW_PX = 4, 200       # attribution gallery layout
 # The queue. Predictions (decode, one row of a shared forward pass) are cheap and batched, so many
-# run at once; explanations (seconds of CPU under a crowd) get two workers of their own, so a
-# classify never waits behind them. The queue is long enough for a crowd of a few hundred
+# run at once; explanations (seconds of CPU under a crowd) get workers of their own, so a classify
+# never waits behind them. Four rather than two: an explanation spends part of its time waiting
+# for the lock on the network as trained, and the others' decoding, curves and rendering fill
+# that time (bench/results/load_mixed.md). The queue is long enough for a crowd of a few hundred
 # visitors: each waiting visitor sees their place and the expected wait instead of a refusal.
-PREDICT_WORKERS, EXPLAIN_WORKERS = 16, 2
+PREDICT_WORKERS, EXPLAIN_WORKERS = 16, 4
 QUEUE_SIZE = 512
 PHOTO_EXAMPLES = Path(__file__).resolve().parent / "examples" / "photos"   # small CC0 phone photos
 

@@ -15,6 +15,7 @@ import os
 import shutil
 import socket
 import socketserver
+import sys
 import threading
 import time
 import urllib.request
@@ -595,6 +596,21 @@ def test_host_and_hub_timeout_options(tmp_path, image_files):
         assert classify(c, image_files[0])["label"]
     finally:
         stop_app(server)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="uvloop has no Windows build; requirements.txt skips it there")
+def test_the_server_takes_the_fast_event_loop_and_http_parser_that_requirements_install():
+    """uvicorn's "auto" choices, as Gradio's launch leaves them: uvloop and httptools when installed,
+    asyncio and h11 otherwise (more server CPU per request)."""
+    import uvicorn
+    config = uvicorn.Config(app=lambda scope, receive, send: None, loop="auto", http="auto")
+    config.load()
+    assert config.http_protocol_class.__module__ == "uvicorn.protocols.http.httptools_impl"
+    loop = config.get_loop_factory()()
+    try:
+        assert type(loop).__module__.startswith("uvloop"), type(loop)
+    finally:
+        loop.close()
 
 
 def test_a_new_session_copies_no_component_config():
