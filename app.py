@@ -55,7 +55,7 @@ MAP_COLUMNS, MAP_ROW_PX = 4, 200       # attribution gallery layout
 # run at once; explanations (seconds of CPU under a crowd) get workers of their own, so a classify
 # never waits behind them. Four rather than two: an explanation spends part of its time waiting
 # for the lock on the network as trained, and the others' decoding, curves and rendering fill
-# that time (bench/results/load_mixed.md). The queue is long enough for a crowd of a few hundred
+# that time (bench/results/serving_ab/). The queue is long enough for a crowd of a few hundred
 # visitors: each waiting visitor sees their place and the expected wait instead of a refusal.
 PREDICT_WORKERS, EXPLAIN_WORKERS = 16, 4
 QUEUE_SIZE = 512
