@@ -101,7 +101,8 @@ class UploadJanitor(threading.Thread):
 
     def __init__(self, folder: Path, max_bytes: int, keep=lambda: set(), every_s: float = 5.0):
         super().__init__(name="upload-janitor", daemon=True)
-        self.folder, self.max_bytes, self.keep, self.every_s = folder, max_bytes, keep, every_s
+        # Resolved here, once: the sweep compares the paths it walks with the resolved `keep` paths.
+        self.folder, self.max_bytes, self.keep, self.every_s = Path(folder).resolve(), max_bytes, keep, every_s
 
     def run(self) -> None:
         while True:
