@@ -73,8 +73,9 @@ FILL_LEVEL, RAMP_SHARE = 0.6, 0.2
 
 @dataclass
 class Inks:
-    """A picture read as ink on a ground: the two colours (3,), each pixel's distance from the
-    ground (H, W) and the strokes (H, W) bool."""
+    """A picture read as ink on a ground: the picture as RGB (H, W, 3), the two colours (3,), each
+    pixel's distance from the ground (H, W) and the strokes (H, W) bool."""
+    rgb: np.ndarray
     ground: np.ndarray
     ink: np.ndarray
     dist: np.ndarray
@@ -99,15 +100,14 @@ def read_inks(work: np.ndarray) -> Inks | None:
     strokes = dist > contrast / 2
     if contrast < MIN_INK_CONTRAST or np.count_nonzero(strokes) < MIN_STROKE_PIXELS:
         return None
-    return Inks(ground, ink, dist, strokes)
+    return Inks(rgb, ground, ink, dist, strokes)
 
 
-def blend_per_edge(work: np.ndarray, inks: Inks) -> float:
+def blend_per_edge(inks: Inks) -> float:
     """Pixels that are neither the ground nor the ink colour (within BLEND_TOLERANCE), per pixel of
     the strokes' edge: about 1 where two flat colours meet in an anti-aliased edge, several where a
     photo's edge is blurred or its garment shaded and textured."""
-    rgb = _as_rgb(work)
-    blended = (inks.dist >= BLEND_TOLERANCE) & (_distance(rgb, inks.ink) >= BLEND_TOLERANCE)
+    blended = (inks.dist >= BLEND_TOLERANCE) & (_distance(inks.rgb, inks.ink) >= BLEND_TOLERANCE)
     strokes = inks.strokes.astype(np.uint8)
     inner = cv2.erode(np.pad(strokes, 1), np.ones((3, 3), np.uint8))[1:-1, 1:-1].astype(bool)
     return float(blended.sum() / max(np.count_nonzero(inks.strokes & ~inner), 1))
@@ -128,7 +128,7 @@ def drawn_garment(work: np.ndarray) -> np.ndarray | None:
     """
     inks = read_inks(work)
     # The cheaper test first: most product photos on white fail it.
-    if inks is None or quiet_share(inks) < QUIET_SHARE or blend_per_edge(work, inks) > MAX_BLEND_PER_EDGE:
+    if inks is None or quiet_share(inks) < QUIET_SHARE or blend_per_edge(inks) > MAX_BLEND_PER_EDGE:
         return None
     mask = garment(inks.strokes)
     ys, xs = np.nonzero(mask)
