@@ -82,13 +82,6 @@ def all_sets(args) -> dict[str, list]:
     return {k: v[:args.limit or None] for k, v in sets.items() if not args.sets or k in args.sets}
 
 
-@torch.no_grad()
-def direct_scores(model, images: list, batch_size: int = 1000) -> torch.Tensor:
-    """The detector's scores (N,) in this process: the look of each image, then `model.ood.predict`."""
-    x = ood.as_input(model, looks_of(images))
-    return torch.cat([model.ood.predict(model, x[i:i + batch_size])[1] for i in range(0, len(x), batch_size)])
-
-
 def png_bytes(image) -> bytes:
     buf = io.BytesIO()
     (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(buf, format="PNG")
@@ -154,7 +147,8 @@ def main(argv=None) -> None:
         raise SystemExit(f"{args.model}: no usable OOD detector ({model.ood_error}); bench/ood.py fits one")
     sets = all_sets(args)
     print(f"[ood_http] scoring {sum(map(len, sets.values())):,} images in process ...", flush=True)
-    scores = {name: direct_scores(model, images) for name, images in sets.items()}
+    with torch.no_grad():
+        scores = {name: ood.detector_scores(model.ood, model, looks_of(images)) for name, images in sets.items()}
     results = {}
     with tempfile.TemporaryDirectory() as tmp, common.AppProcess(args.model, Path(tmp) / "app.log") as app:
         for name, images in sets.items():
