@@ -129,7 +129,7 @@ def _card_metadata(metrics: dict) -> str:
 
 
 def model_card(config, parameters: int, metrics: dict, command: str, validation: str, temperature_note: str,
-               train_seconds: float | None) -> str:
+               train_seconds: float | None, start: str | None = None) -> str:
     """README.md of the model repo: Hub metadata (model-index with the test accuracy) and a short body.
 
     Args:
@@ -137,11 +137,16 @@ def model_card(config, parameters: int, metrics: dict, command: str, validation:
         metrics: evaluation/metrics.json as evaluate.py writes it.
         command: the command that trained it; validation: the validation line of the table;
         temperature_note: where the stored temperature came from.
+        start: for a fine-tune, what it started from (the card must not call it trained from scratch).
     """
     lo, hi = metrics["accuracy_ci95"]
     rows = "\n".join(f"| {n} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} |"
                      for n, c in metrics["per_class"].items())
     timing = f"{train_seconds / 60:.1f} min on {metrics.get('hardware', 'this machine')}" if train_seconds else "n/a"
+    origin = "trained from\nscratch with `train.py` of the project's repository"
+    if start:
+        origin = f"fine-tuned with\n`train.py` of the project's repository from {start}"
+        timing += " of fine-tuning, after the starting weights' own training" if train_seconds else ""
     photos = metrics.get("photos")
     photo_row = (f"| Real phone photos (strict / coarse accuracy) | {photos['strict_accuracy']:.1%} / "
                  f"{photos['coarse_accuracy']:.1%} (n={photos['n']}) |\n" if photos else "")
@@ -150,9 +155,8 @@ def model_card(config, parameters: int, metrics: dict, command: str, validation:
 ---
 # Fashion-MNIST CNN ({parameters:,} parameters)
 
-A small residual CNN for [Fashion-MNIST](https://huggingface.co/datasets/{HUB_DATASET}), trained from
-scratch with `train.py` of the project's repository, and the model behind its Gradio explainability
-dashboard.
+A small residual CNN for [Fashion-MNIST](https://huggingface.co/datasets/{HUB_DATASET}), {origin},
+and the model behind its Gradio explainability dashboard.
 
 | | |
 |---|---|

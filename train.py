@@ -95,12 +95,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--init-from", default=None,
                    help="start from these weights (a folder or Hub repo id) instead of a new network: fine-tuning; "
                         "--widths is then theirs")
+    p.add_argument("--wise", type=float, default=1.0,
+                   help="with --init-from: keep (1 - a) * start + a * fine-tuned weights (WiSE-FT; 1: the fine-tuned)")
     p.add_argument("--photo-aug", type=float, default=0.0,
                    help="probability of photo-like degradation per image (light gradient, turn, blur; 0: off)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     args = p.parse_args(argv)
     if args.eval_only and not args.model:
         p.error("--eval-only needs --model <folder or Hub repo id>")
+    if not 0 <= args.wise <= 1 or (args.wise < 1 and not args.init_from):
+        p.error("--wise takes a weight in [0, 1] and needs --init-from")
     if args.temperature < 0:
         p.error("--temperature must be positive (or 0: fit it on validation)")
     args.out = Path(args.out or ("outputs/eval" if args.eval_only else "outputs/fashion-cnn"))
@@ -243,6 +247,14 @@ def temperature_source(args) -> str:
     return "none fitted: no validation split" if args.val_size == 0 else "fitted on validation"
 
 
+def start_note(args) -> str | None:
+    """What a fine-tune started from, as the model card says it; None for a network trained from scratch."""
+    if not args.init_from:
+        return None
+    averaged = f", then averaged with them ({1 - args.wise:g} start + {args.wise:g} fine-tuned, WiSE-FT)"
+    return f"the weights in `{args.init_from}`" + (averaged if args.wise < 1 else "")
+
+
 def save_model_repo(out: Path, model: FashionCNN, metrics: dict, args, command: str,
                     train_seconds: float | None) -> None:
     """config.json + model.safetensors via the Hub mixin, then our own README.md model card."""
@@ -253,7 +265,7 @@ def save_model_repo(out: Path, model: FashionCNN, metrics: dict, args, command: 
         validation = ("none held out: the recipe was chosen on validation, then retrained on all training images "
                       "(last epoch kept)")
     (out / "README.md").write_text(hub.model_card(model.config, count_parameters(model), metrics, command,
-                                                  validation, temperature_source(args), train_seconds))
+                                                  validation, temperature_source(args), train_seconds, start_note(args)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,6 +313,18 @@ def build_model(args) -> FashionCNN:
         model.load_state_dict(start.state_dict())
         return model
     return FashionCNN(widths=tuple(args.widths), dropout=args.dropout, flip_tta=bool(args.tta))
+
+
+def weight_average(start: nn.Module, tuned: nn.Module, a: float) -> nn.Module:
+    """`tuned` with every float tensor (BatchNorm statistics included) set to (1 - a) * start + a * tuned.
+
+    WiSE-FT (Wortsman et al., "Robust fine-tuning of zero-shot models", CVPR 2022): a fine-tune that
+    starts from a trained network stays in its basin, so the average of the two keeps much of the
+    start's accuracy on its own data while keeping much of what the fine-tune learned.
+    """
+    begin, end = start.state_dict(), tuned.state_dict()
+    tuned.load_state_dict({k: torch.lerp(begin[k].to(v), v, a) if v.is_floating_point() else v for k, v in end.items()})
+    return tuned
 
 
 def make_optimizer(model: nn.Module, args) -> torch.optim.Optimizer:
@@ -378,6 +402,8 @@ def train(args, ctx, model: nn.Module | None = None, data=None) -> tuple[nn.Modu
         best_state = judged.state_dict()
     final = copy.deepcopy(ctx["raw_model"]).cpu().to(memory_format=torch.contiguous_format)
     final.load_state_dict({k: v.float().cpu().contiguous() for k, v in best_state.items()})
+    if args.wise < 1:
+        final = weight_average(load_model(args.init_from), final, args.wise)
     if isinstance(final, FashionCNN):   # other networks have no temperature: they serve plain softmax
         t = args.temperature or 1.0
         fit = {"temperature": t, "source": temperature_source(args)}

@@ -129,6 +129,17 @@ def test_model_card_has_hub_metadata(trained):
     acc = next(r for r in card.data.eval_results if r.metric_type == "accuracy")
     assert acc.metric_value == pytest.approx(m["accuracy"], abs=1e-4)
     assert "python train.py --dataset" in card.text          # the command that trained it
+    assert "trained from\nscratch" in card.text and "fine-tun" not in card.text
+
+
+def test_a_fine_tune_card_says_what_it_started_from_and_how_long_it_tuned(trained):
+    out, _ = trained
+    m = json.loads((out / "evaluation/metrics.json").read_text())
+    args = train.parse_args(["--dataset", SLICE, "--init-from", "someone/start", "--wise", "0.5"])
+    card = hub.model_card(load_model(out).config, 1, m, "python train.py", "v", "t", 180.0, train.start_note(args))
+    assert "fine-tuned with\n`train.py` of the project's repository from the weights in `someone/start`" in card
+    assert "(0.5 start + 0.5 fine-tuned, WiSE-FT)" in card and "from\nscratch" not in card
+    assert "3.0 min on" in card and "of fine-tuning, after the starting weights' own training" in card
 
 
 def test_loads_back_through_the_hub_path_with_identical_predictions(trained, tmp_path, monkeypatch):
@@ -354,6 +365,31 @@ def test_final_fit_keeps_the_weights_of_the_last_step(tmp_path):
     last = {k: v.float() for k, v in ctx["raw_model"].state_dict().items()}
     assert all(torch.equal(v, last[k]) for k, v in final.state_dict().items())
 
+
+
+def test_wise_keeps_the_average_of_the_start_and_the_fine_tune(trained, tmp_path):
+    """--wise a (WiSE-FT): the kept weights are (1 - a) * start + a * what the same fine-tune ends with;
+    BatchNorm statistics are averaged too, and the step count is the fine-tune's."""
+    start = trained[0]
+    common = ["--dataset", SLICE, "--init-from", str(start), "--epochs", "1", "--val-size", "0", "--temperature", "0.7",
+              "--ema", "0", "--amp", "off", "--batch-size", "100", "--no-progress", "--trust-images", "0"]
+    finals = []
+    for a in ("1", "0.25"):
+        args = train.parse_args([*common, "--wise", a, "--out", str(tmp_path / a)])
+        finals.append(train.train(args, train.setup_device(args))[0].state_dict())
+    tuned, wise = finals
+    begin = load_model(start).state_dict()
+    moved = [k for k, v in tuned.items() if v.is_floating_point() and not torch.equal(v, begin[k])]
+    assert any(k.endswith("running_mean") for k in moved) and any(k.endswith("weight") for k in moved)
+    for k, v in wise.items():
+        expected = 0.75 * begin[k] + 0.25 * tuned[k] if v.is_floating_point() else tuned[k]
+        torch.testing.assert_close(v, expected.to(v.dtype), rtol=1e-5, atol=1e-6)
+
+
+def test_wise_needs_a_start_and_a_weight_in_range(tmp_path):
+    for extra in (["--wise", "0.5"], ["--wise", "1.5", "--init-from", "weights"]):
+        proc = run_cli("--dataset", SLICE, *extra, "--out", str(tmp_path / "m"), check=False)
+        assert proc.returncode == 2 and "--wise takes a weight in [0, 1] and needs --init-from" in proc.stderr
 
 # --- the other options, each observed where it acts ---------------------------------------------
 
