@@ -43,8 +43,21 @@ def model_rows(m: dict) -> list[str]:
                     f"{folders} |")
     if m.get("parameters"):
         trained = f"{m['train_seconds'] / 60:.1f} min on {m.get('hardware', '?')}" if m.get("train_seconds") else "n/a"
-        rows.append(f"| Model | {m['parameters']:,} parameters; last training run {trained} |")
+        rows.append(f"| Model | {m['parameters']:,} parameters; {training_time(m, trained)} |")
     return rows
+
+
+def training_time(m: dict, trained: str) -> str:
+    """The last run's training time; for a fine-tune, with the run it started from (recipes.json's
+    'shipped' row, the Fashion-MNIST model) and the sum of the two."""
+    if "--init-from" not in (m.get("command") or ""):
+        return f"last training run {trained}"
+    base = next((r for r in (read(common.RESULTS / "recipes.json") or {}).get("rows", []) if r["name"] == "shipped"), None)
+    if not base or not m.get("train_seconds"):
+        return f"fine-tuned {trained}, after the training of the model it started from"
+    total = (base["train_seconds"] + m["train_seconds"]) / 60
+    return (f"fine-tuned {trained} from the Fashion-MNIST model ({base['train_seconds'] / 60:.1f} min): "
+            f"{total:.1f} min of training in all")
 
 
 def ood_rows(o: dict) -> list[str]:
@@ -135,7 +148,8 @@ def results_block() -> str:
     rows += bench_rows()
     rows += serving_rows()
     command = (metrics or {}).get("command")
-    tail = ["", f"The shipped weights were trained with `{command}`."] if command else []
+    verb = "fine-tuned (its start: docs/results.md)" if "--init-from" in (command or "") else "trained"
+    tail = ["", f"The shipped weights were {verb} with `{command}`."] if command else []
     return "\n".join(rows + tail)
 
 
