@@ -84,10 +84,11 @@ def breakdown(raw_path: Path) -> Counter:
     return counts
 
 
-def sampled(app, out: Path, rate: int, drive) -> tuple[Counter, float, int, list[str]]:
+def sampled(app, out: Path, rate: int, drive, gil: bool = False) -> tuple[Counter, float, int, list[str]]:
     """Run drive() while py-spy samples the app; (samples per stage, app CPU s, requests served, py-spy log)."""
     spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(app.proc.pid),
-                            "--rate", str(rate), "--format", "raw", "--output", str(out), "--nonblocking"],
+                            "--rate", str(rate), "--format", "raw", "--output", str(out), "--nonblocking",
+                            *(["--gil"] if gil else [])],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     time.sleep(1.0)                                   # py-spy attached before the first request
     cpu0 = load.cpu_seconds(app.sampler.proc)
@@ -115,7 +116,11 @@ py-spy samples every running thread of the app {res['settings']['rate']} times a
 first stage matched from the innermost frame outwards (bench/server_profile.py `STAGES`), threads waiting
 on a lock or the selector left out. CPU ms per request = the stage's share of samples x the app's
 CPU time (psutil, user + system) over the window / requests served.
-"""]
+""" + ("""
+**--gil**: only the thread holding Python's lock is sampled. An event loop waiting in C (uvloop)
+releases it, so idle time no longer counts as work; so do torch's kernels, so the network's share
+is low and the CPU ms of every stage are estimates of Python work scaled to the whole CPU time.
+""" if res['settings'].get('gil') else "")]
     for name, sc in res["scenarios"].items():
         parts.append(f"""## {name}: {sc['description']}
 
@@ -144,6 +149,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--explain-methods", nargs="+", default=None, help="methods of each explain request (default: all)")
     p.add_argument("--images", type=int, default=20, help="distinct test images")
     p.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
+    p.add_argument("--gil", action="store_true",
+                   help="sample only the thread holding the GIL (under uvloop, the only way to leave idle time out)")
     p.add_argument("--results-dir", default=str(common.RESULTS))
     return p.parse_args(argv)
 
@@ -179,7 +186,7 @@ def main(argv=None) -> int:
                     box["wall"], box["outcomes"] = time.perf_counter() - t0, outcomes
                     return sum(o.status == "ok" for o in outcomes)
 
-                counts, cpu, served, log = sampled(app, Path(tmp) / f"{name}.txt", cli.rate, drive)
+                counts, cpu, served, log = sampled(app, Path(tmp) / f"{name}.txt", cli.rate, drive, cli.gil)
                 problems = [o.detail for o in box["outcomes"] if o.status != "ok"][:5]
                 scenarios[name] = {"description": description, "served": served, "wall_s": box["wall"],
                                    "cpu_ms_per_request": 1000 * cpu / max(served, 1), "samples": dict(counts),
