@@ -366,10 +366,9 @@ def test_final_fit_keeps_the_weights_of_the_last_step(tmp_path):
     assert all(torch.equal(v, last[k]) for k, v in final.state_dict().items())
 
 
-
 def test_wise_keeps_the_average_of_the_start_and_the_fine_tune(trained, tmp_path):
     """--wise a (WiSE-FT): the kept weights are (1 - a) * start + a * what the same fine-tune ends with;
-    BatchNorm statistics are averaged too, and the step count is the fine-tune's."""
+    BatchNorm statistics are averaged too; integer buffers (BatchNorm's batch counts) are the fine-tune's."""
     start = trained[0]
     common = ["--dataset", SLICE, "--init-from", str(start), "--epochs", "1", "--val-size", "0", "--temperature", "0.7",
               "--ema", "0", "--amp", "off", "--batch-size", "100", "--no-progress", "--trust-images", "0"]
@@ -390,6 +389,7 @@ def test_wise_needs_a_start_and_a_weight_in_range(tmp_path):
     for extra in (["--wise", "0.5"], ["--wise", "1.5", "--init-from", "weights"]):
         proc = run_cli("--dataset", SLICE, *extra, "--out", str(tmp_path / "m"), check=False)
         assert proc.returncode == 2 and "--wise takes a weight in [0, 1] and needs --init-from" in proc.stderr
+
 
 # --- the other options, each observed where it acts ---------------------------------------------
 
