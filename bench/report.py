@@ -53,7 +53,7 @@ def training_time(m: dict, trained: str) -> str:
     if "--init-from" not in (m.get("command") or ""):
         return f"last training run {trained}"
     base = next((r for r in (read(common.RESULTS / "recipes.json") or {}).get("rows", []) if r["name"] == "shipped"), None)
-    if not base or not m.get("train_seconds"):
+    if not base or "--init-from" in base.get("source", "") or not m.get("train_seconds"):   # rerun on the fine-tune itself
         return f"fine-tuned {trained}, after the training of the model it started from"
     total = (base["train_seconds"] + m["train_seconds"]) / 60
     return (f"fine-tuned {trained} from the Fashion-MNIST model ({base['train_seconds'] / 60:.1f} min): "

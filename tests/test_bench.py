@@ -147,9 +147,15 @@ def test_report_gives_a_fine_tune_the_training_of_its_start(tmp_path, monkeypatc
     """The README's model row: a fine-tune's minutes alone would hide the run it started from."""
     monkeypatch.setattr(sys, "path", [*sys.path, str(REPO / "bench")])   # after the root: bench/ood.py must not shadow ood.py
     import report
-    (tmp_path / "recipes.json").write_text(json.dumps({"rows": [{"name": "shipped", "train_seconds": 3420.0}]}))
+    (tmp_path / "recipes.json").write_text(json.dumps({"rows": [{"name": "shipped", "train_seconds": 3420.0,
+                                                                 "source": "from weights/, trained by `python train.py`"}]}))
     monkeypatch.setattr(report.common, "RESULTS", tmp_path)
     tuned = {"command": "python train.py --init-from start --wise 0.5", "train_seconds": 180.0, "hardware": "CPU"}
     assert report.training_time(tuned, "3.0 min on CPU") == ("fine-tuned 3.0 min on CPU from the Fashion-MNIST model "
                                                               "(57.0 min): 60.0 min of training in all")
     assert report.training_time({"command": "python train.py"}, "57.0 min on CPU") == "last training run 57.0 min on CPU"
+    # bench/recipes.py rerun after the fine-tune shipped: its 'shipped' row is the fine-tune, not its start.
+    (tmp_path / "recipes.json").write_text(json.dumps({"rows": [{"name": "shipped", "train_seconds": 180.0,
+                                                                 "source": "trained by `python train.py --init-from a`"}]}))
+    assert report.training_time(tuned, "3.0 min on CPU") == ("fine-tuned 3.0 min on CPU, after the training of the "
+                                                              "model it started from")
