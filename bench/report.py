@@ -47,13 +47,18 @@ def model_rows(m: dict) -> list[str]:
     return rows
 
 
+def is_fine_tune(command: str | None) -> bool:
+    """Whether a train.py command (or a recipes.json source naming one) started from trained weights."""
+    return "--init-from" in (command or "")
+
+
 def training_time(m: dict, trained: str) -> str:
     """The last run's training time; for a fine-tune, with the run it started from (recipes.json's
     'shipped' row, the Fashion-MNIST model) and the sum of the two."""
-    if "--init-from" not in (m.get("command") or ""):
+    if not is_fine_tune(m.get("command")):
         return f"last training run {trained}"
     base = next((r for r in (read(common.RESULTS / "recipes.json") or {}).get("rows", []) if r["name"] == "shipped"), None)
-    if not base or "--init-from" in base.get("source", "") or not m.get("train_seconds"):   # rerun on the fine-tune itself
+    if not base or is_fine_tune(base.get("source")) or not m.get("train_seconds"):   # rerun on the fine-tune itself
         return f"fine-tuned {trained}, after the training of the model it started from"
     total = (base["train_seconds"] + m["train_seconds"]) / 60
     return (f"fine-tuned {trained} from the Fashion-MNIST model ({base['train_seconds'] / 60:.1f} min): "
@@ -148,7 +153,7 @@ def results_block() -> str:
     rows += bench_rows()
     rows += serving_rows()
     command = (metrics or {}).get("command")
-    verb = "fine-tuned (its start: docs/results.md)" if "--init-from" in (command or "") else "trained"
+    verb = "fine-tuned (its start: docs/results.md)" if is_fine_tune(command) else "trained"
     tail = ["", f"The shipped weights were {verb} with `{command}`."] if command else []
     return "\n".join(rows + tail)
 
