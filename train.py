@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import hub
+import model_repo
 from augment import augment, photo_like
 from data import HUB_DATASET, load_images, load_photo_looks, split_train_val
 from evaluate import evaluate_folder, fit_temperature, predict_probs, with_temperature
@@ -240,34 +241,6 @@ def train_one_epoch(model, ema, x, y, optimizer, args, epoch, step, total_steps,
             "images_per_s": seen * ctx["world"] / seconds}, step
 
 
-def temperature_source(args) -> str:
-    """Where the stored temperature comes from; the training log and the model card both say it."""
-    if args.temperature:
-        return "set with --temperature"
-    return "none fitted: no validation split" if args.val_size == 0 else "fitted on validation"
-
-
-def start_note(args) -> str | None:
-    """What a fine-tune started from, as the model card says it; None for a network trained from scratch."""
-    if not args.init_from:
-        return None
-    averaged = f", then averaged with them ({1 - args.wise:g} start + {args.wise:g} fine-tuned, WiSE-FT)"
-    return f"the weights in `{args.init_from}`" + (averaged if args.wise < 1 else "")
-
-
-def save_model_repo(out: Path, model: FashionCNN, metrics: dict, args, command: str,
-                    train_seconds: float | None) -> None:
-    """config.json + model.safetensors via the Hub mixin, then our own README.md model card."""
-    model.save_pretrained(out)
-    val = metrics.get("val_accuracy")
-    validation = f"{val:.2%}" if val is not None else "n/a"
-    if args.val_size == 0:
-        validation = ("none held out: the recipe was chosen on validation, then retrained on all training images "
-                      "(last epoch kept)")
-    (out / "README.md").write_text(hub.model_card(model.config, count_parameters(model), metrics, command,
-                                                  validation, temperature_source(args), train_seconds, start_note(args)))
-
-
 # ---------------------------------------------------------------------------------------------
 # Devices and main
 # ---------------------------------------------------------------------------------------------
@@ -406,7 +379,7 @@ def train(args, ctx, model: nn.Module | None = None, data=None) -> tuple[nn.Modu
         final = weight_average(load_model(args.init_from), final, args.wise)
     if isinstance(final, FashionCNN):   # other networks have no temperature: they serve plain softmax
         t = args.temperature or 1.0
-        fit = {"temperature": t, "source": temperature_source(args)}
+        fit = {"temperature": t, "source": model_repo.temperature_source(args)}
         if len(xv) and not args.temperature:
             t, fit = fit_temperature(final, xv, yv)
         final = with_temperature(final, t)
@@ -450,7 +423,7 @@ def run(args, argv=None) -> int:
               "train_bf16_autocast": ctx["amp"], "temperature": model.config.temperature}
     metrics = evaluate_folder(model, args, extra, history)
     if not args.eval_only:
-        save_model_repo(args.out, model.cpu(), metrics, args, command, train_seconds)
+        model_repo.save(args.out, model.cpu(), metrics, args, command, train_seconds)
     if args.trust_images:
         # Which explanation methods earn belief, measured once here rather than per click in the app.
         from explain import write_trust

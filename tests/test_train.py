@@ -16,6 +16,7 @@ import torch
 
 import evaluate
 import hub
+import model_repo
 import train
 from data import load_images, split_train_val
 from model import CLASS_NAMES, load_model
@@ -136,7 +137,8 @@ def test_a_fine_tune_card_says_what_it_started_from_and_how_long_it_tuned(traine
     out, _ = trained
     m = json.loads((out / "evaluation/metrics.json").read_text())
     args = train.parse_args(["--dataset", SLICE, "--init-from", "someone/start", "--wise", "0.5"])
-    card = hub.model_card(load_model(out).config, 1, m, "python train.py", "v", "t", 180.0, train.start_note(args))
+    card = model_repo.model_card(load_model(out).config, 1, m, "python train.py", "v", "t", 180.0,
+                                 model_repo.start_note(args))
     assert "fine-tuned with\n`train.py` of the project's repository from the weights in `someone/start`" in card
     assert "(0.5 start + 0.5 fine-tuned, WiSE-FT)" in card and "from\nscratch" not in card
     assert "3.0 min on" in card and "of fine-tuning, after the starting weights' own training" in card

@@ -1,0 +1,132 @@
+"""What a trained model's folder (a Hub model repo) says about itself: the model card, and the
+writing of the folder at the end of a training run.
+
+train.py calls `save`; the weights and config.json come from the Hub mixin, the card from
+`model_card`, which reads evaluation/metrics.json's figures and the options of the run.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from hub import HUB_DATASET, LICENSE, MODEL_METADATA, TAGS
+from model import count_parameters
+
+
+def temperature_source(args) -> str:
+    """Where the stored temperature comes from; the training log and the model card both say it."""
+    if args.temperature:
+        return "set with --temperature"
+    return "none fitted: no validation split" if args.val_size == 0 else "fitted on validation"
+
+
+def start_note(args) -> str | None:
+    """What a fine-tune started from, as the model card says it; None for a network trained from scratch."""
+    if not args.init_from:
+        return None
+    averaged = f", then averaged with them ({1 - args.wise:g} start + {args.wise:g} fine-tuned, WiSE-FT)"
+    return f"the weights in `{args.init_from}`" + (averaged if args.wise < 1 else "")
+
+
+def save(out: Path, model, metrics: dict, args, command: str, train_seconds: float | None) -> None:
+    """config.json + model.safetensors via the Hub mixin, then our own README.md model card."""
+    model.save_pretrained(out)
+    val = metrics.get("val_accuracy")
+    validation = f"{val:.2%}" if val is not None else "n/a"
+    if args.val_size == 0:
+        validation = ("none held out: the recipe was chosen on validation, then retrained on all training images "
+                      "(last epoch kept)")
+    (out / "README.md").write_text(model_card(model.config, count_parameters(model), metrics, command, validation,
+                                              temperature_source(args), train_seconds, start_note(args)))
+
+
+def _card_metadata(metrics: dict) -> str:
+    from huggingface_hub import EvalResult, ModelCardData
+
+    def result(metric_type: str, value: float, name: str | None = None) -> EvalResult:
+        return EvalResult(task_type="image-classification", dataset_type=HUB_DATASET, dataset_name="Fashion-MNIST",
+                          dataset_split="test", metric_type=metric_type, metric_name=name,
+                          metric_value=round(value, 4))
+
+    data = ModelCardData(
+        library_name=MODEL_METADATA["library_name"], license=LICENSE, datasets=[HUB_DATASET],
+        pipeline_tag=MODEL_METADATA["pipeline_tag"], tags=[*TAGS, "pytorch_model_hub_mixin"],
+        metrics=["accuracy", "f1"], model_name="fashion-mnist-cnn",
+        eval_results=[result("accuracy", metrics["accuracy"]), result("f1", metrics["macro_f1"], "macro F1")])
+    return data.to_yaml()
+
+
+def model_card(config, parameters: int, metrics: dict, command: str, validation: str, temperature_note: str,
+               train_seconds: float | None, start: str | None = None) -> str:
+    """README.md of the model repo: Hub metadata (model-index with the test accuracy) and a short body.
+
+    Args:
+        config: the model's ModelConfig; parameters: its parameter count.
+        metrics: evaluation/metrics.json as evaluate.py writes it.
+        command: the command that trained it; validation: the validation line of the table;
+        temperature_note: where the stored temperature came from.
+        start: for a fine-tune, what it started from (the card must not call it trained from scratch).
+    """
+    lo, hi = metrics["accuracy_ci95"]
+    rows = "\n".join(f"| {n} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} |"
+                     for n, c in metrics["per_class"].items())
+    timing = f"{train_seconds / 60:.1f} min on {metrics.get('hardware', 'this machine')}" if train_seconds else "n/a"
+    origin = "trained from\nscratch with `train.py` of the project's repository"
+    if start:
+        origin = f"fine-tuned with\n`train.py` of the project's repository from {start}"
+        timing += " of fine-tuning, after the starting weights' own training" if train_seconds else ""
+    photos = metrics.get("photos")
+    photo_row = (f"| Real phone photos (strict / coarse accuracy) | {photos['strict_accuracy']:.1%} / "
+                 f"{photos['coarse_accuracy']:.1%} (n={photos['n']}) |\n" if photos else "")
+    return f"""---
+{_card_metadata(metrics)}
+---
+# Fashion-MNIST CNN ({parameters:,} parameters)
+
+A small residual CNN for [Fashion-MNIST](https://huggingface.co/datasets/{HUB_DATASET}), {origin},
+and the model behind its Gradio explainability dashboard.
+
+| | |
+|---|---|
+| Test accuracy | **{metrics['accuracy']:.2%}** (95% CI {lo:.2%} to {hi:.2%}, n={metrics['n']:,}) |
+| Validation accuracy (chosen checkpoint) | {validation} |
+| Macro F1 | {metrics['macro_f1']:.4f} |
+| Expected calibration error | {metrics['calibration']['ece']:.4f} (softmax temperature {config.temperature:g}, \
+{temperature_note}) |
+{photo_row}| Parameters | {parameters:,} |
+| Flip test-time augmentation | {'yes' if metrics['tta'] else 'no'} |
+| Training time | {timing} |
+
+Trained with:
+
+```bash
+{command}
+```
+
+## Use
+
+```python
+from model import load_model            # model.py and preprocess.py from the project's repository
+from preprocess import preprocess
+model = load_model("<repo id or folder>")                          # config.json + model.safetensors only
+probs = model.predict_proba(preprocess(image, model.config.mean, model.config.std)[None])   # (1, 10)
+```
+
+`FashionCNN.from_pretrained("<repo id>")` (`huggingface_hub`'s `PyTorchModelHubMixin`) goes through
+the same checked loader. Inputs go through `preprocess`: grayscale, light garment on a dark
+background (a photo's garment is segmented from its ground first), centred and scaled to 28x28 with
+its aspect kept, normalised with mean {config.mean} and std {config.std}.
+
+## Per-class results (test set)
+
+| class | precision | recall | F1 |
+|---|---|---|---|
+{rows}
+
+`evaluation/` holds metrics.json, the confusion matrix, the reliability diagram, the training curves,
+and every misclassified test image (misclassified.npz: index, true, pred, confidence, 28x28 image).
+
+## Limitations
+Trained on 28x28 grayscale product photos of ten clothing classes. Anything else (a person wearing
+clothes, a busy background, a different object) is still forced into one of the ten classes.
+Shirt, T-shirt/top, Pullover and Coat are the classes it confuses most.
+"""
