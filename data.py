@@ -99,12 +99,12 @@ def load_photo_looks(folder: str | Path, split: str) -> tuple[torch.Tensor, torc
     """The mapped photos of `split` through the serving preprocessing -> looks (P, 28, 28), their
     right classes (P, C) bool (a folder such as shoes allows several) and their folder names.
     Unreadable files are skipped."""
-    from PIL import Image
+    from PIL import Image, ImageOps
     looks, allowed, names = [], [], []
     for path, name in load_photos(folder, split, tuple(f for f, m in PHOTO_FOLDERS.items() if m.strict)):
         try:
-            with Image.open(path) as img:
-                looks.append(fashion_look(img.convert("RGB")))
+            with Image.open(path) as img:   # upright as the app shows an upload: its EXIF rotation applied
+                looks.append(fashion_look(ImageOps.exif_transpose(img).convert("RGB")))
         except (OSError, ValueError):
             continue
         allowed.append([c in PHOTO_FOLDERS[name].strict for c in CLASS_NAMES])

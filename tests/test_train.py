@@ -368,6 +368,57 @@ def test_final_fit_keeps_the_weights_of_the_last_step(tmp_path):
     assert all(torch.equal(v, last[k]) for k, v in final.state_dict().items())
 
 
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory) -> Path:
+    """A clothing_photos layout (<split>/<folder>/*.jpg) of the committed example photos, each
+    in both splits: one in each of the seven mapped folders, and a hat, which has no class."""
+    root = tmp_path_factory.mktemp("photos")
+    for path in sorted((ROOT / "examples" / "photos").glob("*.jpg")):
+        folder = path.stem.split("-", 1)[1]
+        for split in ("train", "validation"):
+            (root / split / folder).mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, root / split / folder / path.name)
+    return root
+
+
+def test_joint_training_mixes_photos_in_and_reports_them(photo_folder, tmp_path):
+    out = tmp_path / "model"
+    run_cli("--dataset", SLICE, "--epochs", "1", "--val-size", "100", "--batch-size", "64", "--out", str(out),
+            "--no-progress", "--trust-images", "0", "--photo-train", str(photo_folder), "--photos", str(photo_folder),
+            "--photo-share", "0.25", env=offline_env(tmp_path))
+    photos = json.loads((out / "evaluation/metrics.json").read_text())["photos"]
+    assert photos["n"] == 7 and photos["split"] == "validation"                # the hat is left out
+    assert set(photos["per_folder"]) == {"dress", "longsleeve", "outwear", "pants", "shirt", "shoes", "t-shirt"}
+    weighted = sum(f["strict"] * f["n"] for f in photos["per_folder"].values()) / photos["n"]
+    assert photos["strict_accuracy"] == pytest.approx(weighted)
+    assert sum(sum(row.values()) for row in photos["confusion"].values()) == 7
+    epoch = json.loads((out / "training_history.json").read_text())[0]
+    assert epoch["images"] > 300          # the 300 Fashion-MNIST training images, and photos beside them
+    assert epoch["photo_val_strict"] == pytest.approx(photos["strict_accuracy"], abs=1e-6)
+    card = (out / "README.md").read_text()
+    assert f"{photos['strict_accuracy']:.1%} / {photos['coarse_accuracy']:.1%} (n=7)" in card
+
+
+def test_photos_are_read_upright_as_the_app_shows_them(tmp_path):
+    """A phone stores a photo on its side with EXIF Orientation 6 ("rotate 90 clockwise to view"):
+    training and the photo metrics must see what the app's visitor sees."""
+    from PIL import Image
+
+    from data import load_photo_looks
+    folder = tmp_path / "validation" / "pants"
+    folder.mkdir(parents=True)
+    with Image.open(ROOT / "examples" / "photos" / "0098b991-pants.jpg") as img:
+        upright = img.convert("RGB")
+    upright.save(folder / "a_upright.jpg", quality=95)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    upright.rotate(90, expand=True).save(folder / "b_tagged.jpg", quality=95, exif=exif.tobytes())
+    upright.rotate(90, expand=True).save(folder / "c_untagged.jpg", quality=95)
+    looks = load_photo_looks(tmp_path, "validation")[0].numpy()
+    assert np.abs(looks[1] - looks[0]).mean() < 0.02                   # the same look, up to JPEG rounding
+    assert np.abs(looks[2] - looks[0]).mean() > 5 * np.abs(looks[1] - looks[0]).mean()   # the tag made it
+
+
 def test_wise_keeps_the_average_of_the_start_and_the_fine_tune(trained, tmp_path):
     """--wise a (WiSE-FT): the kept weights are (1 - a) * start + a * what the same fine-tune ends with;
     BatchNorm statistics are averaged too; integer buffers (BatchNorm's batch counts) are the fine-tune's."""
