@@ -52,6 +52,19 @@ def insert_after(pattern: str, text: str) -> Callable[[str], str]:
     return edit
 
 
+def still_python(edit: Callable[[str], str], path: str) -> Callable[[str], str]:
+    """`edit`, refused when its result does not compile: a syntax error fails every test, which
+    would count as a kill without testing anything."""
+    def checked(source: str) -> str:
+        broken = edit(source)
+        try:
+            compile(broken, path, "exec")
+        except SyntaxError as e:
+            raise NotApplicable(f"the break is not valid Python ({e.msg}, line {e.lineno})") from None
+        return broken
+    return checked
+
+
 def prepend(text: str) -> Callable[[str], str]:
     return lambda source: text + source
 
@@ -92,6 +105,13 @@ BREAKS = [
                        "    if a.dtype != np.uint8:\n"
                        "        return np.zeros(a.shape, np.float32)  # MUTATION: non-8-bit input comes out blank\n"),
           ["tests/test_model.py::test_preprocess_accepts_all_kinds_of_images"]),
+    Break("photos left out of the training batches (train.py batch)", "train.py",
+          replace_once("    if photos is not None:\n", "    if False:  # MUTATION: photos never mixed in\n"),
+          ["tests/test_train.py::test_joint_training_mixes_photos_in_and_reports_them"]),
+    Break("photos read as stored, EXIF rotation ignored (data.py load_photo_looks)", "data.py",
+          replace_once("fashion_look(ImageOps.exif_transpose(img).convert(\"RGB\")))\n",
+                       "fashion_look(img.convert(\"RGB\")))  # MUTATION: no EXIF rotation\n"),
+          ["tests/test_train.py::test_photos_are_read_upright_as_the_app_shows_them"]),
     Break("broken explain import (explain/__init__.py)", "explain/__init__.py",
           prepend('raise ImportError("MUTATION: explain/ is broken")\n'),
           ["tests/test_notebook.py"]),
@@ -160,7 +180,8 @@ def main(argv=None) -> int:
             target = copy / b.path
             original = target.read_text()
             try:
-                target.write_text(b.edit(original))
+                edit = still_python(b.edit, b.path) if b.path.endswith(".py") else b.edit
+                target.write_text(edit(original))
             except NotApplicable as e:
                 rows.append((b.name, b.tests, f"NOT APPLICABLE: {e}", 0.0))
                 bad = True

@@ -393,7 +393,8 @@ def test_joint_training_mixes_photos_in_and_reports_them(photo_folder, tmp_path)
     assert photos["strict_accuracy"] == pytest.approx(weighted)
     assert sum(sum(row.values()) for row in photos["confusion"].values()) == 7
     epoch = json.loads((out / "training_history.json").read_text())[0]
-    assert epoch["images"] > 300          # the 300 Fashion-MNIST training images, and photos beside them
+    # 400 training images left by the hold-out: 6 full batches of 64, each with 16 photos (a quarter) added
+    assert epoch["images"] == 6 * (64 + 16)
     assert epoch["photo_val_strict"] == pytest.approx(photos["strict_accuracy"], abs=1e-6)
     card = (out / "README.md").read_text()
     assert f"{photos['strict_accuracy']:.1%} / {photos['coarse_accuracy']:.1%} (n=7)" in card
