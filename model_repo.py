@@ -30,13 +30,22 @@ def start_note(args) -> str | None:
 def save(out: Path, model, metrics: dict, args, command: str, train_seconds: float | None) -> None:
     """config.json + model.safetensors via the Hub mixin, then our own README.md model card."""
     model.save_pretrained(out)
+    (out / "README.md").write_text(card(model, metrics, args, command, train_seconds))
+
+
+def card(model, metrics: dict, args, command: str, train_seconds: float | None) -> str:
+    """The model card of a training run: `model_card` with what the run's options say.
+
+    `args` are train.py's options; a shipped card can be written again from its metrics.json, whose
+    "command" holds them: `train.parse_args(shlex.split(metrics["command"])[2:])`.
+    """
     val = metrics.get("val_accuracy")
     validation = f"{val:.2%}" if val is not None else "n/a"
     if args.val_size == 0:
         validation = ("none held out: the recipe was chosen on validation, then retrained on all training images "
                       "(last epoch kept)")
-    (out / "README.md").write_text(model_card(model.config, count_parameters(model), metrics, command, validation,
-                                              temperature_source(args), train_seconds, start_note(args)))
+    return model_card(model.config, count_parameters(model), metrics, command, validation, temperature_source(args),
+                      train_seconds, start_note(args), photos_trained=bool(args.photo_train))
 
 
 def _card_metadata(metrics: dict) -> str:
@@ -56,7 +65,7 @@ def _card_metadata(metrics: dict) -> str:
 
 
 def model_card(config, parameters: int, metrics: dict, command: str, validation: str, temperature_note: str,
-               train_seconds: float | None, start: str | None = None) -> str:
+               train_seconds: float | None, start: str | None = None, photos_trained: bool = False) -> str:
     """README.md of the model repo: Hub metadata (model-index with the test accuracy) and a short body.
 
     Args:
@@ -65,6 +74,7 @@ def model_card(config, parameters: int, metrics: dict, command: str, validation:
         command: the command that trained it; validation: the validation line of the table;
         temperature_note: where the stored temperature came from.
         start: for a fine-tune, what it started from (the card must not call it trained from scratch).
+        photos_trained: phone photos were mixed into the training batches (train.py --photo-train).
     """
     lo, hi = metrics["accuracy_ci95"]
     rows = "\n".join(f"| {n} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} |"
@@ -74,6 +84,9 @@ def model_card(config, parameters: int, metrics: dict, command: str, validation:
     if start:
         origin = f"fine-tuned with\n`train.py` of the project's repository from {start}"
         timing += " of fine-tuning, after the starting weights' own training" if train_seconds else ""
+    confused = sorted(metrics["per_class"], key=lambda n: metrics["per_class"][n]["f1"])[:4]
+    trained_on = "28x28 grayscale product photos of ten clothing classes (Fashion-MNIST)" + (
+        ", and on segmented phone photos of garments of those classes" if photos_trained else "")
     photos = metrics.get("photos")
     photo_row = (f"| Real phone photos (strict / coarse accuracy) | {photos['strict_accuracy']:.1%} / "
                  f"{photos['coarse_accuracy']:.1%} (n={photos['n']}) |\n" if photos else "")
@@ -126,7 +139,10 @@ its aspect kept, normalised with mean {config.mean} and std {config.std}.
 and every misclassified test image (misclassified.npz: index, true, pred, confidence, 28x28 image).
 
 ## Limitations
-Trained on 28x28 grayscale product photos of ten clothing classes. Anything else (a person wearing
-clothes, a busy background, a different object) is still forced into one of the ten classes.
-Shirt, T-shirt/top, Pullover and Coat are the classes it confuses most.
+Trained on {trained_on}.
+The network answers one of the ten classes for any input: a person wearing clothes, a busy
+background, a different object. The project's out-of-distribution detector
+(`ood.json` and `ood.safetensors` beside the weights, fitted by `bench/ood.py`; `load_model` attaches
+it as `model.ood`) flags inputs unlike the training images. The classes with the lowest F1 on the
+test set: {", ".join(confused)}.
 """

@@ -131,6 +131,9 @@ def test_model_card_has_hub_metadata(trained):
     assert acc.metric_value == pytest.approx(m["accuracy"], abs=1e-4)
     assert "python train.py --dataset" in card.text          # the command that trained it
     assert "trained from\nscratch" in card.text and "fine-tun" not in card.text
+    assert "phone photos" not in card.text                 # trained on Fashion-MNIST alone
+    lowest = sorted(m["per_class"], key=lambda n: m["per_class"][n]["f1"])[:4]
+    assert f"The classes with the lowest F1 on the\ntest set: {', '.join(lowest)}." in card.text
 
 
 def test_a_fine_tune_card_says_what_it_started_from_and_how_long_it_tuned(trained):
@@ -398,6 +401,7 @@ def test_joint_training_mixes_photos_in_and_reports_them(photo_folder, tmp_path)
     assert epoch["photo_val_strict"] == pytest.approx(photos["strict_accuracy"], abs=1e-6)
     card = (out / "README.md").read_text()
     assert f"{photos['strict_accuracy']:.1%} / {photos['coarse_accuracy']:.1%} (n=7)" in card
+    assert "and on segmented phone photos of garments of those classes." in card
 
 
 def test_photos_are_read_upright_as_the_app_shows_them(tmp_path):
