@@ -156,12 +156,31 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, names=CLAS
 # Real photos
 # ---------------------------------------------------------------------------------------------
 
+# Issue #18's bars for real photos, which a choice made on photo validation must meet.
+PHOTO_STRICT_BAR = 0.75    # strict accuracy over all mapped folders
+PHOTO_FOLDER_BAR = 0.50    # strict accuracy of every mapped folder (above, not at)
+
+
+def strict_hits(model: FashionCNN, looks: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted classes (N,) and whether each is one of the photo's right classes (N,) bool."""
+    pred = predict_probs(model, looks).argmax(1)
+    return pred, allowed.gather(1, pred[:, None])[:, 0]
+
+
+def strict_by_folder(strict: torch.Tensor, folders: list[str]) -> dict[str, float]:
+    """Strict accuracy of each folder, in the order the folders first appear."""
+    return {f: strict[torch.tensor([g == f for g in folders])].float().mean().item() for f in dict.fromkeys(folders)}
+
+
+def meets_photo_bars(strict: float, per_folder: dict[str, float]) -> bool:
+    return strict >= PHOTO_STRICT_BAR and min(per_folder.values()) > PHOTO_FOLDER_BAR
+
+
 def photo_metrics(model: FashionCNN, folder: str | Path, split: str = "validation") -> dict:
     """Strict and coarse accuracy over the mapped folders, per folder, and a folder x class table."""
     looks, allowed, folders = load_photo_looks(folder, split)
-    pred = predict_probs(model, looks).argmax(1)
+    pred, strict = strict_hits(model, looks, allowed)
     names = list(model.label_names)
-    strict = allowed.gather(1, pred[:, None])[:, 0]
     coarse = torch.tensor([names[p] in COARSE_GROUPS[PHOTO_FOLDERS[f].coarse] for p, f in zip(pred.tolist(), folders)])
     per_folder, table = {}, {}
     for f in dict.fromkeys(folders):

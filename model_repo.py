@@ -19,12 +19,18 @@ def temperature_source(args) -> str:
     return "none fitted: no validation split" if args.val_size == 0 else "fitted on validation"
 
 
-def start_note(args) -> str | None:
-    """What a fine-tune started from, as the model card says it; None for a network trained from scratch."""
+def start_note(args, wise: dict | None = None) -> str | None:
+    """What a fine-tune started from, as the model card says it; None for a network trained from scratch.
+
+    `wise`: metrics.json's record of the averaging weight chosen on validation, when --wise named several.
+    """
     if not args.init_from:
         return None
-    averaged = f", then averaged with them ({1 - args.wise:g} start + {args.wise:g} fine-tuned, WiSE-FT)"
-    return f"the weights in `{args.init_from}`" + (averaged if args.wise < 1 else "")
+    a = wise["chosen"]["wise"] if wise else args.wise[0]
+    tried = ", ".join(f"{w:g}" for w in args.wise)
+    how = f"; the weight chosen on validation among {tried}" if len(args.wise) > 1 else ""
+    averaged = f", then averaged with them ({1 - a:g} start + {a:g} fine-tuned, WiSE-FT{how})"
+    return f"the weights in `{args.init_from}`" + (averaged if a < 1 or how else "")
 
 
 def save(out: Path, model, metrics: dict, args, command: str, train_seconds: float | None) -> None:
@@ -45,7 +51,7 @@ def card(model, metrics: dict, args, command: str, train_seconds: float | None) 
         validation = ("none held out: the recipe was chosen on validation, then retrained on all training images "
                       "(last epoch kept)")
     return model_card(model.config, count_parameters(model), metrics, command, validation, temperature_source(args),
-                      train_seconds, start_note(args), photos_trained=bool(args.photo_train))
+                      train_seconds, start_note(args, metrics.get("wise")), photos_trained=bool(args.photo_train))
 
 
 def _card_metadata(metrics: dict) -> str:

@@ -36,7 +36,8 @@ import hub
 import model_repo
 from augment import augment, photo_like
 from data import HUB_DATASET, load_images, load_photo_looks, split_train_val
-from evaluate import evaluate_folder, fit_temperature, predict_probs, with_temperature
+from evaluate import (evaluate_folder, fit_temperature, meets_photo_bars, predict_probs, strict_by_folder, strict_hits,
+                      with_temperature)
 from model import FashionCNN, ModelConfig, WeightsError, config_dict, count_parameters, load_model
 from preprocess import normalize
 
@@ -96,16 +97,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--init-from", default=None,
                    help="start from these weights (a folder or Hub repo id) instead of a new network: fine-tuning; "
                         "--widths is then theirs")
-    p.add_argument("--wise", type=float, default=1.0,
-                   help="with --init-from: keep (1 - a) * start + a * fine-tuned weights (WiSE-FT; 1: the fine-tuned)")
+    p.add_argument("--wise", type=float, nargs="+", default=[1.0],
+                   help="with --init-from: keep (1 - a) * start + a * fine-tuned weights (WiSE-FT; 1: the fine-tuned); "
+                        "several weights: the one chosen on validation (see choose_wise)")
     p.add_argument("--photo-aug", type=float, default=0.0,
                    help="probability of photo-like degradation per image (light gradient, turn, blur; 0: off)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     args = p.parse_args(argv)
     if args.eval_only and not args.model:
         p.error("--eval-only needs --model <folder or Hub repo id>")
-    if not 0 <= args.wise <= 1 or (args.wise < 1 and not args.init_from):
-        p.error("--wise takes a weight in [0, 1] and needs --init-from")
+    if not all(0 <= a <= 1 for a in args.wise) or (args.wise != [1.0] and not args.init_from):
+        p.error("--wise takes weights in [0, 1] and needs --init-from")
+    if len(args.wise) > 1 and args.val_size == 0:
+        p.error("several --wise weights are chosen on validation: they need --val-size above 0")
     if args.temperature < 0:
         p.error("--temperature must be positive (or 0: fit it on validation)")
     args.out = Path(args.out or ("outputs/eval" if args.eval_only else "outputs/fashion-cnn"))
@@ -300,6 +304,37 @@ def weight_average(start: nn.Module, tuned: nn.Module, a: float) -> nn.Module:
     return tuned
 
 
+def choose_wise(start: nn.Module, tuned: nn.Module, weights: list[float], xv: torch.Tensor, yv: torch.Tensor,
+                photo_val=None) -> tuple[nn.Module, dict]:
+    """The WiSE-FT average for each weight, scored on validation; returns the chosen one and the table.
+
+    The choice: among the weights whose average meets #18's bars on photo validation (when photos are
+    given), the highest Fashion-MNIST validation accuracy, ties to the higher photo accuracy; if none
+    meets them, the highest photo accuracy. The bars come first because the fine-tune exists for photos;
+    among those that serve photos well enough, Fashion-MNIST accuracy decides.
+    """
+    rows, models = [], {}
+    for a in weights:
+        models[a] = weight_average(start, copy.deepcopy(tuned), a)
+        row = {"wise": a}
+        if len(xv):
+            row["val_accuracy"] = (predict_probs(models[a], xv).argmax(1) == yv).float().mean().item()
+        if photo_val is not None:
+            looks, allowed, folders = photo_val
+            strict = strict_hits(models[a], looks, allowed)[1]
+            row |= {"photo_val_strict": strict.float().mean().item(), "photo_val_per_folder": strict_by_folder(strict, folders)}
+            row["meets_photo_bars"] = meets_photo_bars(row["photo_val_strict"], row["photo_val_per_folder"])
+        rows.append(row)
+    if len(weights) == 1:
+        chosen = rows[0]
+    elif photo_val is not None and not any(r["meets_photo_bars"] for r in rows):
+        chosen = max(rows, key=lambda r: r["photo_val_strict"])
+    else:
+        passing = [r for r in rows if r.get("meets_photo_bars", True)]
+        chosen = max(passing, key=lambda r: (r["val_accuracy"], r.get("photo_val_strict", 0.0)))
+    return models[chosen["wise"]], {"chosen": chosen, "candidates": rows}
+
+
 def make_optimizer(model: nn.Module, args) -> torch.optim.Optimizer:
     """SGD with Nesterov momentum (plain SGD at --momentum 0), or Adam; no weight decay on BatchNorm and biases."""
     decay, no_decay = [p for p in model.parameters() if p.ndim > 1], [p for p in model.parameters() if p.ndim <= 1]
@@ -330,7 +365,7 @@ def train(args, ctx, model: nn.Module | None = None, data=None) -> tuple[nn.Modu
     x, y = looks[train_idx], labels[train_idx]
     xv, yv = looks[val_idx], labels[val_idx]
     photos = load_photo_looks(args.photo_train, "train")[:2] if args.photo_train else None
-    photo_val = load_photo_looks(args.photos, "validation")[:2] if args.photos else None
+    photo_val = load_photo_looks(args.photos, "validation") if args.photos else None   # looks, right classes, folders
     torch.manual_seed(args.seed)
     model = (model if model is not None else build_model(args)).to(ctx["device"])
     if args.channels_last:
@@ -349,8 +384,7 @@ def train(args, ctx, model: nn.Module | None = None, data=None) -> tuple[nn.Modu
         log, step = train_one_epoch(net, ema, x, y, optimizer, args, epoch, step, total, ctx, photos)
         judged = ema.module if ema else model
         if photo_val is not None:       # reported each epoch; the checkpoint is still chosen on Fashion-MNIST
-            hits = photo_val[1].gather(1, predict_probs(judged, photo_val[0]).argmax(1, keepdim=True))
-            log["photo_val_strict"] = hits.float().mean().item()
+            log["photo_val_strict"] = strict_hits(judged, *photo_val[:2])[1].float().mean().item()
         if len(xv):
             with torch.autocast(ctx["device"].type, dtype=torch.bfloat16, enabled=ctx["amp"]):   # faster where bf16 units exist
                 val = predict_probs(judged, xv, device=ctx["device"])
@@ -375,8 +409,9 @@ def train(args, ctx, model: nn.Module | None = None, data=None) -> tuple[nn.Modu
         best_state = judged.state_dict()
     final = copy.deepcopy(ctx["raw_model"]).cpu().to(memory_format=torch.contiguous_format)
     final.load_state_dict({k: v.float().cpu().contiguous() for k, v in best_state.items()})
-    if args.wise < 1:
-        final = weight_average(load_model(args.init_from), final, args.wise)
+    if args.wise != [1.0]:
+        final, ctx["wise"] = choose_wise(load_model(args.init_from), final, args.wise, xv, yv, photo_val)
+        best = ctx["wise"]["chosen"]["val_accuracy"] if len(xv) else best   # what is kept is the average
     if isinstance(final, FashionCNN):   # other networks have no temperature: they serve plain softmax
         t = args.temperature or 1.0
         fit = {"temperature": t, "source": model_repo.temperature_source(args)}
@@ -416,7 +451,7 @@ def run(args, argv=None) -> int:
             return 2
         kept = max(history, key=lambda h: h["val_accuracy"]) if val_acc is not None else history[-1]   # final fit: the last
         extra = {"val_accuracy": val_acc, "train_seconds": train_seconds, "best_epoch": kept["epoch"],
-                 "epochs_run": len(history)}
+                 "epochs_run": len(history)} | ({"wise": ctx["wise"]} if "wise" in ctx else {})
     if ctx["rank"] != 0:
         return 0
     extra |= {"parameters": count_parameters(model), "hardware": hardware_name(ctx["device"]), "command": command,

@@ -3,6 +3,7 @@ it loads back through the Hub code path with identical predictions, and pushing 
 
     pytest tests/test_train.py
 """
+import copy
 import json
 import os
 import shutil
@@ -443,10 +444,61 @@ def test_wise_keeps_the_average_of_the_start_and_the_fine_tune(trained, tmp_path
         torch.testing.assert_close(v, expected.to(v.dtype), rtol=1e-5, atol=1e-6)
 
 
-def test_wise_needs_a_start_and_a_weight_in_range(tmp_path):
-    for extra in (["--wise", "0.5"], ["--wise", "1.5", "--init-from", "weights"]):
+def test_wise_needs_a_start_weights_in_range_and_validation_to_choose(tmp_path):
+    for extra in (["--wise", "0.5"], ["--wise", "1.5", "--init-from", "weights"], ["--wise", "0.5", "2"]):
         proc = run_cli("--dataset", SLICE, *extra, "--out", str(tmp_path / "m"), check=False)
-        assert proc.returncode == 2 and "--wise takes a weight in [0, 1] and needs --init-from" in proc.stderr
+        assert proc.returncode == 2 and "--wise takes weights in [0, 1] and needs --init-from" in proc.stderr
+    proc = run_cli("--dataset", SLICE, "--init-from", "weights", "--wise", "0.5", "1", "--val-size", "0",
+                   "--out", str(tmp_path / "m"), check=False)
+    assert proc.returncode == 2 and "several --wise weights are chosen on validation" in proc.stderr
+
+
+def test_wise_chooses_its_weight_on_validation_by_the_photo_bars_then_accuracy(trained, photo_folder, monkeypatch):
+    """choose_wise between a trained start and an untrained network (the average's accuracy falls as a
+    grows): every score in its table is that average's own, and the choice follows its rule."""
+    from data import load_photo_looks
+    from model import FashionCNN, config_dict
+    start = load_model(trained[0])
+    torch.manual_seed(0)
+    untrained = FashionCNN(**config_dict(start))
+    xv, yv = load_images(SLICE, "test")[:2]
+    photos = load_photo_looks(photo_folder, "validation")
+    kept, table = train.choose_wise(start, untrained, [0.0, 0.5, 1.0], xv, yv)
+    rows = table["candidates"]
+    assert [r["wise"] for r in rows] == [0.0, 0.5, 1.0]
+    for r in rows:
+        alone = train.weight_average(start, copy.deepcopy(untrained), r["wise"])
+        assert r["val_accuracy"] == (evaluate.predict_probs(alone, xv).argmax(1) == yv).float().mean().item()
+    assert rows[0]["val_accuracy"] > rows[2]["val_accuracy"] + 0.1           # trained vs untrained
+    assert table["chosen"]["wise"] == 0.0                                   # no photos: validation accuracy alone
+    assert all(torch.equal(v, start.state_dict()[k]) for k, v in kept.state_dict().items() if v.is_floating_point())
+
+    monkeypatch.setattr(evaluate, "PHOTO_STRICT_BAR", 1.01)                  # no weight can meet the bars
+    rows = train.choose_wise(start, untrained, [0.0, 0.5, 1.0], xv, yv, photos)[1]["candidates"]
+    assert not any(r["meets_photo_bars"] for r in rows) and all(len(r["photo_val_per_folder"]) == 7 for r in rows)
+    chosen = train.choose_wise(start, untrained, [0.0, 0.5, 1.0], xv, yv, photos)[1]["chosen"]
+    assert chosen["photo_val_strict"] == max(r["photo_val_strict"] for r in rows)
+    monkeypatch.setattr(evaluate, "PHOTO_STRICT_BAR", 0.0)
+    monkeypatch.setattr(evaluate, "PHOTO_FOLDER_BAR", -1.0)                  # every weight meets them
+    chosen = train.choose_wise(start, untrained, [0.0, 0.5, 1.0], xv, yv, photos)[1]["chosen"]
+    assert chosen["wise"] == 0.0 and chosen["meets_photo_bars"]
+
+
+def test_several_wise_weights_keep_the_chosen_average_and_say_so(trained, tmp_path):
+    """metrics.json records the table and reports the kept average's validation accuracy; the card
+    names the chosen weight and the ones it was chosen among."""
+    out = tmp_path / "m"
+    run_cli("--dataset", SLICE, "--init-from", str(trained[0]), "--epochs", "1", "--val-size", "100",
+            "--batch-size", "64", "--wise", "0.5", "1", "--out", str(out), "--no-progress", "--trust-images", "0",
+            env=offline_env(tmp_path))
+    m = json.loads((out / "evaluation/metrics.json").read_text())
+    chosen = m["wise"]["chosen"]
+    assert [r["wise"] for r in m["wise"]["candidates"]] == [0.5, 1.0]
+    assert chosen["val_accuracy"] == max(r["val_accuracy"] for r in m["wise"]["candidates"])
+    assert m["val_accuracy"] == chosen["val_accuracy"]
+    card = (out / "README.md").read_text()
+    a = chosen["wise"]
+    assert f"({1 - a:g} start + {a:g} fine-tuned, WiSE-FT; the weight chosen on validation among 0.5, 1)" in card
 
 
 # --- the other options, each observed where it acts ---------------------------------------------
