@@ -177,9 +177,10 @@ def meets_photo_bars(strict: float, per_folder: dict[str, float]) -> bool:
 
 
 def photo_metrics(model: FashionCNN, folder: str | Path, split: str = "validation") -> dict:
-    """Strict and coarse accuracy over the mapped folders, per folder, and a folder x class table."""
+    """Strict and coarse accuracy over the mapped folders, per folder, and a folder x class table,
+    of the network that answers photos (`for_photos`)."""
     looks, allowed, folders = load_photo_looks(folder, split)
-    pred, strict = strict_hits(model, looks, allowed)
+    pred, strict = strict_hits(model.for_photos(), looks, allowed)      # photos meet the photo BatchNorm
     names = list(model.label_names)
     coarse = torch.tensor([names[p] in COARSE_GROUPS[PHOTO_FOLDERS[f].coarse] for p, f in zip(pred.tolist(), folders)])
     per_folder, table = {}, {}

@@ -48,6 +48,7 @@ class ModelConfig:
     flip_tta: bool = True                     # average with the mirror image at inference
     temperature: float = 1.0                  # logits / T before softmax, fitted on validation (Guo et al. 2017)
     arch: str = ARCH
+    photo_norms: bool = False                 # BatchNorm layers of its own for segmented photos (`for_photos`)
 
 
 # Bounds a config must meet before anything is allocated: generous for this architecture, but a
@@ -81,7 +82,9 @@ def check_config(config: ModelConfig) -> None:
         need(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and lo <= v <= hi,
              f"{name} must be a finite number in [{lo:g}, {hi:g}], got {str(v)[:40]}")
     need(config.input_size == INPUT_SIZE, f"input_size must be {INPUT_SIZE}, got {str(config.input_size)[:40]}")
-    need(isinstance(config.flip_tta, bool), f"flip_tta must be true or false, got {str(config.flip_tta)[:40]}")
+    for name in ("flip_tta", "photo_norms"):
+        v = getattr(config, name)
+        need(isinstance(v, bool), f"{name} must be true or false, got {str(v)[:40]}")
 
 
 def conv_bn(c_in: int, c_out: int) -> nn.Sequential:
@@ -116,11 +119,11 @@ class FashionCNN(nn.Module, PyTorchModelHubMixin, **hub.MODEL_METADATA):
 
     def __init__(self, widths=_D.widths, dropout=_D.dropout, num_classes=_D.num_classes,
                  label_names=_D.label_names, mean=_D.mean, std=_D.std, input_size=_D.input_size,
-                 flip_tta=_D.flip_tta, temperature=_D.temperature, arch=_D.arch):
+                 flip_tta=_D.flip_tta, temperature=_D.temperature, arch=_D.arch, photo_norms=_D.photo_norms):
         super().__init__()
         self.config = ModelConfig(tuple(widths), float(dropout), int(num_classes), tuple(label_names),
                                   float(mean), float(std), int(input_size), bool(flip_tta),
-                                  float(temperature), arch)
+                                  float(temperature), arch, photo_norms)
         check_config(self.config)
         w1, w2, w3 = self.config.widths
         self.stage1 = nn.Sequential(conv_bn(1, w1), Residual(w1))                       # (B, w1, 28, 28)
@@ -128,6 +131,33 @@ class FashionCNN(nn.Module, PyTorchModelHubMixin, **hub.MODEL_METADATA):
         self.stage3 = nn.Sequential(nn.MaxPool2d(2), conv_bn(w2, w3), Residual(w3))     # (B, w3, 7, 7)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                                   nn.Dropout(dropout), nn.Linear(w3, num_classes))
+        if photo_norms:   # one per BatchNorm above, in the same order; unused by `forward`
+            self.photo_norms = nn.ModuleList(nn.BatchNorm2d(bn.num_features) for bn in self.norms())
+
+    def norms(self) -> list[nn.BatchNorm2d]:
+        """The BatchNorm layers of the network `forward` runs, in order (not the photo ones)."""
+        return [m for name, m in self.named_modules() if isinstance(m, nn.BatchNorm2d) and name.startswith("stage")]
+
+    def for_photos(self) -> "FashionCNN":
+        """The network that answers segmented photos: with `photo_norms`, a copy whose BatchNorm
+        layers are the photo ones; otherwise this network itself.
+
+        Domain-specific BatchNorm (Li et al., "Revisiting Batch Normalization For Practical Domain
+        Adaptation", AdaBN, 2016; Chang et al., CVPR 2019): a photo segmented from a phone picture
+        differs from a Fashion-MNIST image mostly in its low-level statistics, which BatchNorm's
+        statistics and affine maps carry. Photos get their own; the convolutions and the classifier
+        are shared, and every other input meets the network exactly as it was trained.
+        """
+        if not self.config.photo_norms:
+            return self
+        if self.fused:
+            raise RuntimeError("this model's BatchNorm is folded; take for_photos() of the unfused model")
+        view = FashionCNN(**(config_dict(self) | {"photo_norms": False}))
+        view.load_state_dict({k: v for k, v in self.state_dict().items() if not k.startswith("photo_norms.")})
+        for bn, photo in zip(view.norms(), self.photo_norms):
+            bn.load_state_dict(photo.state_dict())
+        view.ood, view.ood_error = self.ood, self.ood_error
+        return view.to(next(self.parameters()).device).train(self.training)
 
     fused = False   # True after optimize_for_inference_: predictions only, never saved
     ood = None      # the ood.OODDetector fitted to these weights, when their folder carries one

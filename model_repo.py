@@ -26,6 +26,9 @@ def start_note(args, wise: dict | None = None) -> str | None:
     """
     if not args.init_from:
         return None
+    if args.photo_norms:
+        return (f"the weights in `{args.init_from}`, of which only BatchNorm layers of its own for segmented photos "
+                f"were trained, on photos alone: every other input gets the start's answer")
     a = wise["chosen"]["wise"] if wise else args.wise[0]
     tried = ", ".join(f"{w:g}" for w in args.wise)
     how = f"; the weight chosen on validation among {tried}" if len(args.wise) > 1 else ""

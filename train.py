@@ -100,6 +100,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--wise", type=float, nargs="+", default=[1.0],
                    help="with --init-from: keep (1 - a) * start + a * fine-tuned weights (WiSE-FT; 1: the fine-tuned); "
                         "several weights: the one chosen on validation (see choose_wise)")
+    p.add_argument("--photo-norms", action="store_true",
+                   help="with --init-from and --photo-train: train only BatchNorm layers of its own for segmented "
+                        "photos, on the photos alone; every other answer stays the start's (adapt.py)")
     p.add_argument("--photo-aug", type=float, default=0.0,
                    help="probability of photo-like degradation per image (light gradient, turn, blur; 0: off)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -108,6 +111,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--eval-only needs --model <folder or Hub repo id>")
     if not all(0 <= a <= 1 for a in args.wise) or (args.wise != [1.0] and not args.init_from):
         p.error("--wise takes weights in [0, 1] and needs --init-from")
+    if args.photo_norms and not (args.init_from and args.photo_train) or args.photo_norms and args.wise != [1.0]:
+        p.error("--photo-norms needs --init-from and --photo-train, and takes no --wise")
     if len(args.wise) > 1 and args.val_size == 0:
         p.error("several --wise weights are chosen on validation: they need --val-size above 0")
     if args.temperature < 0:
@@ -445,7 +450,11 @@ def run(args, argv=None) -> int:
         history, extra, train_seconds = [], {"model_source": str(args.model)}, None
     else:
         try:
-            model, history, val_acc, train_seconds = train(args, ctx)
+            if args.photo_norms:
+                from adapt import train_photo_norms
+                model, history, val_acc, train_seconds = train_photo_norms(args, ctx)
+            else:
+                model, history, val_acc, train_seconds = train(args, ctx)
         except ValueError as e:   # options that cannot work together: one line, no traceback
             print(f"error: {e}", file=sys.stderr)
             return 2

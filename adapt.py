@@ -1,0 +1,90 @@
+"""Photo BatchNorm: a trained network learns BatchNorm layers of its own for segmented phone photos.
+
+Only those layers train, on photos alone; the convolutions, the classifier and the network's own
+BatchNorm stay the start's. So every input that does not go through the photo segmentation (every
+Fashion-MNIST image, drawings, anything already light on black) gets exactly the start's answer,
+and photos are answered by the same network with their own statistics (`FashionCNN.for_photos`).
+train.py runs this for `--photo-norms`.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import torch
+
+from augment import augment, photo_like
+from data import load_photo_looks
+from evaluate import strict_hits
+from model import FashionCNN, config_dict, load_model
+from preprocess import normalize
+
+
+def with_photo_norms(start: FashionCNN) -> FashionCNN:
+    """`start` with photo BatchNorm layers added, each a copy of the layer it stands in for."""
+    model = FashionCNN(**(config_dict(start) | {"photo_norms": True}))
+    model.load_state_dict(start.state_dict(), strict=False)
+    for bn, photo in zip(model.norms(), model.photo_norms):
+        photo.load_state_dict(bn.state_dict())
+    return model
+
+
+def train_photo_norms(args, ctx) -> tuple[FashionCNN, list[dict], None, float]:
+    """Train the photo BatchNorm layers of args.init_from on args.photo_train's photos.
+
+    Same schedule as train.py (one-cycle, --budget-minutes), SGD on the BatchNorm scales and
+    shifts only, no weight decay (there is nothing to shrink but the layers' own scales).
+    Returns train.train's tuple: the model (CPU, eval), history, no validation accuracy (the
+    Fashion-MNIST answers are the start's), seconds.
+    """
+    from train import lr_at, schedule_progress, train_step
+    model = with_photo_norms(load_model(args.init_from))
+    looks, allowed, _ = load_photo_looks(args.photo_train, "train")
+    photo_val = load_photo_looks(args.photos, "validation") if args.photos else None
+    torch.manual_seed(args.seed)
+    view = model.for_photos().to(ctx["device"])
+    tuned = [p for bn in view.norms() for p in bn.parameters()]
+    for p in view.parameters():
+        p.requires_grad_(False)
+    for p in tuned:
+        p.requires_grad_(True)
+    optimizer = torch.optim.SGD(tuned, lr=args.lr, momentum=args.momentum, nesterov=args.momentum > 0)
+    norm = (model.config.mean, model.config.std)
+    background = float(normalize(0.0, *norm))
+    steps_per_epoch = max(1, len(looks) // args.batch_size)
+    total = steps_per_epoch * args.epochs
+    history, step, ctx["t_start"] = [], 0, time.perf_counter()
+    for epoch in range(1, args.epochs + 1):
+        view.train()
+        gen = torch.Generator().manual_seed(args.seed * 1000 + epoch)
+        perm, t0, seen, loss_sum, correct = torch.randperm(len(looks), generator=gen), time.perf_counter(), 0, 0.0, 0
+        for i in range(steps_per_epoch):
+            progress = schedule_progress(step, total, args, ctx)
+            if progress >= 1 and seen:
+                break
+            idx = perm[i * args.batch_size:(i + 1) * args.batch_size]
+            xb = augment(normalize(looks[idx][:, None], *norm).to(ctx["device"]), args, gen, background)
+            xb = photo_like(xb, args.photo_aug, gen, background) if args.photo_aug else xb
+            yb = allowed[idx].to(ctx["device"])
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(progress * total, total, args.lr, args.warmup)
+            loss, logits = train_step(view, xb, yb, optimizer, args.label_smoothing, ctx["amp"])
+            step, seen = step + 1, seen + len(idx)
+            loss_sum += loss.item() * len(idx)
+            correct += yb.gather(1, logits.argmax(1, keepdim=True)).sum().item()
+        seconds = time.perf_counter() - t0
+        log = {"epoch": epoch, "images": seen, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
+               "lr_end": optimizer.param_groups[0]["lr"], "seconds": seconds,
+               "schedule_progress": schedule_progress(step, total, args, ctx), "images_per_s": seen / seconds}
+        if photo_val is not None:   # reported, not chosen on: the last epoch is kept
+            log["photo_val_strict"] = strict_hits(view.eval(), *photo_val[:2])[1].float().mean().item()
+        log["elapsed_s"] = time.perf_counter() - ctx["t_start"]
+        history.append(log)
+        print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in log.items()}), flush=True)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "training_history.json").write_text(json.dumps(history, indent=2))
+        if log["schedule_progress"] >= 1:
+            break
+    for photo, bn in zip(model.photo_norms, view.cpu().norms()):
+        photo.load_state_dict(bn.state_dict())
+    return model.eval(), history, None, time.perf_counter() - ctx["t_start"]
