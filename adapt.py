@@ -1,6 +1,7 @@
 """Photo BatchNorm: a trained network learns BatchNorm layers of its own for segmented phone photos.
 
-Only those layers train, on photos alone; the convolutions, the classifier and the network's own
+Only those layers train, on photos (and, with --fmnist-share, Fashion-MNIST images standing for the
+product shots that take the photo path too); the convolutions, the classifier and the network's own
 BatchNorm stay the start's. So every input that does not go through the photo segmentation (every
 Fashion-MNIST image, drawings, anything already light on black) gets exactly the start's answer,
 and photos are answered by the same network with their own statistics (`FashionCNN.for_photos`).
@@ -14,7 +15,7 @@ import time
 import torch
 
 from augment import augment, photo_like
-from data import load_photo_looks
+from data import load_images, load_photo_looks, split_train_val
 from evaluate import strict_hits
 from model import FashionCNN, config_dict, load_model
 from preprocess import normalize
@@ -29,6 +30,15 @@ def with_photo_norms(start: FashionCNN) -> FashionCNN:
     return model
 
 
+def fmnist_share_of(args, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fashion-MNIST training looks (N, 28, 28) and their classes as sets (N, C) bool, the validation
+    split left out: the photo path also meets product shots on a plain ground, which segment to
+    nearly the Fashion-MNIST look, so the photo BatchNorm sees those too (--fmnist-share)."""
+    looks, labels = load_images(args.dataset, "train")[:2]
+    train_idx, _ = split_train_val(len(looks), args.val_size, args.seed)
+    return looks[train_idx], torch.nn.functional.one_hot(labels[train_idx], num_classes).bool()
+
+
 def train_photo_norms(args, ctx) -> tuple[FashionCNN, list[dict], None, float]:
     """Train the photo BatchNorm layers of args.init_from on args.photo_train's photos.
 
@@ -40,6 +50,7 @@ def train_photo_norms(args, ctx) -> tuple[FashionCNN, list[dict], None, float]:
     from train import lr_at, schedule_progress, train_step
     model = with_photo_norms(load_model(args.init_from))
     looks, allowed, _ = load_photo_looks(args.photo_train, "train")
+    fmnist = fmnist_share_of(args, allowed.shape[1]) if args.fmnist_share else None
     photo_val = load_photo_looks(args.photos, "validation") if args.photos else None
     torch.manual_seed(args.seed)
     view = model.for_photos().to(ctx["device"])
@@ -63,9 +74,14 @@ def train_photo_norms(args, ctx) -> tuple[FashionCNN, list[dict], None, float]:
             if progress >= 1 and seen:
                 break
             idx = perm[i * args.batch_size:(i + 1) * args.batch_size]
-            xb = augment(normalize(looks[idx][:, None], *norm).to(ctx["device"]), args, gen, background)
+            batch_looks, yb = looks[idx], allowed[idx]
+            if fmnist is not None:      # that share of the batch: Fashion-MNIST images in place of photos
+                k = round(len(idx) * args.fmnist_share)
+                pick = torch.randint(0, len(fmnist[0]), (k,), generator=gen)
+                batch_looks, yb = torch.cat([batch_looks[k:], fmnist[0][pick]]), torch.cat([yb[k:], fmnist[1][pick]])
+            xb = augment(normalize(batch_looks[:, None], *norm).to(ctx["device"]), args, gen, background)
             xb = photo_like(xb, args.photo_aug, gen, background) if args.photo_aug else xb
-            yb = allowed[idx].to(ctx["device"])
+            yb = yb.to(ctx["device"])
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(progress * total, total, args.lr, args.warmup)
             loss, logits = train_step(view, xb, yb, optimizer, args.label_smoothing, ctx["amp"])

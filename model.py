@@ -6,9 +6,11 @@ checking the config against sane bounds and the safetensors header before any te
 allocated. Preprocessing lives in preprocess.py; Hub ids and downloads in hub.py.
 
     >>> from model import load_model
-    >>> from preprocess import preprocess
+    >>> from preprocess import look_and_mask, normalize
     >>> model = load_model("weights")                        # a local folder in the Hub layout
-    >>> probs = model.predict_proba(preprocess(image)[None])  # (1, 10), as served
+    >>> seen = look_and_mask(image)
+    >>> network = model.for_photos() if seen.photo else model
+    >>> probs = network.predict_proba(normalize(seen.look)[None, None])   # (1, 10), as served
 """
 from __future__ import annotations
 
@@ -176,6 +178,8 @@ class FashionCNN(nn.Module, PyTorchModelHubMixin, **hub.MODEL_METADATA):
         for block in self.modules():
             if isinstance(block, nn.Sequential) and len(block) == 3 and isinstance(block[1], nn.BatchNorm2d):
                 block[0], block[1] = fuse_conv_bn_eval(block[0], block[1]), nn.Identity()
+        if self.config.photo_norms:
+            del self.photo_norms    # a serving copy answers one kind of input; take for_photos() first
         self.fused = True
         return self.to(memory_format=torch.channels_last)
 

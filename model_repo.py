@@ -27,8 +27,9 @@ def start_note(args, wise: dict | None = None) -> str | None:
     if not args.init_from:
         return None
     if args.photo_norms:
+        mix = f" ({args.fmnist_share:.0%} of each batch Fashion-MNIST images)" if args.fmnist_share else ""
         return (f"the weights in `{args.init_from}`, of which only BatchNorm layers of its own for segmented photos "
-                f"were trained, on photos alone: every other input gets the start's answer")
+                f"were trained, on segmented photos{mix}: every other input gets the start's answer")
     a = wise["chosen"]["wise"] if wise else args.wise[0]
     tried = ", ".join(f"{w:g}" for w in args.wise)
     how = f"; the weight chosen on validation among {tried}" if len(args.wise) > 1 else ""
@@ -99,6 +100,9 @@ def model_card(config, parameters: int, metrics: dict, command: str, validation:
     photos = metrics.get("photos")
     photo_row = (f"| Real phone photos (strict / coarse accuracy) | {photos['strict_accuracy']:.1%} / "
                  f"{photos['coarse_accuracy']:.1%} (n={photos['n']}) |\n" if photos else "")
+    photo_note = ("Segmented photos are answered with BatchNorm layers of their own (`config.photo_norms`); "
+                  "every other input, the Fashion-MNIST test set included, with the network's own."
+                  if config.photo_norms else "")
     return f"""---
 {_card_metadata(metrics)}
 ---
@@ -128,15 +132,17 @@ Trained with:
 
 ```python
 from model import load_model            # model.py and preprocess.py from the project's repository
-from preprocess import preprocess
+from preprocess import look_and_mask, normalize
 model = load_model("<repo id or folder>")                          # config.json + model.safetensors only
-probs = model.predict_proba(preprocess(image, model.config.mean, model.config.std)[None])   # (1, 10)
+seen = look_and_mask(image)                      # the 28x28 look, and whether it was segmented from a photo
+network = model.for_photos() if seen.photo else model             # photos meet their own BatchNorm
+probs = network.predict_proba(normalize(seen.look, model.config.mean, model.config.std)[None, None])  # (1, 10)
 ```
 
 `FashionCNN.from_pretrained("<repo id>")` (`huggingface_hub`'s `PyTorchModelHubMixin`) goes through
-the same checked loader. Inputs go through `preprocess`: grayscale, light garment on a dark
+the same checked loader. Inputs go through `look_and_mask`: grayscale, light garment on a dark
 background (a photo's garment is segmented from its ground first), centred and scaled to 28x28 with
-its aspect kept, normalised with mean {config.mean} and std {config.std}.
+its aspect kept, normalised with mean {config.mean} and std {config.std}. {photo_note}
 
 ## Per-class results (test set)
 

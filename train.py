@@ -102,7 +102,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "several weights: the one chosen on validation (see choose_wise)")
     p.add_argument("--photo-norms", action="store_true",
                    help="with --init-from and --photo-train: train only BatchNorm layers of its own for segmented "
-                        "photos, on the photos alone; every other answer stays the start's (adapt.py)")
+                        "photos, on photos (see --fmnist-share); every other answer stays the start's (adapt.py)")
+    p.add_argument("--fmnist-share", type=float, default=0.0,
+                   help="with --photo-norms: the share of each batch drawn from Fashion-MNIST training images "
+                        "(product shots on a plain ground take the photo path too)")
     p.add_argument("--photo-aug", type=float, default=0.0,
                    help="probability of photo-like degradation per image (light gradient, turn, blur; 0: off)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")

@@ -317,6 +317,41 @@ def test_batchnorm_folding_keeps_outputs_and_refuses_saving(tmp_path, test_image
         fused.save_pretrained(tmp_path)
 
 
+def test_photo_norms_answer_photos_and_leave_every_other_answer_alone(tmp_path):
+    """With photo_norms, forward() is the network without them; for_photos() is the same network
+    with the photo BatchNorm in place of its own; both survive saving; the fused form has none."""
+    from model import ModelConfig, check_config
+    torch.manual_seed(0)
+    plain = FashionCNN().eval()
+    both = FashionCNN(photo_norms=True).eval()
+    assert count_parameters(both) == count_parameters(plain) + sum(2 * bn.num_features for bn in plain.norms())
+    assert count_parameters(both) <= 1_000_000
+    both.load_state_dict(plain.state_dict(), strict=False)
+    for bn in both.photo_norms:                       # photo statistics unlike the network's own
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.data.uniform_(0.5, 1.5)
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(both(x), plain(x))
+        photo = both.for_photos()
+        assert not photo.config.photo_norms and count_parameters(photo) == count_parameters(plain)
+        by_hand = FashionCNN().eval()
+        by_hand.load_state_dict(plain.state_dict())
+        for bn, p in zip(by_hand.norms(), both.photo_norms):
+            bn.load_state_dict(p.state_dict())
+        assert torch.equal(photo(x), by_hand(x)) and not torch.allclose(photo(x), plain(x), atol=1e-3)
+        both.save_pretrained(tmp_path)
+        loaded = load_model(tmp_path)
+        assert loaded.config.photo_norms and torch.equal(loaded(x), plain(x))
+        assert torch.equal(loaded.for_photos()(x), photo(x))
+    assert plain.for_photos() is plain
+    fused = load_model(tmp_path, fuse=True)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    with pytest.raises(RuntimeError, match="folded"):
+        fused.for_photos()
+    with pytest.raises(ValueError, match="photo_norms must be true or false"):
+        check_config(ModelConfig(photo_norms="yes"))
+
+
 def test_temperature_from_config_scales_the_served_probabilities(tmp_path, model):
     plain = FashionCNN(flip_tta=False).eval()
     hot = FashionCNN(flip_tta=False, temperature=2.0).eval()

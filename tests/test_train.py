@@ -501,6 +501,68 @@ def test_several_wise_weights_keep_the_chosen_average_and_say_so(trained, tmp_pa
     assert f"({1 - a:g} start + {a:g} fine-tuned, WiSE-FT; the weight chosen on validation among 0.5, 1)" in card
 
 
+def test_photo_norms_train_only_the_photo_batchnorm(trained, photo_folder, tmp_path):
+    """--photo-norms: every tensor of the start is kept exactly (so every Fashion-MNIST answer is the
+    start's); the photo BatchNorm layers start as copies of the network's own and move; the photo
+    metrics are those of for_photos()."""
+    start, out = trained[0], tmp_path / "pn"
+    run_cli("--dataset", SLICE, "--init-from", str(start), "--photo-norms", "--photo-train", str(photo_folder),
+            "--photos", str(photo_folder), "--epochs", "3", "--batch-size", "4", "--lr", "0.05", "--out", str(out),
+            "--no-progress", "--trust-images", "0", env=offline_env(tmp_path))
+    begin, tuned = load_model(start), load_model(out)
+    assert tuned.config.photo_norms and not begin.config.photo_norms
+    before, after = begin.state_dict(), tuned.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    own = [n for n, m in begin.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(own) == len(tuned.photo_norms)
+    moved = [i for i, n in enumerate(own)
+             if not torch.equal(after[f"photo_norms.{i}.running_mean"], before[f"{n}.running_mean"])]
+    assert len(moved) == len(own)                          # every photo layer saw the photos' statistics
+    m, m0 = (json.loads((d / "evaluation/metrics.json").read_text()) for d in (out, start))
+    assert m["confusion_matrix"] == m0["confusion_matrix"]
+    from data import load_photo_looks
+    looks, allowed, _ = load_photo_looks(photo_folder, "validation")
+    hits = allowed.gather(1, evaluate.predict_probs(tuned.for_photos(), looks).argmax(1, keepdim=True))
+    assert m["photos"]["strict_accuracy"] == pytest.approx(hits.float().mean().item())
+    assert "only BatchNorm layers of its own for segmented photos were trained, on segmented photos:" in (
+        out / "README.md").read_text()
+
+
+def test_fmnist_share_mixes_held_in_fashion_mnist_images_into_the_photo_batches(trained, photo_folder, tmp_path,
+                                                                                monkeypatch):
+    """--fmnist-share 0.5: half of each photo-norm batch is Fashion-MNIST training images, never one
+    of the validation split; the other half photos (seen before augmentation, as the batch is built)."""
+    import adapt
+    from data import load_photo_looks
+    args = train.parse_args(["--dataset", SLICE, "--init-from", str(trained[0]), "--photo-norms", "--photo-train",
+                             str(photo_folder), "--epochs", "3", "--batch-size", "4", "--val-size", "100",
+                             "--fmnist-share", "0.5", "--amp", "off", "--no-progress", "--out", str(tmp_path / "mix")])
+    seen, real = [], adapt.augment
+    monkeypatch.setattr(adapt, "augment", lambda x, *a: (seen.append(x.clone()), real(x, *a))[1])
+    adapt.train_photo_norms(args, train.setup_device(args))
+    all_looks = load_images(SLICE, "train")[0]
+    train_idx, val_idx = split_train_val(len(all_looks), 100, args.seed)
+    norm = lambda looks: normalize(looks[:, None]).flatten(1)          # noqa: E731  (as adapt normalises)
+    photos = norm(load_photo_looks(photo_folder, "train")[0])
+    held_in, held_out = norm(all_looks[train_idx]), norm(all_looks[val_idx])
+
+    def found(row, pool) -> bool:
+        return bool((pool - row).abs().amax(1).lt(1e-6).any())
+
+    assert len(seen) == 3 and all(len(x) == 4 for x in seen)
+    for x in seen:
+        rows = x.flatten(1)
+        assert all(found(r, photos) for r in rows[:2]) and all(found(r, held_in) for r in rows[2:])
+        assert not any(found(r, held_out) for r in rows)
+
+
+def test_photo_norms_need_a_start_and_photos(tmp_path):
+    for extra in (["--photo-norms", "--photo-train", "p"], ["--photo-norms", "--init-from", "weights"],
+                  ["--photo-norms", "--init-from", "weights", "--photo-train", "p", "--wise", "0.5"]):
+        proc = run_cli("--dataset", SLICE, *extra, "--out", str(tmp_path / "m"), check=False)
+        assert proc.returncode == 2 and "--photo-norms needs --init-from and --photo-train" in proc.stderr
+
+
 # --- the other options, each observed where it acts ---------------------------------------------
 
 class EpochSpy:
