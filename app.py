@@ -45,7 +45,7 @@ from dashboard.gradio_patches import atomic_image_cache, lean_sessions
 from dashboard.service import (DEFAULT_METHODS, PREDICTED, VIEW_SIZE, RequestError, Service,
                                load_weights, view_image)
 from dashboard.views import Views, outline_image
-from preprocess import InvalidImageError
+from preprocess import InvalidImageError, Seen
 
 MAX_FILE_SIZE = "10mb"                 # uploads above this are refused by the server itself
 MAX_UPLOAD_FOLDER_BYTES = 512 * 2**20  # Gradio's upload folder is trimmed to this, oldest first
@@ -91,16 +91,18 @@ SERVICE.on_use = TRIMMER.touch
 UPLOAD_ROOTS = [uploads.gradio_upload_folder(), APP_FOLDER.path.resolve()]
 
 
-def decoded(image, sketch: bool = False) -> tuple:
-    """Any accepted image -> (look, mask, working image); gr.Error with a one-line message otherwise."""
+def decoded(image, sketch: bool = False) -> Seen:
+    """Any accepted image -> what preprocessing made of it; gr.Error with a one-line message otherwise."""
     try:
         return uploads.decode(image, UPLOAD_ROOTS, sketch)
     except InvalidImageError as e:
         raise gr.Error(str(e)) from None
 
 
-def look_of(image, sketch: bool = False) -> np.ndarray:
-    return decoded(image, sketch)[0]
+def input_of(image, sketch: bool = False) -> tuple[np.ndarray, bool]:
+    """(look, whether it is a segmented photo): what the service answers."""
+    seen = decoded(image, sketch)
+    return seen.look, seen.photo
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,18 +111,18 @@ def look_of(image, sketch: bool = False) -> np.ndarray:
 
 def classify(image: dict) -> dict:
     """An uploaded image file -> the top class and the top-3 classes with their probabilities."""
-    return SERVICE.label_value(SERVICE.predict(look_of(image)))
+    return SERVICE.label_value(SERVICE.predict(*input_of(image)))
 
 
 def classify_sketch(sketch: dict) -> dict:
     """A Sketchpad value ({"composite": file}) -> classify's output; empty: "Draw something first"."""
-    return SERVICE.label_value(SERVICE.predict(look_of(sketch, sketch=True)))
+    return SERVICE.label_value(SERVICE.predict(*input_of(sketch, sketch=True)))
 
 
 def analyse(image: dict) -> dict:
     """An uploaded image file -> label, probabilities, whether it looks like the training data
     (in_distribution, ood_score: higher is further) and the confidence in words."""
-    return SERVICE.analysis(look_of(image))
+    return SERVICE.analysis(*input_of(image))
 
 
 def model_info() -> dict:
@@ -128,11 +130,12 @@ def model_info() -> dict:
     return SERVICE.info()
 
 
-def analyse_look(look: np.ndarray, methods, target=PREDICTED, progress=None) -> tuple:
-    """A 28x28 look -> (model view, label confidences, gallery [(overlay, caption)], scores summary,
-    the Assessment: the verdict the page shows)."""
+def analyse_look(given: tuple[np.ndarray, bool], methods, target=PREDICTED, progress=None) -> tuple:
+    """(28x28 look, whether it is a segmented photo) -> (model view, label confidences, gallery
+    [(overlay, caption)], scores summary, the Assessment: the verdict the page shows)."""
+    look, photo = given
     try:
-        a, t, maps, scores = SERVICE.explain(look, methods, target, progress)
+        a, t, maps, scores = SERVICE.explain(look, methods, target, progress, photo=photo)
     except RequestError as e:
         raise gr.Error(str(e)) from None
     scale = explain.common_scale(list(maps.values()))
@@ -146,7 +149,7 @@ def analyse_look(look: np.ndarray, methods, target=PREDICTED, progress=None) -> 
 
 def explain_image(image, methods=DEFAULT_METHODS, target=PREDICTED, progress=gr.Progress()) -> tuple:  # noqa: B008  (Gradio injects the tracker)
     """Any accepted image -> analyse_look's outputs but the Assessment (the /explain endpoint)."""
-    return analyse_look(look_of(image), methods, target, progress)[:4]
+    return analyse_look(input_of(image), methods, target, progress)[:4]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,7 +163,7 @@ EMPTY_RESULT = (None, "", None, [], pd.DataFrame(columns=SCORE_COLUMNS), None)
 
 
 def ui_decode(image, sketch: bool = False):
-    """A UI image -> (look or None, the image with the outline of what was kept, status markdown)."""
+    """A UI image -> ((look, photo) or None, the image with the outline of what was kept, status markdown)."""
     if image is None or (isinstance(image, dict) and not image.get("path")
                          and not any(image.get(k) for k in ("composite", "layers", "background"))):
         if sketch:
@@ -168,19 +171,22 @@ def ui_decode(image, sketch: bool = False):
             return None, None, "**⚠ Draw something first.**"
         return None, None, ""                                        # cleared: nothing to say
     try:
-        look, mask, work = decoded(image, sketch=sketch)
+        seen = decoded(image, sketch=sketch)
     except gr.Error as e:
         gr.Warning(e.message)
         return None, None, f"**⚠ {e.message}**"
-    kept = "the outlined region was kept as the garment; " if mask is not None else ""
-    return look, outline_image(work, mask), f"Classified: {kept}the maps explain the class under *Explain class*."
+    kept = "the outlined region was kept as the garment; " if seen.mask is not None else ""
+    if seen.photo and SERVICE.photo_model is not SERVICE.model:
+        kept += "a photo, so the model read it with its photo BatchNorm; "
+    return ((seen.look, seen.photo), outline_image(seen.work, seen.mask),
+            f"Classified: {kept}the maps explain the class under *Explain class*.")
 
 
-def ui_analyse(look, methods, target, progress=gr.Progress()):  # noqa: B008  (Gradio injects it)
-    if look is None:
+def ui_analyse(given, methods, target, progress=gr.Progress()):  # noqa: B008  (Gradio injects it)
+    if given is None:
         return EMPTY_RESULT
     try:
-        view, label, gallery, summary, a = analyse_look(look, methods, target, progress)
+        view, label, gallery, summary, a = analyse_look(given, methods, target, progress)
     except gr.Error as e:
         gr.Warning(e.message)
         return EMPTY_RESULT
@@ -199,7 +205,8 @@ def score_table(summary: dict) -> pd.DataFrame:
 
 
 def select_mistake(shown: list[int], evt: gr.SelectData):
-    return VIEWS.mistake_detail(shown, evt.index)
+    look, text = VIEWS.mistake_detail(shown, evt.index)
+    return (look, False), text                    # a test image: not a photo
 
 
 def write_examples(samples: dict | None) -> tuple[list[list[str]], list[str]]:

@@ -16,6 +16,8 @@ the same steps.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 from PIL import Image
@@ -205,12 +207,19 @@ def fit_to_frame(gray: np.ndarray, keep: np.ndarray, size: int = INPUT_SIZE) -> 
     return out
 
 
-def look_and_mask(image, size: int = INPUT_SIZE) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """Any image -> (look (size, size) float32 in [0, 1], mask of what was kept or None, working image).
+class Seen(NamedTuple):
+    """What preprocessing made of an image."""
+    look: np.ndarray            # (size, size) float32 in [0, 1]: the network's input before normalisation
+    mask: np.ndarray | None     # (H, W) bool over `work`: what was kept, when segmented or read from strokes
+    work: np.ndarray            # the input at most WORK_SIZE a side, (H, W) or (H, W, 3) in [0, 1]
+    photo: bool                 # segmented from a photo: answered by `FashionCNN.for_photos`
 
-    The working image is the input at most WORK_SIZE a side, (H, W) or (H, W, 3) in [0, 1]; the
-    mask (H, W) bool is given when the garment was segmented from a light or textured ground or
-    read from a drawing's strokes.
+
+def look_and_mask(image, size: int = INPUT_SIZE) -> Seen:
+    """Any image -> its look, the mask of what was kept, the working image, and whether it is a photo.
+
+    The mask is given when the garment was segmented from a light or textured ground or read from a
+    drawing's strokes; `photo` only for the former.
 
     Raises:
         InvalidImageError: the input is not an image (wrong type, shape, NaN, too large).
@@ -218,13 +227,14 @@ def look_and_mask(image, size: int = INPUT_SIZE) -> tuple[np.ndarray, np.ndarray
     work = to_array(image)
     if min(work.shape[:2]) >= MIN_SEGMENT_SIDE and segment.needs_segmentation(work):
         drawn = strokes.drawing_look(work, size)
-        look, mask = drawn if drawn is not None else segment.photo_look(work, size)
-        return look, mask, work
+        if drawn is not None:
+            return Seen(*drawn, work, False)
+        return Seen(*segment.photo_look(work, size), work, True)
     gray = luma(work)
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     if np.median(border) > 0.5:
         gray = 1.0 - gray                              # a small image on a light ground: inverted only
-    return dark_ground_look(gray, size), None, work
+    return Seen(dark_ground_look(gray, size), None, work, False)
 
 
 def fashion_look(image, size: int = INPUT_SIZE) -> np.ndarray:

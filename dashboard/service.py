@@ -3,9 +3,12 @@
 `Service` owns the network as trained (for explanations), its serving copy (BatchNorm folded,
 channels-last, for predictions), the evaluation artefacts of the served folder, a batcher that
 lets concurrent predictions share one forward pass of the serving copy, and one lock for the
-network as trained: the hook-based explainers attach hooks to it, so two explanations never run
-it at once. Predictions never wait for an explanation. Nothing here imports Gradio; app.py turns
-the errors into messages.
+networks as trained: the hook-based explainers attach hooks to them, so two explanations never run
+at once. Predictions never wait for an explanation. A segmented photo (`photo=True`, from
+`preprocess.look_and_mask`) is answered by the network with the photo BatchNorm
+(`FashionCNN.for_photos`), which has its own serving copy and batcher; when the weights have no
+photo BatchNorm, both are the same network. Nothing here imports Gradio; app.py turns the errors
+into messages.
 """
 from __future__ import annotations
 
@@ -140,9 +143,14 @@ class Service:
         # probabilities to float rounding, faster. Explanations use the network exactly as
         # trained, as the trust table measured it.
         self.serving = copy.deepcopy(self.model).optimize_for_inference_()
+        self.batcher = Batcher(lambda x: self._forward(self.serving, x))
+        self.photo_model = self.model.for_photos()
+        self.photo_serving, self.photo_batcher = self.serving, self.batcher
+        if self.photo_model is not self.model:
+            self.photo_serving = copy.deepcopy(self.photo_model).optimize_for_inference_()
+            self.photo_batcher = Batcher(lambda x: self._forward(self.photo_serving, x))
         self.artefacts = load_artefacts(loaded.folder, short_path)
         self.labels = list(self.model.label_names)
-        self.batcher = Batcher(self._forward)
         self._explain_lock = threading.Lock()
         self.on_use = lambda: None        # called after each use of the network (the idle trimmer)
 
@@ -156,31 +164,32 @@ class Service:
         cfg = self.model.config
         return normalize(look, cfg.mean, cfg.std)[None, None]      # (1, 1, 28, 28)
 
+    @staticmethod
     @torch.inference_mode()
-    def _forward(self, x: torch.Tensor) -> list[tuple[np.ndarray, float | None]]:
-        """(probabilities, OOD score or None) per image of a batch, from one pass of the serving copy.
+    def _forward(serving: FashionCNN, x: torch.Tensor) -> list[tuple[np.ndarray, float | None]]:
+        """(probabilities, OOD score or None) per image of a batch, from one pass of a serving copy.
 
         Every prediction carries its score: in a batch the detector costs little, and one path
         means /classify and /analyse can never disagree on the probabilities.
         """
-        detector = self.serving.ood
+        detector = serving.ood
         if detector is None:
-            return [(p, None) for p in self.serving.predict_proba(x).numpy()]
-        probs, scores = detector.predict(self.serving, x)
+            return [(p, None) for p in serving.predict_proba(x).numpy()]
+        probs, scores = detector.predict(serving, x)
         return list(zip(probs.numpy(), scores.tolist()))
 
-    def _predict(self, look: np.ndarray) -> tuple[np.ndarray, float | None]:
-        out = self.batcher(self._input(look))
+    def _predict(self, look: np.ndarray, photo: bool) -> tuple[np.ndarray, float | None]:
+        out = (self.photo_batcher if photo else self.batcher)(self._input(look))
         self.on_use()
         return out
 
-    def predict(self, look: np.ndarray) -> np.ndarray:
-        """Served class probabilities (num_classes,) for a 28x28 look."""
-        return self._predict(look)[0]
+    def predict(self, look: np.ndarray, photo: bool = False) -> np.ndarray:
+        """Served class probabilities (num_classes,) for a 28x28 look (of a segmented photo: `photo`)."""
+        return self._predict(look, photo)[0]
 
-    def assess(self, look: np.ndarray) -> Assessment:
+    def assess(self, look: np.ndarray, photo: bool = False) -> Assessment:
         """Probabilities, the out-of-distribution score and verdict, and the confidence in words."""
-        probs, score = self._predict(look)
+        probs, score = self._predict(look, photo)
         detector = self.serving.ood
         if detector is None or score is None:
             return Assessment(probs, None, None, self.confidence_sentence(probs))
@@ -198,9 +207,9 @@ class Service:
         return (f"{name} at {top:.0%}: at this confidence ({hit['lo']:.0%}-{hit['hi']:.0%}) the model was right on "
                 f"{hit['accuracy']:.0%} of {hit['count']:,} test images.")
 
-    def analysis(self, look: np.ndarray) -> dict:
+    def analysis(self, look: np.ndarray, photo: bool = False) -> dict:
         """The /analyse answer: label, probabilities, out-of-distribution verdict and confidence."""
-        a = self.assess(look)
+        a = self.assess(look, photo)
         detector = self.serving.ood
         return {"label": self.labels[int(a.probs.argmax())], "probabilities": self.confidences(a.probs),
                 "in_distribution": a.in_distribution, "ood_score": a.ood_score,
@@ -224,7 +233,7 @@ class Service:
                                f"or '{PREDICTED}'.")
         return self.labels.index(target)
 
-    def explain(self, look: np.ndarray, methods, target=PREDICTED, progress=None) -> tuple:
+    def explain(self, look: np.ndarray, methods, target=PREDICTED, progress=None, photo: bool = False) -> tuple:
         """A 28x28 look -> (Assessment, target index, {method: map in shares}, {method: scores}).
 
         Each map is expressed as shares of its total, so maps of different methods can share one
@@ -234,7 +243,8 @@ class Service:
         rounding, faster, and free of the explainers' hooks, so no lock).
         """
         methods = checked_methods(methods)
-        assessment = self.assess(look)
+        assessment = self.assess(look, photo)
+        model, serving = (self.photo_model, self.photo_serving) if photo else (self.model, self.serving)
         t = self.target_index(target, assessment.probs)
         x = self._input(look)[0]                                            # (1, 28, 28)
         attributions, seconds = {}, {}
@@ -243,12 +253,12 @@ class Service:
                 progress((i, len(methods) + 1), desc=name)
             start = time.perf_counter()
             with self._turn():
-                attributions[name] = np.asarray(explain.explain(self.model, x, name, target=t), dtype=np.float32)
+                attributions[name] = np.asarray(explain.explain(model, x, name, target=t), dtype=np.float32)
             seconds[name] = time.perf_counter() - start
         if progress is not None:
             progress((len(methods), len(methods) + 1), desc="deletion and insertion curves")
         with torch.inference_mode():
-            curves = explain.deletion_insertion_many(self.serving, x, attributions, t, CURVE_STEPS)
+            curves = explain.deletion_insertion_many(serving, x, attributions, t, CURVE_STEPS)
         maps = {name: share(a) for name, a in attributions.items()}
         scores = {name: {"deletion_auc": float(curves[name]["deletion_auc"]),
                          "insertion_auc": float(curves[name]["insertion_auc"]),

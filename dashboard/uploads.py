@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from preprocess import MAX_IMAGE_PIXELS, WORK_SIZE, InvalidImageError, look_and_mask
+from preprocess import MAX_IMAGE_PIXELS, WORK_SIZE, InvalidImageError, Seen, look_and_mask
 
 FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")
 # Bytes a decoded image may take in memory: a 40-megapixel 8-bit RGB photo fits, the same size
@@ -203,8 +203,8 @@ def editor_composite(value: dict):
     return composite
 
 
-def decode(image, roots: list[Path], sketch: bool = False) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """Any input the app accepts -> (look (28, 28), segmentation mask or None, working image).
+def decode(image, roots: list[Path], sketch: bool = False) -> Seen:
+    """Any input the app accepts -> what preprocessing made of it (look (28, 28), mask, working image, photo).
 
     Args:
         image: a Gradio file payload ({"path": ...}), a Sketchpad value ({"composite": ...}), a
@@ -225,12 +225,12 @@ def decode(image, roots: list[Path], sketch: bool = False) -> tuple[np.ndarray, 
     elif not isinstance(image, (Image.Image, np.ndarray)):
         raise InvalidImageError(f"Expected an uploaded image file, got {type(image).__name__}.")
     try:
-        look, mask, work = look_and_mask(image)                     # (28, 28) in [0, 1]
+        seen = look_and_mask(image)
     except InvalidImageError:
         raise
     except Exception as e:  # a preprocessing failure on a strange but valid file: still one sentence
         raise InvalidImageError(f"This image could not be processed ({type(e).__name__}).") from None
-    if float(look.max()) < 0.05:
+    if float(seen.look.max()) < 0.05:
         raise InvalidImageError(empty if sketch else "The image is blank (a single flat colour): there is "
                                                      "nothing to classify.")
-    return look, mask, work
+    return seen

@@ -67,15 +67,32 @@ def test_classify_keeps_its_output(client, files):
 
 @pytest.mark.skipif(not PHOTOS.is_dir(), reason="no example photos")
 def test_real_photos_end_to_end(client):
-    """Each committed photo is segmented and classified; most land in their folder's classes."""
+    """Each committed photo is segmented and classified by the photo network (its own BatchNorm),
+    which is what the answer's probabilities must be; most land in their folder's classes."""
     from data import PHOTO_FOLDERS
-    right = 0
+    from model import load_model
+    from preprocess import look_and_mask, normalize
+    served = load_model(client.predict(api_name="/model_info")["folder"])
+    right, moved = 0, []
     photos = sorted(PHOTOS.glob("*.jpg"))
     for path in photos:
         folder = path.stem.split("-", 1)[1]
         a = analyse(client, path)
         assert set(a) == KEYS
+        with Image.open(path) as img:
+            seen = look_and_mask(img.convert("RGB"))
+        assert seen.photo, path.name
+        x = normalize(seen.look, served.config.mean, served.config.std)[None, None]
+        photo_p, plain_p = served.for_photos().predict_proba(x)[0], served.predict_proba(x)[0]
+        names = served.label_names
+        assert max(abs(a["probabilities"][n] - float(photo_p[i])) for i, n in enumerate(names)) < 1e-4, path.name
+        moved.append(float((photo_p - plain_p).abs().max()))
         right += a["label"] in PHOTO_FOLDERS[folder].strict
+    if served.config.photo_norms:          # the two networks differ, so the check above tells them apart
+        assert max(moved) > 0.05, moved
+    # /explain answers (and explains) a photo with the same network.
+    label = client.predict(handle_file(str(photos[-1])), ["Saliency"], "predicted class", api_name="/explain")[1]
+    assert label["label"] == names[int(photo_p.argmax())]
     mapped = sum(bool(PHOTO_FOLDERS[p.stem.split("-", 1)[1]].strict) for p in photos)
     assert right >= mapped - 2, f"{right} of {mapped} photos in their folder's classes"
 

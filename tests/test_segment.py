@@ -162,6 +162,29 @@ def test_fashion_mnist_images_keep_the_old_path(slice_images):
         assert not segment.needs_segmentation(big)                                   # enlarged
 
 
+def test_only_segmented_photos_are_marked_as_photos(slice_images, cases):
+    """`look_and_mask(...).photo` decides which network answers (`FashionCNN.for_photos`): every
+    photo-like composite and committed phone photo, never a Fashion-MNIST image or a drawing."""
+    import sys
+
+    from PIL import Image
+
+    from preprocess import look_and_mask
+    sys.path.insert(0, str(Path(__file__).parent))
+    from drawings import drawings
+    for raw in slice_images[0][:50]:
+        seen = look_and_mask(raw)
+        assert not seen.photo and seen.mask is None
+    for kind, _, rgb, _ in cases:
+        assert look_and_mask(rgb).photo, kind
+    for path in sorted((Path(__file__).parents[1] / "examples" / "photos").glob("*.jpg")):
+        with Image.open(path) as img:
+            assert look_and_mask(img.convert("RGB")).photo, path.name
+    for name, variant, image in drawings()[::12]:
+        seen = look_and_mask(image)
+        assert seen.mask is not None and not seen.photo, (name, variant)
+
+
 def test_photos_and_product_shots_are_segmented(cases):
     for kind, raw, rgb, _ in cases:
         assert segment.needs_segmentation(rgb), kind
