@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from preprocess import fit_to_frame, look_and_mask
+from preprocess import Seen, fit_to_frame, look_and_mask
 
 SIZE = 28
 WORK_SIDE = 256   # both paths work on at most this many pixels a side
@@ -49,10 +49,21 @@ def threshold_look(image: Image.Image, size: int = SIZE) -> np.ndarray:
     return fit_to_frame(gray, gray > 0.05, size)        # the crop and fit the app still uses
 
 
-def segmented_look(image: Image.Image, size: int = SIZE) -> tuple[np.ndarray, bool]:
-    """(look, whether it was segmented) through the served path, `preprocess.look_and_mask`."""
-    look, mask, _ = look_and_mask(image, size)
-    return look, mask is not None
+def segmented_look(image: Image.Image, size: int = SIZE) -> Seen:
+    """What the served path, `preprocess.look_and_mask`, makes of the image (look, mask, photo)."""
+    return look_and_mask(image, size)
+
+
+def routed(predict: Callable, model, looks: list[np.ndarray], photos: list[bool]) -> list:
+    """predict(network, looks) per look, each answered by the network the app gives it: a segmented
+    photo by `model.for_photos()` (the photo BatchNorm), everything else by `model`."""
+    out = [None] * len(looks)
+    for photo, network in ((False, model), (True, model.for_photos())):
+        idx = [i for i, p in enumerate(photos) if p == photo]
+        if idx:
+            for i, answer in zip(idx, predict(network, [looks[i] for i in idx])):
+                out[i] = answer
+    return out
 
 
 def run_timed(fn: Callable, items: list) -> tuple[list, list[float], list[float]]:

@@ -35,7 +35,8 @@ import segment  # noqa: E402
 import strokes  # noqa: E402
 from drawings import drawings, validation_drawings  # noqa: E402
 from model import load_model  # noqa: E402
-from preprocess import fashion_look, normalize, to_array  # noqa: E402
+from _looks import routed  # noqa: E402
+from preprocess import look_and_mask, normalize, to_array  # noqa: E402
 
 GRID_FILL = (0.4, 0.5, 0.6, 0.7, 0.8, 1.0)
 GRID_RAMP = (0.0, 0.08, 0.12, 0.16, 0.2, 0.24, 0.3)
@@ -53,8 +54,9 @@ def predict(model, looks: list[np.ndarray]) -> list[str]:
 
 def recognise(model, items: list) -> list[dict]:
     """One row per drawing: its class, variant, style and the served and photo-path predictions."""
-    served = predict(model, [fashion_look(image) for _, _, image in items])
-    photo = predict(model, [segment.photo_look(to_array(image))[0] for _, _, image in items])
+    seen = [look_and_mask(image) for _, _, image in items]
+    served = routed(predict, model, [s.look for s in seen], [s.photo for s in seen])
+    photo = predict(model.for_photos(), [segment.photo_look(to_array(image))[0] for _, _, image in items])
     return [{"class": name, "variant": variant, "style": variant.split("-")[0], "predicted": s,
              "right": s == name, "photo_path_predicted": p, "photo_path_right": p == name}
             for (name, variant, _), s, p in zip(items, served, photo)]
@@ -156,7 +158,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=common.RESULTS, help="results folder (default bench/results)")
     p.add_argument("--grid", action="store_true", help="also the validation grid of the look's parameters")
     cli = p.parse_args(argv)
-    model = load_model(cli.model, fuse=True)
+    model = load_model(cli.model)   # unfused: for_photos() copies its BatchNorm
     rows, validation = recognise(model, drawings()), validation_drawings()
     val_rows = recognise(model, validation)
     result = {"command": common.command_line("bench/drawings.py"), "model": common.model_note(cli.model),

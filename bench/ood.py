@@ -40,11 +40,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import ood  # noqa: E402
-from ood_sets import PER_FAMILY, PHOTO_CLASSES, evaluation_sets, looks_of, photos, proxy_families  # noqa: E402
+from ood_sets import PER_FAMILY, PHOTO_CLASSES, evaluation_sets, photos, proxy_families  # noqa: E402
 from model import CLASS_NAMES, load_model  # noqa: E402
 
 from data import load_images, load_photo_looks, split_train_val  # noqa: E402
-from preprocess import fashion_look  # noqa: E402
+from preprocess import fashion_look, look_and_mask  # noqa: E402
 
 DATA = common.REPO.parent / "shared" / "data"
 TARGETS = {"fmnist_test_flagged_max": 0.06, "mnist_flagged_min": 0.97, "mnist_auroc_min": 0.995,
@@ -126,11 +126,29 @@ def compare_on_validation(model, train_views, train_x, train_labels, val_looks, 
     return table, detectors, scores
 
 
+def served_scores(model, detectors: dict, images) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """Each image as the app serves it: its look (`preprocess.look_and_mask`), then the views of the
+    network the app gives it (a segmented photo: `model.for_photos()`, the photo BatchNorm).
+    Returns (normalised input (N, 1, 28, 28), served probabilities (N, C), {score name: scores (N,)})."""
+    seen = [look_and_mask(img) for img in images]
+    x = ood.as_input(model, torch.from_numpy(np.stack([s.look for s in seen])))
+    photo = torch.tensor([s.photo for s in seen])
+    probs = torch.empty(len(x), model.config.num_classes)
+    scores = {n: torch.empty(len(x)) for n in detectors}
+    for flag, network in ((False, model), (True, model.for_photos())):
+        idx = (photo == flag).nonzero()[:, 0]
+        if len(idx):
+            views = ood.views_in_batches(network, x[idx])
+            probs[idx] = ood.served_proba(network, views)
+            for n, d in detectors.items():
+                scores[n][idx] = d.score_views(network, views, x[idx])
+    return x, probs, scores
+
+
 def photo_risk(detector, model, photos_val) -> dict:
     """Flagged fraction and strict accuracy (all, unflagged, flagged) of the in-class validation photos."""
-    looks = looks_of([img for img, _ in photos_val])
-    x = ood.as_input(model, looks)
-    probs, scores = detector.predict(model, x)
+    _, probs, scores = served_scores(model, {"chosen": detector}, [img for img, _ in photos_val])
+    scores = scores["chosen"]
     names = [CLASS_NAMES[i] for i in probs.argmax(1).tolist()]
     right = torch.tensor([name in PHOTO_CLASSES[folder] for name, (_, folder) in zip(names, photos_val)])
     return risk_row(detector.flag(scores), right) | {"per_folder_flagged": {
@@ -215,9 +233,7 @@ def evaluate(model, detectors: dict, chosen: str, test_x, test_labels, sets: dic
            | {"risk_coverage": risk_coverage(test_scores[chosen], right)},
            "sets": {}, "all_candidates_auroc": {n: {} for n in detectors}}
     for name, images in sets.items():
-        x = ood.as_input(model, looks_of(images))
-        views = ood.views_in_batches(model, x)
-        scores = {n: d.score_views(model, views, x) for n, d in detectors.items()}
+        x, _, scores = served_scores(model, detectors, images)
         s = scores[chosen]
         out["sets"][name] = {"n": len(images), "auroc": auroc(test_scores[chosen], s),
                              "fpr_at_95_tpr": fpr_at_95_tpr(test_scores[chosen], s), "flagged": flagged(det, s),
@@ -254,12 +270,16 @@ def main(argv=None) -> None:
     if args.photo_fit:
         # The weights were trained on these photos too: they are in distribution by construction.
         # Each is fitted under the class the model gives it among its folder's classes.
+        # Their features come from the network that answers photos (the photo BatchNorm, if any).
         photo_looks, allowed, _ = load_photo_looks(args.photos, "train")
+        photo_net = model.for_photos()
         photo_x = ood.as_input(model, photo_looks)
-        photo_labels = model.predict_proba(photo_x).masked_fill(~allowed, -1.0).argmax(1)
+        photo_labels = photo_net.predict_proba(photo_x).masked_fill(~allowed, -1.0).argmax(1)
+        train_views = torch.cat([ood.views_in_batches(model, train_x), ood.views_in_batches(photo_net, photo_x)], 1)
         train_x, train_labels = torch.cat([train_x, photo_x]), torch.cat([train_labels, photo_labels])
         n_photos = len(photo_x)
-    train_views = ood.views_in_batches(model, train_x)
+    else:
+        train_views = ood.views_in_batches(model, train_x)
     proxy = proxy_families(raw[val_idx.numpy()], args.per_family, args.seed)
     table, detectors, scores = compare_on_validation(model, train_views, train_x, train_labels, looks[val_idx], proxy)
     chosen, leads = choose(table, scores, args.bootstrap, np.random.default_rng(args.seed))

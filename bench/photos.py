@@ -40,7 +40,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import segment  # noqa: E402
-from _looks import load_rgb, run_timed, segmented_look, threshold_look  # noqa: E402
+from _looks import load_rgb, routed, run_timed, segmented_look, threshold_look  # noqa: E402
 from dashboard.uploads import open_image  # noqa: E402
 from model import CLASS_NAMES, load_model  # noqa: E402
 
@@ -134,7 +134,7 @@ def compare_mappings(model, folders: list[str], images: list[Image.Image]) -> di
     work = [(rgb, segment.photo_look(rgb)[1]) for rgb in (load_rgb(img) for img in images)]
     out = {}
     for name, mapping in MAPPINGS.items():
-        preds = predict(model, [mapped_look(rgb, mask, mapping) for rgb, mask in work])
+        preds = predict(model.for_photos(), [mapped_look(rgb, mask, mapping) for rgb, mask in work])
         out[name] = scores(folders, preds)["all seven"]
     return out
 
@@ -145,12 +145,19 @@ def time_large_jpeg(model, photo: Image.Image, repeats: int) -> dict:
     folder = Path(tempfile.mkdtemp(prefix="bench-photos-"))
     path = folder / "large.jpg"
     photo.resize(LARGE_JPEG_SIZE, Image.Resampling.BICUBIC).save(path, "JPEG", quality=90)
-    paths = {"old": (lambda: Image.open(path), threshold_look),
-             "new": (lambda: open_image(path), lambda img: segmented_look(img)[0])}
+    photo_model = model.for_photos()
+
+    def served(img):
+        seen = segmented_look(img)
+        return seen.look, photo_model if seen.photo else model
+
+    paths = {"old": (lambda: Image.open(path), lambda img: (threshold_look(img), model)),
+             "new": (lambda: open_image(path), served)}
     out = {}
     for name, (load, look_fn) in paths.items():
         def classify(_, load=load, look_fn=look_fn):
-            return predict(model, [look_fn(load())])
+            look, network = look_fn(load())
+            return predict(network, [look])
         classify(None)                                           # warm-up
         _, wall, cpu = run_timed(classify, [None] * repeats)
         out[name] = {**common.summarize_ms(wall), "cpu_median_ms": statistics.median(cpu)}
@@ -175,7 +182,11 @@ def markdown(res: dict, info: dict) -> str:
     return "\n\n".join([
         f"# Real phone photos: clothing_photos/{info['split']}, old path vs segment.photo_look",
         f"Model: {info['model']}. {res['n_photos']} photos; {res['new']['share_segmented']:.0%} routed to "
-        "segmentation by `segment.needs_segmentation`. Strict and coarse accuracy as defined in the "
+        "segmentation by `segment.needs_segmentation`"
+        + (f", {res['new']['share_photo_path']:.0%} answered as the app answers a segmented photo "
+           "(`FashionCNN.for_photos`: the photo BatchNorm, when the weights have one; the old path: the network's own)"
+           if "share_photo_path" in res["new"] else "")
+        + ". Strict and coarse accuracy as defined in the "
         "photos' README (hat, shorts and skirt are outside the ten classes: most frequent predictions only).",
         common.md_table(["folder", "n", "strict old %", "strict new %", "coarse old %", "coarse new %"], rows),
         common.md_table(["folder", "n", "old: top predictions", "new: top predictions"], others),
@@ -208,8 +219,11 @@ def main(argv=None) -> int:
     new_routed, new_wall, new_cpu = run_timed(segmented_look, images)
     res = {"n_photos": len(photos),
            "old": {"scores": scores(folders, predict(model, old_looks)), "time": timing(old_wall, old_cpu)},
-           "new": {"scores": scores(folders, predict(model, [look for look, _ in new_routed])),
-                   "time": timing(new_wall, new_cpu), "share_segmented": float(np.mean([seg for _, seg in new_routed]))},
+           "new": {"scores": scores(folders, routed(predict, model, [s.look for s in new_routed],
+                                                    [s.photo for s in new_routed])),
+                   "time": timing(new_wall, new_cpu),
+                   "share_segmented": float(np.mean([s.mask is not None for s in new_routed])),
+                   "share_photo_path": float(np.mean([s.photo for s in new_routed]))},
            "large_jpeg": time_large_jpeg(model, images[0], cli.jpeg_repeats)}
     if cli.mappings:
         res["mappings"] = compare_mappings(model, folders, images)

@@ -34,7 +34,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import segment  # noqa: E402
-from _looks import run_timed, segmented_look, threshold_look  # noqa: E402
+from _looks import routed, run_timed, segmented_look, threshold_look  # noqa: E402
 from model import CLASS_NAMES, load_model  # noqa: E402
 
 TARGET_ACCURACY = 0.90
@@ -46,6 +46,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default="weights", help="model folder")
     p.add_argument("--n", type=int, default=2000, help="test images, sampled without replacement")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--validation", action="store_true",
+                   help="the training images train.py holds out (its --val-size and --seed), for choices; "
+                        "writes product_uploads_validation.*")
     p.add_argument("--out", default=str(common.RESULTS), help="results folder")
     return p.parse_args(argv)
 
@@ -83,7 +86,14 @@ def accuracy(pred: np.ndarray, labels: np.ndarray) -> dict:
 
 def run(cli) -> dict:
     from datasets import load_dataset
-    ds = load_dataset(cli.dataset, split="test")
+    if cli.validation:
+        import train
+        from data import split_train_val
+        defaults = train.parse_args([])
+        ds = load_dataset(cli.dataset, split="train")
+        ds = ds.select(split_train_val(len(ds), defaults.val_size, defaults.seed)[1].tolist())
+    else:
+        ds = load_dataset(cli.dataset, split="test")
     rng = np.random.default_rng(cli.seed)
     idx = np.sort(rng.choice(len(ds), size=min(cli.n, len(ds)), replace=False))
     sample = ds.select(idx.tolist())
@@ -102,27 +112,30 @@ def run(cli) -> dict:
             "clean_28px": accuracy(predict(model, clean), labels),
             "old_threshold": {**accuracy(predict(model, old), labels), **common.summarize_ms(wall_old),
                               "cpu_median_ms": statistics.median(cpu_old)},
-            "new_segmented": {**accuracy(predict(model, [look for look, _ in new]), labels),
+            "new_segmented": {**accuracy(np.array(routed(predict, model, [s.look for s in new], [s.photo for s in new])),
+                                         labels),
                               **common.summarize_ms(wall_new), "cpu_median_ms": statistics.median(cpu_new),
-                              "share_segmented": float(np.mean([s for _, s in new]))}}
+                              "share_segmented": float(np.mean([s.mask is not None for s in new])),
+                              "share_photo_path": float(np.mean([s.photo for s in new]))}}
 
 
 def markdown(res: dict, info: dict) -> str:
-    rows = [["Fashion-MNIST test images as they are (28x28)", res["clean_28px"]["accuracy"] * 100, None, None],
+    which = "held-out training (train.py's validation split)" if info.get("validation") else "test"
+    rows = [[f"Fashion-MNIST {which} images as they are (28x28)", res["clean_28px"]["accuracy"] * 100, None, None],
             *[[label, res[key]["accuracy"] * 100, res[key]["cpu_median_ms"], res[key]["median_ms"]]
               for label, key in (("product uploads, old path (threshold crop)", "old_threshold"),
                                  ("product uploads, new path (`segment.photo_look`)", "new_segmented"))]]
     per_class = [[name, res["old_threshold"]["per_class"][name] * 100, res["new_segmented"]["per_class"][name] * 100]
                  for name in res["new_segmented"]["per_class"]]
     return "\n\n".join([
-        "# Product uploads: Fashion-MNIST test images as product photos",
-        f"{res['n']} test images (seed {info['seed']}), each inverted to white, tinted over a rectangle "
+        f"# Product uploads: Fashion-MNIST {which} images as product photos",
+        f"{res['n']} {which} images (seed {info['seed']}), each inverted to white, tinted over a rectangle "
         "around the garment, enlarged 6-14x and pasted off-centre on a white canvas 1.2-2x larger. "
         f"Target: > {TARGET_ACCURACY:.0%} through the new path. Model: {info['model']}. "
         f"Share of uploads routed to segmentation: {res['new_segmented']['share_segmented']:.0%}.",
         common.md_table(["input", "accuracy %", "preprocess CPU ms (median)", "wall ms (median)"], rows),
         common.md_table(["class", "old %", "new %"], per_class),
-        "Routing: `segment.needs_segmentation` sends {count} of all {n:,} Fashion-MNIST test images (28x28, "
+        "Routing: `segment.needs_segmentation` sends {count} of all {n:,} Fashion-MNIST " + which + " images (28x28, "
         "light on black) to segmentation; the rest keep the old path unchanged.".format(
             **res["fashion_mnist_test_routed_to_segmentation"]),
         f"Command: `{info['command']}`. Machine: {info['machine']['cpu_model']}, "
@@ -133,11 +146,12 @@ def markdown(res: dict, info: dict) -> str:
 def main(argv=None) -> int:
     cli = parse_args(argv)
     torch.set_num_threads(1)
-    info = {"model": common.model_note(cli.model), "seed": cli.seed, "dataset": cli.dataset,
+    info = {"model": common.model_note(cli.model), "seed": cli.seed, "dataset": cli.dataset, "validation": cli.validation,
             "command": common.command_line("bench/product_uploads.py"), "machine": common.machine_info()}
     res = run(cli)
     md = markdown(res, info)
-    json_path, md_path = common.write_results(cli.out, "product_uploads", {"info": info, **res}, md)
+    name = "product_uploads_validation" if cli.validation else "product_uploads"
+    json_path, md_path = common.write_results(cli.out, name, {"info": info, **res}, md)
     print(md)
     print(f"[product_uploads] wrote {json_path} and {md_path}")
     return 0

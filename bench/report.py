@@ -61,7 +61,8 @@ def training_time(m: dict, trained: str) -> str:
     if not base or is_fine_tune(base.get("source")) or not m.get("train_seconds"):   # rerun on the fine-tune itself
         return f"fine-tuned {trained}, after the training of the model it started from"
     total = (base["train_seconds"] + m["train_seconds"]) / 60
-    return (f"fine-tuned {trained} from the Fashion-MNIST model ({base['train_seconds'] / 60:.1f} min): "
+    what = "photo BatchNorm trained" if "--photo-norms" in m["command"] else "fine-tuned"
+    return (f"{what} {trained} from the Fashion-MNIST model ({base['train_seconds'] / 60:.1f} min): "
             f"{total:.1f} min of training in all")
 
 
@@ -154,6 +155,8 @@ def results_block() -> str:
     rows += serving_rows()
     command = (metrics or {}).get("command")
     verb = "fine-tuned (its start: docs/results.md)" if is_fine_tune(command) else "trained"
+    if "--photo-norms" in (command or ""):
+        verb = "given their photo BatchNorm (the start and why: docs/results.md)"
     tail = ["", f"The shipped weights were {verb} with `{command}`."] if command else []
     return "\n".join(rows + tail)
 

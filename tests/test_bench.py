@@ -153,6 +153,9 @@ def test_report_gives_a_fine_tune_the_training_of_its_start(tmp_path, monkeypatc
     tuned = {"command": "python train.py --init-from start --wise 0.5", "train_seconds": 180.0, "hardware": "CPU"}
     assert report.training_time(tuned, "3.0 min on CPU") == ("fine-tuned 3.0 min on CPU from the Fashion-MNIST model "
                                                               "(57.0 min): 60.0 min of training in all")
+    photo = {"command": "python train.py --init-from start --photo-norms", "train_seconds": 120.0}
+    assert report.training_time(photo, "2.0 min on CPU") == ("photo BatchNorm trained 2.0 min on CPU from the "
+                                                              "Fashion-MNIST model (57.0 min): 59.0 min of training in all")
     assert report.training_time({"command": "python train.py"}, "57.0 min on CPU") == "last training run 57.0 min on CPU"
     # bench/recipes.py rerun after the fine-tune shipped: its 'shipped' row is the fine-tune, not its start.
     (tmp_path / "recipes.json").write_text(json.dumps({"rows": [{"name": "shipped", "train_seconds": 180.0,
