@@ -161,6 +161,7 @@ class FashionCNN(nn.Module, PyTorchModelHubMixin, **hub.MODEL_METADATA):
         view.ood, view.ood_error = self.ood, self.ood_error
         return view.to(next(self.parameters()).device).train(self.training)
 
+    forward_children = ("stage1", "stage2", "stage3", "head")   # what forward runs, in order
     fused = False   # True after optimize_for_inference_: predictions only, never saved
     ood = None      # the ood.OODDetector fitted to these weights, when their folder carries one
     ood_error = None   # why a detector in the folder could not be used

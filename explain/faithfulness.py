@@ -157,11 +157,12 @@ def sensitivity(model: nn.Module, x, method: str, target: int,
 def cascade_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The model's top-level children that hold parameters, output end first.
 
-    FashionCNN: head, stage3, stage2, stage1. Children are assumed to be declared in forward
-    order (true of FashionCNN and of nn.Sequential-style models).
+    FashionCNN: head, stage3, stage2, stage1 (its `forward_children`: the photo BatchNorm is not run
+    by forward, so re-initialising it would be a step that changes nothing). Other children are
+    assumed to be declared in forward order (true of nn.Sequential-style models).
     """
-    layers = [(name, child) for name, child in model.named_children()
-              if any(True for _ in child.parameters())]
+    names = getattr(model, "forward_children", None) or [name for name, _ in model.named_children()]
+    layers = [(name, getattr(model, name)) for name in names if any(True for _ in getattr(model, name).parameters())]
     if not layers:
         raise ValueError(f"{type(model).__name__} has no child modules with parameters to randomise")
     return layers[::-1]
