@@ -40,11 +40,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import ood  # noqa: E402
-from ood_sets import PER_FAMILY, PHOTO_CLASSES, evaluation_sets, photos, proxy_families  # noqa: E402
+from ood_sets import PER_FAMILY, PHOTO_CLASSES, evaluation_sets, photos, proxy_families, served_scores  # noqa: E402
 from model import CLASS_NAMES, load_model  # noqa: E402
 
 from data import load_images, load_photo_looks, split_train_val  # noqa: E402
-from preprocess import fashion_look, look_and_mask  # noqa: E402
+from preprocess import fashion_look  # noqa: E402
 
 DATA = common.REPO.parent / "shared" / "data"
 TARGETS = {"fmnist_test_flagged_max": 0.06, "mnist_flagged_min": 0.97, "mnist_auroc_min": 0.995,
@@ -124,25 +124,6 @@ def compare_on_validation(model, train_views, train_x, train_labels, val_looks, 
         detectors[name], scores[name] = det, s
         print(f"[ood] {name:12s} mean proxy AUROC {table[name]['mean_auroc']:.4f}", flush=True)
     return table, detectors, scores
-
-
-def served_scores(model, detectors: dict, images) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """Each image as the app serves it: its look (`preprocess.look_and_mask`), then the views of the
-    network the app gives it (a segmented photo: `model.for_photos()`, the photo BatchNorm).
-    Returns (normalised input (N, 1, 28, 28), served probabilities (N, C), {score name: scores (N,)})."""
-    seen = [look_and_mask(img) for img in images]
-    x = ood.as_input(model, torch.from_numpy(np.stack([s.look for s in seen])))
-    photo = torch.tensor([s.photo for s in seen])
-    probs = torch.empty(len(x), model.config.num_classes)
-    scores = {n: torch.empty(len(x)) for n in detectors}
-    for flag, network in ((False, model), (True, model.for_photos())):
-        idx = (photo == flag).nonzero()[:, 0]
-        if len(idx):
-            views = ood.views_in_batches(network, x[idx])
-            probs[idx] = ood.served_proba(network, views)
-            for n, d in detectors.items():
-                scores[n][idx] = d.score_views(network, views, x[idx])
-    return x, probs, scores
 
 
 def photo_risk(detector, model, photos_val) -> dict:

@@ -4,8 +4,9 @@ Starts `python app.py` on 127.0.0.1 (bench/_common.AppProcess), encodes every im
 a PNG, uploads it and calls /analyse through Gradio's HTTP API (bench/gradio_http.py: POST
 /gradio_api/upload, POST /gradio_api/call/analyse, the result from the event stream), with
 --concurrency requests in flight. Each answer is compared with the detector called in this process
-on the same image, as bench/ood.py calls it (`preprocess.fashion_look`, then `model.ood.predict`
-on the weights `model.load_model` returns): the verdict must agree, and the score's difference is
+on the same image, as bench/ood.py calls it (`ood_sets.served_scores`: `preprocess.look_and_mask`,
+then the detector on the network the app gives that image, `for_photos()` for a segmented photo, of
+the weights `model.load_model` returns): the verdict must agree, and the score's difference is
 reported (the app serves a BatchNorm-folded copy of the network, equal to float rounding).
 
 The sets are bench/ood.py's (bench/ood_sets.py, the same seed): Fashion-MNIST test, MNIST test,
@@ -40,9 +41,8 @@ import httpx  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-import ood  # noqa: E402
 from gradio_http import CallError, GradioHTTP  # noqa: E402
-from ood_sets import PER_FAMILY, PHOTO_CLASSES, evaluation_sets, looks_of, photos  # noqa: E402
+from ood_sets import PER_FAMILY, PHOTO_CLASSES, evaluation_sets, photos, served_scores  # noqa: E402
 from model import load_model  # noqa: E402
 
 DATA = common.REPO.parent / "shared" / "data"
@@ -148,7 +148,7 @@ def main(argv=None) -> None:
     sets = all_sets(args)
     print(f"[ood_http] scoring {sum(map(len, sets.values())):,} images in process ...", flush=True)
     with torch.no_grad():
-        scores = {name: ood.detector_scores(model.ood, model, looks_of(images)) for name, images in sets.items()}
+        scores = {name: served_scores(model, {"chosen": model.ood}, images)[2]["chosen"] for name, images in sets.items()}
     results = {}
     with tempfile.TemporaryDirectory() as tmp, common.AppProcess(args.model, Path(tmp) / "app.log") as app:
         for name, images in sets.items():

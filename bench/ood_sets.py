@@ -14,8 +14,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageOps
 
+import ood
 from data import PHOTO_FOLDERS
-from preprocess import fashion_look
+from preprocess import fashion_look, look_and_mask
 
 # The photo folders with a class, and the predictions counted right for them; the mapping has one
 # home, data.PHOTO_FOLDERS.
@@ -26,6 +27,25 @@ PER_FAMILY = 1000   # images per proxy family and per synthetic set, unless a sc
 
 def looks_of(images) -> torch.Tensor:
     return torch.from_numpy(np.stack([fashion_look(img) for img in images]))
+
+
+def served_scores(model, detectors: dict, images) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """Each image as the app serves it: its look (`preprocess.look_and_mask`), then the views of the
+    network the app gives it (a segmented photo: `model.for_photos()`, the photo BatchNorm).
+    Returns (normalised input (N, 1, 28, 28), served probabilities (N, C), {score name: scores (N,)})."""
+    seen = [look_and_mask(img) for img in images]
+    x = ood.as_input(model, torch.from_numpy(np.stack([s.look for s in seen])))
+    photo = torch.tensor([s.photo for s in seen])
+    probs = torch.empty(len(x), model.config.num_classes)
+    scores = {n: torch.empty(len(x)) for n in detectors}
+    for flag, network in ((False, model), (True, model.for_photos())):
+        idx = (photo == flag).nonzero()[:, 0]
+        if len(idx):
+            views = ood.views_in_batches(network, x[idx])
+            probs[idx] = ood.served_proba(network, views)
+            for n, d in detectors.items():
+                scores[n][idx] = d.score_views(network, views, x[idx])
+    return x, probs, scores
 
 
 def proxy_families(raw_val: np.ndarray, n: int, seed: int) -> dict[str, torch.Tensor]:
