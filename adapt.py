@@ -1,22 +1,28 @@
-"""Photo BatchNorm: a trained network learns BatchNorm layers of its own for segmented phone photos.
+"""Adapting a trained network to photos: its own BatchNorm for photos, and WiSE-FT averaging.
 
+Photo BatchNorm: a trained network learns BatchNorm layers of its own for segmented phone photos.
 Only those layers train, on photos (and, with --fmnist-share, Fashion-MNIST images standing for the
 product shots that take the photo path too); the convolutions, the classifier and the network's own
 BatchNorm stay the start's. So every input that does not go through the photo segmentation (every
 Fashion-MNIST image, drawings, anything already light on black) gets exactly the start's answer,
 and photos are answered by the same network with their own statistics (`FashionCNN.for_photos`).
 train.py runs this for `--photo-norms`.
+
+WiSE-FT (`weight_average`, `choose_wise`): after a fine-tune of the whole network, its weights
+averaged with the start's (train.py --wise).
 """
 from __future__ import annotations
 
+import copy
 import json
 import time
 
 import torch
+from torch import nn
 
 from augment import augment, photo_like
 from data import load_images, load_photo_looks, split_train_val
-from evaluate import strict_hits
+from evaluate import meets_photo_bars, predict_probs, strict_by_folder, strict_hits
 from model import FashionCNN, config_dict, load_model
 from preprocess import normalize
 
@@ -104,3 +110,46 @@ def train_photo_norms(args, ctx) -> tuple[FashionCNN, list[dict], None, float]:
     for photo, bn in zip(model.photo_norms, view.cpu().norms()):
         photo.load_state_dict(bn.state_dict())
     return model.eval(), history, None, time.perf_counter() - ctx["t_start"]
+
+
+def weight_average(start: nn.Module, tuned: nn.Module, a: float) -> nn.Module:
+    """`tuned` with every float tensor (BatchNorm statistics included) set to (1 - a) * start + a * tuned.
+
+    WiSE-FT (Wortsman et al., "Robust fine-tuning of zero-shot models", CVPR 2022): a fine-tune that
+    starts from a trained network stays in its basin, so the average of the two keeps much of the
+    start's accuracy on its own data while keeping much of what the fine-tune learned.
+    """
+    begin, end = start.state_dict(), tuned.state_dict()
+    tuned.load_state_dict({k: torch.lerp(begin[k].to(v), v, a) if v.is_floating_point() else v for k, v in end.items()})
+    return tuned
+
+
+def choose_wise(start: nn.Module, tuned: nn.Module, weights: list[float], xv: torch.Tensor, yv: torch.Tensor,
+                photo_val=None) -> tuple[nn.Module, dict]:
+    """The WiSE-FT average for each weight, scored on validation; returns the chosen one and the table.
+
+    The choice: among the weights whose average meets #18's bars on photo validation (when photos are
+    given), the highest Fashion-MNIST validation accuracy, ties to the higher photo accuracy; if none
+    meets them, the highest photo accuracy. The bars come first because the fine-tune exists for photos;
+    among those that serve photos well enough, Fashion-MNIST accuracy decides.
+    """
+    rows, models = [], {}
+    for a in weights:
+        models[a] = weight_average(start, copy.deepcopy(tuned), a)
+        row = {"wise": a}
+        if len(xv):
+            row["val_accuracy"] = (predict_probs(models[a], xv).argmax(1) == yv).float().mean().item()
+        if photo_val is not None:
+            looks, allowed, folders = photo_val
+            strict = strict_hits(models[a], looks, allowed)[1]
+            row |= {"photo_val_strict": strict.float().mean().item(), "photo_val_per_folder": strict_by_folder(strict, folders)}
+            row["meets_photo_bars"] = meets_photo_bars(row["photo_val_strict"], row["photo_val_per_folder"])
+        rows.append(row)
+    if len(weights) == 1:
+        chosen = rows[0]
+    elif photo_val is not None and not any(r["meets_photo_bars"] for r in rows):
+        chosen = max(rows, key=lambda r: r["photo_val_strict"])
+    else:
+        passing = [r for r in rows if r.get("meets_photo_bars", True)]
+        chosen = max(passing, key=lambda r: (r["val_accuracy"], r.get("photo_val_strict", 0.0)))
+    return models[chosen["wise"]], {"chosen": chosen, "candidates": rows}

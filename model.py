@@ -138,7 +138,7 @@ class FashionCNN(nn.Module, PyTorchModelHubMixin, **hub.MODEL_METADATA):
 
     def norms(self) -> list[nn.BatchNorm2d]:
         """The BatchNorm layers of the network `forward` runs, in order (not the photo ones)."""
-        return [m for name, m in self.named_modules() if isinstance(m, nn.BatchNorm2d) and name.startswith("stage")]
+        return [m for child in self.forward_children for m in getattr(self, child).modules() if isinstance(m, nn.BatchNorm2d)]
 
     def for_photos(self) -> "FashionCNN":
         """The network that answers segmented photos: with `photo_norms`, a copy whose BatchNorm

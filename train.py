@@ -36,8 +36,8 @@ import hub
 import model_repo
 from augment import augment, photo_like
 from data import HUB_DATASET, load_images, load_photo_looks, split_train_val
-from evaluate import (evaluate_folder, fit_temperature, meets_photo_bars, predict_probs, strict_by_folder, strict_hits,
-                      with_temperature)
+from adapt import choose_wise, train_photo_norms
+from evaluate import evaluate_folder, fit_temperature, predict_probs, strict_hits, with_temperature
 from model import FashionCNN, ModelConfig, WeightsError, config_dict, count_parameters, load_model
 from preprocess import normalize
 
@@ -300,49 +300,6 @@ def build_model(args) -> FashionCNN:
     return FashionCNN(widths=tuple(args.widths), dropout=args.dropout, flip_tta=bool(args.tta))
 
 
-def weight_average(start: nn.Module, tuned: nn.Module, a: float) -> nn.Module:
-    """`tuned` with every float tensor (BatchNorm statistics included) set to (1 - a) * start + a * tuned.
-
-    WiSE-FT (Wortsman et al., "Robust fine-tuning of zero-shot models", CVPR 2022): a fine-tune that
-    starts from a trained network stays in its basin, so the average of the two keeps much of the
-    start's accuracy on its own data while keeping much of what the fine-tune learned.
-    """
-    begin, end = start.state_dict(), tuned.state_dict()
-    tuned.load_state_dict({k: torch.lerp(begin[k].to(v), v, a) if v.is_floating_point() else v for k, v in end.items()})
-    return tuned
-
-
-def choose_wise(start: nn.Module, tuned: nn.Module, weights: list[float], xv: torch.Tensor, yv: torch.Tensor,
-                photo_val=None) -> tuple[nn.Module, dict]:
-    """The WiSE-FT average for each weight, scored on validation; returns the chosen one and the table.
-
-    The choice: among the weights whose average meets #18's bars on photo validation (when photos are
-    given), the highest Fashion-MNIST validation accuracy, ties to the higher photo accuracy; if none
-    meets them, the highest photo accuracy. The bars come first because the fine-tune exists for photos;
-    among those that serve photos well enough, Fashion-MNIST accuracy decides.
-    """
-    rows, models = [], {}
-    for a in weights:
-        models[a] = weight_average(start, copy.deepcopy(tuned), a)
-        row = {"wise": a}
-        if len(xv):
-            row["val_accuracy"] = (predict_probs(models[a], xv).argmax(1) == yv).float().mean().item()
-        if photo_val is not None:
-            looks, allowed, folders = photo_val
-            strict = strict_hits(models[a], looks, allowed)[1]
-            row |= {"photo_val_strict": strict.float().mean().item(), "photo_val_per_folder": strict_by_folder(strict, folders)}
-            row["meets_photo_bars"] = meets_photo_bars(row["photo_val_strict"], row["photo_val_per_folder"])
-        rows.append(row)
-    if len(weights) == 1:
-        chosen = rows[0]
-    elif photo_val is not None and not any(r["meets_photo_bars"] for r in rows):
-        chosen = max(rows, key=lambda r: r["photo_val_strict"])
-    else:
-        passing = [r for r in rows if r.get("meets_photo_bars", True)]
-        chosen = max(passing, key=lambda r: (r["val_accuracy"], r.get("photo_val_strict", 0.0)))
-    return models[chosen["wise"]], {"chosen": chosen, "candidates": rows}
-
-
 def make_optimizer(model: nn.Module, args) -> torch.optim.Optimizer:
     """SGD with Nesterov momentum (plain SGD at --momentum 0), or Adam; no weight decay on BatchNorm and biases."""
     decay, no_decay = [p for p in model.parameters() if p.ndim > 1], [p for p in model.parameters() if p.ndim <= 1]
@@ -454,7 +411,6 @@ def run(args, argv=None) -> int:
     else:
         try:
             if args.photo_norms:
-                from adapt import train_photo_norms
                 model, history, val_acc, train_seconds = train_photo_norms(args, ctx)
             else:
                 model, history, val_acc, train_seconds = train(args, ctx)

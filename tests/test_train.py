@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+import adapt
 import evaluate
 import hub
 import model_repo
@@ -463,24 +464,24 @@ def test_wise_chooses_its_weight_on_validation_by_the_photo_bars_then_accuracy(t
     untrained = FashionCNN(**config_dict(start))
     xv, yv = load_images(SLICE, "test")[:2]
     photos = load_photo_looks(photo_folder, "validation")
-    kept, table = train.choose_wise(start, untrained, [0.0, 0.5, 1.0], xv, yv)
+    kept, table = adapt.choose_wise(start, untrained, [0.0, 0.5, 1.0], xv, yv)
     rows = table["candidates"]
     assert [r["wise"] for r in rows] == [0.0, 0.5, 1.0]
     for r in rows:
-        alone = train.weight_average(start, copy.deepcopy(untrained), r["wise"])
+        alone = adapt.weight_average(start, copy.deepcopy(untrained), r["wise"])
         assert r["val_accuracy"] == (evaluate.predict_probs(alone, xv).argmax(1) == yv).float().mean().item()
     assert rows[0]["val_accuracy"] > rows[2]["val_accuracy"] + 0.1           # trained vs untrained
     assert table["chosen"]["wise"] == 0.0                                   # no photos: validation accuracy alone
     assert all(torch.equal(v, start.state_dict()[k]) for k, v in kept.state_dict().items() if v.is_floating_point())
 
     monkeypatch.setattr(evaluate, "PHOTO_STRICT_BAR", 1.01)                  # no weight can meet the bars
-    rows = train.choose_wise(start, untrained, [0.0, 0.5, 1.0], xv, yv, photos)[1]["candidates"]
+    rows = adapt.choose_wise(start, untrained, [0.0, 0.5, 1.0], xv, yv, photos)[1]["candidates"]
     assert not any(r["meets_photo_bars"] for r in rows) and all(len(r["photo_val_per_folder"]) == 7 for r in rows)
-    chosen = train.choose_wise(start, untrained, [0.0, 0.5, 1.0], xv, yv, photos)[1]["chosen"]
+    chosen = adapt.choose_wise(start, untrained, [0.0, 0.5, 1.0], xv, yv, photos)[1]["chosen"]
     assert chosen["photo_val_strict"] == max(r["photo_val_strict"] for r in rows)
     monkeypatch.setattr(evaluate, "PHOTO_STRICT_BAR", 0.0)
     monkeypatch.setattr(evaluate, "PHOTO_FOLDER_BAR", -1.0)                  # every weight meets them
-    chosen = train.choose_wise(start, untrained, [0.0, 0.5, 1.0], xv, yv, photos)[1]["chosen"]
+    chosen = adapt.choose_wise(start, untrained, [0.0, 0.5, 1.0], xv, yv, photos)[1]["chosen"]
     assert chosen["wise"] == 0.0 and chosen["meets_photo_bars"]
 
 
@@ -532,7 +533,6 @@ def test_fmnist_share_mixes_held_in_fashion_mnist_images_into_the_photo_batches(
                                                                                 monkeypatch):
     """--fmnist-share 0.5: half of each photo-norm batch is Fashion-MNIST training images, never one
     of the validation split; the other half photos (seen before augmentation, as the batch is built)."""
-    import adapt
     from data import load_photo_looks
     args = train.parse_args(["--dataset", SLICE, "--init-from", str(trained[0]), "--photo-norms", "--photo-train",
                              str(photo_folder), "--epochs", "3", "--batch-size", "4", "--val-size", "100",
