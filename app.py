@@ -25,13 +25,14 @@ A bad input raises an error whose one-line message says what is wrong; the app k
 from __future__ import annotations
 
 import argparse
+import asyncio
 import atexit
 import os
 import signal
 import sys
 from pathlib import Path
 
-import dashboard.process  # noqa: F401  (first: settings gradio and torch read at import)
+import dashboard.process  # first: settings gradio and torch read at import
 import allocator
 import gradio as gr
 import numpy as np
@@ -41,13 +42,15 @@ from PIL import Image
 import explain
 import hub
 from dashboard import uploads
-from dashboard.gradio_patches import atomic_image_cache, lean_sessions
+from dashboard.gradio_patches import (atomic_image_cache, cheap_analytics_inline, inline_upload_writes, lean_routes,
+                                      lean_sessions)
 from dashboard.service import (DEFAULT_METHODS, PREDICTED, VIEW_SIZE, RequestError, Service,
                                load_weights, view_image)
 from dashboard.views import Views, outline_image
 from preprocess import InvalidImageError, Seen
 
 MAX_FILE_SIZE = "10mb"                 # uploads above this are refused by the server itself
+DECODE_ON_LOOP_PIXELS = 64 * 64        # API images up to this size are decoded on the event loop
 MAX_UPLOAD_FOLDER_BYTES = 512 * 2**20  # Gradio's upload folder is trimmed to this, oldest first
 CACHE_SWEEP = (60, 600)                # Gradio deletes its files older than 600 s, every 60 s
 MAP_COLUMNS, MAP_ROW_PX = 4, 200       # attribution gallery layout
@@ -105,24 +108,37 @@ def input_of(image, sketch: bool = False) -> tuple[np.ndarray, bool]:
     return seen.look, seen.photo
 
 
+async def input_of_async(image, sketch: bool = False) -> tuple[np.ndarray, bool]:
+    """`input_of` for a coroutine: an image as small as the model's input (a 28x28 upload) is
+    decoded on the event loop, in less time than a hand-over to a worker thread costs; anything
+    larger, a photo above all (segmenting one takes tens of milliseconds), in a worker thread, so
+    that the loop keeps serving everyone else meanwhile."""
+    pixels = uploads.header_pixels(image, UPLOAD_ROOTS)
+    if pixels is not None and pixels <= DECODE_ON_LOOP_PIXELS:
+        return input_of(image, sketch)
+    return await asyncio.to_thread(input_of, image, sketch)
+
+
 # ---------------------------------------------------------------------------------------------
-# API functions: plain inputs, errors raised as gr.Error
+# API functions: plain inputs, errors raised as gr.Error. They are coroutines: Gradio runs them on
+# its event loop, which awaits the shared forward pass instead of parking a worker thread on it
+# (dashboard/batcher.py).
 # ---------------------------------------------------------------------------------------------
 
-def classify(image: dict) -> dict:
+async def classify(image: dict) -> dict:
     """An uploaded image file -> the top class and the top-3 classes with their probabilities."""
-    return SERVICE.label_value(SERVICE.predict(*input_of(image)))
+    return SERVICE.label_value(await SERVICE.predict_async(*await input_of_async(image)))
 
 
-def classify_sketch(sketch: dict) -> dict:
+async def classify_sketch(sketch: dict) -> dict:
     """A Sketchpad value ({"composite": file}) -> classify's output; empty: "Draw something first"."""
-    return SERVICE.label_value(SERVICE.predict(*input_of(sketch, sketch=True)))
+    return SERVICE.label_value(await SERVICE.predict_async(*await input_of_async(sketch, sketch=True)))
 
 
-def analyse(image: dict) -> dict:
+async def analyse(image: dict) -> dict:
     """An uploaded image file -> label, probabilities, whether it looks like the training data
     (in_distribution, ood_score: higher is further) and the confidence in words."""
-    return SERVICE.analysis(*input_of(image))
+    return SERVICE.analysis(await SERVICE.assess_async(*await input_of_async(image)))
 
 
 def model_info() -> dict:
@@ -424,7 +440,11 @@ def build_demo() -> gr.Blocks:
 
 lean_sessions()
 atomic_image_cache()
+lean_routes()
+inline_upload_writes()
+cheap_analytics_inline()
 demo = build_demo()
+dashboard.process.settle_heap()
 
 
 def stop_on_sigterm(signum, frame):

@@ -3,65 +3,72 @@ share its next forward pass.
 
 On a CPU one forward pass of 16 images costs little more than one of a single image, so under a
 crowd the per-request cost of the network falls with the queue; alone, a request waits for nobody
-(no timer, no batching thread). The requests keep their own threads, so a bad image fails only its
-own request, before it ever reaches the batch.
+(no timer). One thread of its own runs the network, so the callers do not take turns at a lock:
+a thread blocks on its answer (`batcher(x)`), a coroutine awaits it on its event loop
+(`await batcher.run(x)`) without holding a worker thread. Under a crowd, the threads that took
+turns at a lock handed Python's lock to each other hundreds of times per request
+(bench/results/server_profile.md). A bad image fails only its own request, before it ever reaches
+the batch.
 """
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import deque
+from concurrent.futures import Future
 from typing import Callable, Sequence
 
 import torch
 
 
-class _Slot:
-    __slots__ = ("x", "result", "error", "done")
-
-    def __init__(self, x: torch.Tensor):
-        self.x, self.result, self.error, self.done = x, None, None, False
-
-
 class Batcher:
     """`batcher(x)` for one input (1, ...) returns `fn(batch)[i]`, its row of a batched call.
 
-    `fn` takes a batch (B, ...) and returns B per-item results. Whoever holds the lock runs `fn` on
-    every input waiting at that moment (at most `max_batch`), so later callers usually find their
-    result ready when the lock comes to them.
+    `fn` takes a batch (B, ...) and returns B per-item results. The batcher's thread runs `fn` on
+    every input waiting when it is free (at most `max_batch`), then on those that came meanwhile.
     """
 
-    def __init__(self, fn: Callable[[torch.Tensor], Sequence], max_batch: int = 32):
+    def __init__(self, fn: Callable[[torch.Tensor], Sequence], max_batch: int = 32, name: str = "batcher"):
         self.fn, self.max_batch = fn, max_batch
-        self._waiting: list[_Slot] = []
-        self._waiting_lock = threading.Lock()     # guards _waiting only: held for microseconds
-        self._run_lock = threading.Lock()         # one forward pass at a time
+        self._waiting: deque[tuple[torch.Tensor, Future]] = deque()
+        self._arrived = threading.Condition()
         self.batch_sizes: deque[int] = deque(maxlen=1000)   # recent batch sizes, for bench/ and tests
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, x: torch.Tensor) -> Future:
+        """The future row of `x` in a coming batch."""
+        answer: Future = Future()
+        with self._arrived:
+            self._waiting.append((x, answer))
+            self._arrived.notify()
+        return answer
 
     def __call__(self, x: torch.Tensor):
-        slot = _Slot(x)
-        with self._waiting_lock:
-            self._waiting.append(slot)
-        while not slot.done:
-            with self._run_lock:
-                if not slot.done:
-                    self._run_waiting()
-        if slot.error is not None:
-            raise slot.error
-        return slot.result
+        return self.submit(x).result()
 
-    def _run_waiting(self) -> None:
-        with self._waiting_lock:
-            batch, self._waiting = self._waiting[:self.max_batch], self._waiting[self.max_batch:]
-        if not batch:
-            return
+    async def run(self, x: torch.Tensor):
+        """`batcher(x)` for a coroutine: the event loop serves others while the batch runs."""
+        return await asyncio.wrap_future(self.submit(x))
+
+    def _serve(self) -> None:
+        while True:
+            with self._arrived:
+                while not self._waiting:
+                    self._arrived.wait()
+                batch = [self._waiting.popleft() for _ in range(min(len(self._waiting), self.max_batch))]
+            self._run(batch)
+
+    def _run(self, batch: list[tuple[torch.Tensor, Future]]) -> None:
         try:
-            results = self.fn(torch.cat([s.x for s in batch]))
-            for s, r in zip(batch, results, strict=True):
-                s.result = r
+            results = self.fn(torch.cat([x for x, _ in batch]))
+            if len(results) != len(batch):
+                raise RuntimeError(f"the batch function returned {len(results)} rows for {len(batch)} inputs")
+            for (_, answer), r in zip(batch, results):
+                answer.set_result(r)
         except Exception as e:  # every caller of this batch gets the error, none waits forever
-            for s in batch:
-                s.error = e
+            for _, answer in batch:
+                if not answer.done():
+                    answer.set_exception(e)
         finally:
-            for s in batch:
-                s.done = True
             self.batch_sizes.append(len(batch))

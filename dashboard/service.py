@@ -183,13 +183,28 @@ class Service:
         self.on_use()
         return out
 
+    async def _predict_async(self, look: np.ndarray, photo: bool) -> tuple[np.ndarray, float | None]:
+        out = await (self.photo_batcher if photo else self.batcher).run(self._input(look))
+        self.on_use()
+        return out
+
     def predict(self, look: np.ndarray, photo: bool = False) -> np.ndarray:
         """Served class probabilities (num_classes,) for a 28x28 look (of a segmented photo: `photo`)."""
         return self._predict(look, photo)[0]
 
+    async def predict_async(self, look: np.ndarray, photo: bool = False) -> np.ndarray:
+        """`predict` for a coroutine: awaits the batch on the event loop instead of blocking a thread."""
+        return (await self._predict_async(look, photo))[0]
+
     def assess(self, look: np.ndarray, photo: bool = False) -> Assessment:
         """Probabilities, the out-of-distribution score and verdict, and the confidence in words."""
-        probs, score = self._predict(look, photo)
+        return self._assessment(*self._predict(look, photo))
+
+    async def assess_async(self, look: np.ndarray, photo: bool = False) -> Assessment:
+        """`assess` for a coroutine."""
+        return self._assessment(*(await self._predict_async(look, photo)))
+
+    def _assessment(self, probs: np.ndarray, score: float | None) -> Assessment:
         detector = self.serving.ood
         if detector is None or score is None:
             return Assessment(probs, None, None, self.confidence_sentence(probs))
@@ -207,9 +222,9 @@ class Service:
         return (f"{name} at {top:.0%}: at this confidence ({hit['lo']:.0%}-{hit['hi']:.0%}) the model was right on "
                 f"{hit['accuracy']:.0%} of {hit['count']:,} test images.")
 
-    def analysis(self, look: np.ndarray, photo: bool = False) -> dict:
-        """The /analyse answer: label, probabilities, out-of-distribution verdict and confidence."""
-        a = self.assess(look, photo)
+    def analysis(self, a: Assessment) -> dict:
+        """The /analyse answer from an assessment: label, probabilities, out-of-distribution verdict
+        and confidence."""
         detector = self.serving.ood
         return {"label": self.labels[int(a.probs.argmax())], "probabilities": self.confidences(a.probs),
                 "in_distribution": a.in_distribution, "ood_score": a.ood_score,

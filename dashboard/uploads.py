@@ -92,6 +92,9 @@ def allowed_path(path, roots: list[Path]) -> Path:
     return resolved
 
 
+SWEEP_SHARE_INVERSE = 50            # the janitor rests 50 times as long as its last sweep took
+
+
 class UploadJanitor(threading.Thread):
     """Keeps Gradio's upload folder under `max_bytes`, removing the oldest files first.
 
@@ -103,14 +106,30 @@ class UploadJanitor(threading.Thread):
         super().__init__(name="upload-janitor", daemon=True)
         # Resolved here, once: the sweep compares the paths it walks with the resolved `keep` paths.
         self.folder, self.max_bytes, self.keep, self.every_s = Path(folder).resolve(), max_bytes, keep, every_s
+        self._resolved_paths: dict[str, str] = {}
 
     def run(self) -> None:
+        took = 0.0
         while True:
-            time.sleep(self.every_s)
+            # A sweep walks every file in the folder, which holds up to ten minutes of a crowd's
+            # uploads and outputs (tens of thousands of files), so it waits at least
+            # SWEEP_SHARE_INVERSE times its own duration: at most 2% of a core.
+            time.sleep(max(self.every_s, took * SWEEP_SHARE_INVERSE))
+            start = time.thread_time()
             try:
                 self.sweep()
             except OSError:
                 pass          # a file removed under us: the next sweep sees the new state
+            took = time.thread_time() - start
+
+    def _resolved(self, path) -> str:
+        # The kept files (cached examples) are the same at every sweep: each is resolved once.
+        key = str(path)
+        if len(self._resolved_paths) > 100_000:
+            self._resolved_paths.clear()
+        if key not in self._resolved_paths:
+            self._resolved_paths[key] = str(Path(path).resolve())
+        return self._resolved_paths[key]
 
     def sweep(self) -> int:
         """Remove the oldest files until the folder fits; returns how many were removed.
@@ -119,7 +138,7 @@ class UploadJanitor(threading.Thread):
         folder that holds every recent upload, so its cost must stay small beside the requests.
         os.walk never follows a link, so every path listed is the file's real path.
         """
-        keep = {str(Path(p).resolve()) for p in self.keep()}
+        keep = {self._resolved(p) for p in self.keep()}
         files = []
         for root, _, names in os.walk(self.folder):
             for name in names:
@@ -201,6 +220,20 @@ def editor_composite(value: dict):
     if composite is None and value.get("layers"):
         composite = value["layers"][0]
     return composite
+
+
+def header_pixels(image, roots: list[Path]) -> int | None:
+    """Pixels of the image file an input names (a file payload, or a Sketchpad value's composite),
+    read from its header alone; None when it names no readable image inside `roots` (`decode`
+    then says why)."""
+    if isinstance(image, dict) and ("composite" in image or "layers" in image):
+        image = editor_composite(image)
+    path = image.get("path") if isinstance(image, dict) else None
+    try:
+        with Image.open(allowed_path(path, roots), formats=FORMATS) as img:
+            return img.size[0] * img.size[1]
+    except (InvalidImageError, OSError, ValueError, Image.DecompressionBombError):
+        return None
 
 
 def decode(image, roots: list[Path], sketch: bool = False) -> Seen:
