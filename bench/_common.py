@@ -14,6 +14,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -186,9 +187,12 @@ class AppProcess:
         self.sampler: RssSampler | None = None
 
     def __enter__(self) -> "AppProcess":
+        # A Gradio folder of its own, as a freshly started Space has: the shared <tmp>/gradio keeps
+        # whatever earlier runs left there, which the app's upload janitor would walk.
+        self.gradio_dir = tempfile.TemporaryDirectory(prefix="bench-gradio-")
         env = os.environ | {"MODEL_ID": self.model_dir, "GRADIO_ANALYTICS_ENABLED": "False",
                             "HF_HUB_OFFLINE": "1", "GRADIO_SERVER_NAME": "127.0.0.1",
-                            "PYTHONUNBUFFERED": "1"} | self.extra_env
+                            "GRADIO_TEMP_DIR": self.gradio_dir.name, "PYTHONUNBUFFERED": "1"} | self.extra_env
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen([sys.executable, "app.py", "--port", str(self.port), "--model", self.model_dir],
                                      cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT,
@@ -226,6 +230,7 @@ class AppProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=5)
         self.log.close()
+        self.gradio_dir.cleanup()
 
 
 def mib(n_bytes: int | float) -> float:
