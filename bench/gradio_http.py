@@ -16,6 +16,9 @@ import json
 import httpx
 
 
+KEEPALIVE_S = 4.0     # below uvicorn's default keep-alive timeout, which Gradio's launch keeps (5 s)
+
+
 class CallError(RuntimeError):
     """The app answered a call with an error event, or not as the protocol says."""
 
@@ -29,7 +32,10 @@ class GradioHTTP:
     """Requests against one app; share one instance (one connection pool) among all coroutines."""
 
     def __init__(self, url: str, max_connections: int = 256, timeout: float = 600.0):
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        # Idle connections are dropped before uvicorn's 5 s keep-alive ends: with both at 5 s, a
+        # request sent on a connection the server is closing that instant fails with a ReadError.
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
+                              keepalive_expiry=KEEPALIVE_S)
         self.http = httpx.AsyncClient(base_url=url.rstrip("/") + "/gradio_api", limits=limits,
                                       timeout=httpx.Timeout(timeout, connect=30.0))
 

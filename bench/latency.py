@@ -17,6 +17,7 @@ single-image inference < 2 ms. Writes <results-dir>/latency.json and latency.md.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import copy
 import os
 import sys
@@ -63,14 +64,23 @@ def phone_jpeg(folder: Path) -> Path:
 
 
 def app_classify(model_dir: Path):
-    """app.classify if app.py is importable (it loads the model named by MODEL_ID); else None."""
+    """app.classify as a plain call, if app.py is importable (it loads the model named by MODEL_ID);
+    else None. The endpoint is a coroutine: each call runs it to its answer on one event loop, as
+    the server's loop does."""
     os.environ["MODEL_ID"] = str(model_dir)
     try:
         import app
     except Exception as e:  # app.py absent or failing: reported, the rest still measured
         print(f"[latency] app.py not importable ({type(e).__name__}: {e}); classify = preprocess + predict_proba")
         return None
-    return getattr(app, "classify", None)
+    loop = asyncio.new_event_loop()
+
+    def classify(image) -> dict:
+        answer = loop.run_until_complete(app.classify(image))
+        if not isinstance(answer, dict) or "label" not in answer:
+            raise RuntimeError(f"app.classify answered {answer!r}, not a label")
+        return answer
+    return classify
 
 
 def measure_local(model_dir: Path, cli) -> dict:
@@ -90,13 +100,15 @@ def measure_local(model_dir: Path, cli) -> dict:
         out["predict_proba_1_image_fused"] = common.time_calls(lambda: served.predict_proba(x), cli.repeats, warmup=10)
     classify = app_classify(model_dir)
     if classify is not None:
-        out["classify"] = common.time_calls(lambda: classify(image), cli.repeats, warmup=5)
-        out["classify_1024px_rgb"] = common.time_calls(lambda: classify(upload), cli.repeats, warmup=2)
         import app                                                 # its own folder is an allowed root
+        small = app.APP_FOLDER.path / "test-image.png"              # a 28x28 upload, as the API gets it
+        image.save(small)
+        out["classify"] = common.time_calls(lambda: classify({"path": str(small)}), cli.repeats, warmup=5)
+        out["classify_1024px_rgb"] = common.time_calls(lambda: classify(upload), cli.repeats, warmup=2)
         phone = {"path": str(phone_jpeg(app.APP_FOLDER.path))}
         out["classify_phone_jpeg"] = common.time_calls(lambda: classify(phone), max(5, cli.repeats // 10), warmup=2)
-        out["classify_source"] = ("app.classify (PIL 28x28 test image; a 1024x1024 RGB upload; a 4000x3000 JPEG "
-                                  "file made from examples/photos)")
+        out["classify_source"] = ("app.classify (a 28x28 test image's PNG file; a 1024x1024 RGB upload as a PIL "
+                                  "image; a 4000x3000 JPEG file made from examples/photos)")
     else:
         def composed(img):
             with torch.inference_mode():
