@@ -11,6 +11,7 @@ and, for processes that died without cleaning, at the next start.
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -95,6 +96,12 @@ def allowed_path(path, roots: list[Path]) -> Path:
 SWEEP_SHARE_INVERSE = 50            # the janitor rests 50 times as long as its last sweep took
 
 
+@functools.lru_cache(maxsize=4096)
+def _resolved(path: str) -> str:
+    # The kept files (cached examples) are the same at every sweep: each is resolved once.
+    return str(Path(path).resolve())
+
+
 class UploadJanitor(threading.Thread):
     """Keeps Gradio's upload folder under `max_bytes`, removing the oldest files first.
 
@@ -106,7 +113,6 @@ class UploadJanitor(threading.Thread):
         super().__init__(name="upload-janitor", daemon=True)
         # Resolved here, once: the sweep compares the paths it walks with the resolved `keep` paths.
         self.folder, self.max_bytes, self.keep, self.every_s = Path(folder).resolve(), max_bytes, keep, every_s
-        self._resolved_paths: dict[str, str] = {}
 
     def run(self) -> None:
         took = 0.0
@@ -122,15 +128,6 @@ class UploadJanitor(threading.Thread):
                 pass          # a file removed under us: the next sweep sees the new state
             took = time.thread_time() - start
 
-    def _resolved(self, path) -> str:
-        # The kept files (cached examples) are the same at every sweep: each is resolved once.
-        key = str(path)
-        if len(self._resolved_paths) > 100_000:
-            self._resolved_paths.clear()
-        if key not in self._resolved_paths:
-            self._resolved_paths[key] = str(Path(path).resolve())
-        return self._resolved_paths[key]
-
     def sweep(self) -> int:
         """Remove the oldest files until the folder fits; returns how many were removed.
 
@@ -138,7 +135,7 @@ class UploadJanitor(threading.Thread):
         folder that holds every recent upload, so its cost must stay small beside the requests.
         os.walk never follows a link, so every path listed is the file's real path.
         """
-        keep = {self._resolved(p) for p in self.keep()}
+        keep = {_resolved(str(p)) for p in self.keep()}
         files = []
         for root, _, names in os.walk(self.folder):
             for name in names:
@@ -222,13 +219,22 @@ def editor_composite(value: dict):
     return composite
 
 
+def carried(image) -> tuple:
+    """(what an input carries: a file path, a PIL image, an array or None; whether it is a
+    Sketchpad/ImageEditor value). A file payload carries its path, an editor value its composite."""
+    editor = isinstance(image, dict) and ("composite" in image or "layers" in image)
+    if editor:
+        image = editor_composite(image)
+    if isinstance(image, dict):
+        image = image.get("path")
+    return image, editor
+
+
 def header_pixels(image, roots: list[Path]) -> int | None:
     """Pixels of the image file an input names (a file payload, or a Sketchpad value's composite),
     read from its header alone; None when it names no readable image inside `roots` (`decode`
     then says why)."""
-    if isinstance(image, dict) and ("composite" in image or "layers" in image):
-        image = editor_composite(image)
-    path = image.get("path") if isinstance(image, dict) else None
+    path, _ = carried(image)
     try:
         with Image.open(allowed_path(path, roots), formats=FORMATS) as img:
             return img.size[0] * img.size[1]
@@ -246,11 +252,9 @@ def decode(image, roots: list[Path], sketch: bool = False) -> Seen:
     Raises:
         InvalidImageError: with a one-line message for the user.
     """
+    image, editor = carried(image)
+    sketch = sketch or editor
     empty = "Draw something first." if sketch else "No image: upload one, draw one or pick an example."
-    if isinstance(image, dict) and ("composite" in image or "layers" in image):
-        image, sketch, empty = editor_composite(image), True, "Draw something first."
-    if isinstance(image, dict):
-        image = image.get("path")
     if image is None:
         raise InvalidImageError(empty)
     if isinstance(image, (str, os.PathLike)):
