@@ -33,21 +33,21 @@ import sys
 from pathlib import Path
 
 import dashboard.process  # first: settings gradio and torch read at import
-import allocator
+from dashboard import allocator
 import gradio as gr
 import numpy as np
 import pandas as pd
 from PIL import Image
 
 import explain
-import hub
+from modelrepo import hub
 from dashboard import uploads
 from dashboard.gradio_patches import (atomic_image_cache, cheap_analytics_inline, inline_upload_writes, lean_routes,
                                       lean_sessions)
 from dashboard.service import (DEFAULT_METHODS, PREDICTED, VIEW_SIZE, RequestError, Service,
                                load_weights, view_image)
 from dashboard.views import Views, outline_image
-from preprocess import InvalidImageError, Seen
+from imaging.preprocess import InvalidImageError, Seen
 
 MAX_FILE_SIZE = "10mb"                 # uploads above this are refused by the server itself
 DECODE_ON_LOOP_PIXELS = 64 * 64        # API images up to this size are decoded on the event loop

@@ -1,12 +1,13 @@
-"""The Fashion-MNIST network, its config and class names; saving, checked loading, serving form.
+"""The Fashion-MNIST network and its config: building, the served forward pass, saving, checked loading.
 
 `ModelConfig` holds every default of the network (nowhere else repeats them), `FashionCNN` builds
-from it, and `load_model` rebuilds it from `config.json` + `model.safetensors` alone, after
-checking the config against sane bounds and the safetensors header before any tensor is
-allocated. Preprocessing lives in preprocess.py; Hub ids and downloads in hub.py.
+from it, and `load_model` rebuilds it from a folder's `config.json` + `model.safetensors` alone,
+after checking the config against sane bounds and the safetensors header before any tensor is
+allocated. This file imports torch and safetensors only: images become inputs in imaging/, Hub ids
+and the out-of-distribution detector beside the weights are read by modelrepo/.
 
     >>> from model import load_model
-    >>> from preprocess import look_and_mask, normalize
+    >>> from imaging.preprocess import look_and_mask, normalize
     >>> model = load_model("weights")                        # a local folder in the Hub layout
     >>> seen = look_and_mask(image)
     >>> network = model.for_photos() if seen.photo else model
@@ -23,9 +24,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from huggingface_hub import PyTorchModelHubMixin
 
-import hub
 
 # The dataset's label order (zalando-datasets/fashion_mnist, label ids 0..9).
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -109,7 +108,7 @@ class Residual(nn.Module):
 _D = ModelConfig   # the defaults below are read from the dataclass, never restated
 
 
-class FashionCNN(nn.Module, PyTorchModelHubMixin, **hub.MODEL_METADATA):
+class FashionCNN(nn.Module):
     """A small residual CNN in the style of the ResNet-9 used for fast CIFAR-10 training.
 
     Three stages at 28, 14 and 7 pixels, each a conv-BN-ReLU that changes width followed by a
@@ -158,13 +157,10 @@ class FashionCNN(nn.Module, PyTorchModelHubMixin, **hub.MODEL_METADATA):
         view.load_state_dict({k: v for k, v in self.state_dict().items() if not k.startswith("photo_norms.")})
         for bn, photo in zip(view.norms(), self.photo_norms):
             bn.load_state_dict(photo.state_dict())
-        view.ood, view.ood_error = self.ood, self.ood_error
         return view.to(next(self.parameters()).device).train(self.training)
 
     forward_children = ("stage1", "stage2", "stage3", "head")   # what forward runs, in order
     fused = False   # True after optimize_for_inference_: predictions only, never saved
-    ood = None      # the ood.OODDetector fitted to these weights, when their folder carries one
-    ood_error = None   # why a detector in the folder could not be used
 
     def optimize_for_inference_(self) -> "FashionCNN":
         """Fold each BatchNorm into the conv before it and switch to channels-last; in place, returns self.
@@ -184,21 +180,6 @@ class FashionCNN(nn.Module, PyTorchModelHubMixin, **hub.MODEL_METADATA):
         self.fused = True
         return self.to(memory_format=torch.channels_last)
 
-    def _save_pretrained(self, save_directory) -> None:
-        if self.fused:
-            raise RuntimeError("this model's BatchNorm is folded for inference; save the unfused model")
-        super()._save_pretrained(save_directory)
-        # The whole config, whatever arguments built the model: load_model needs every field.
-        (Path(save_directory) / CONFIG_FILE).write_text(json.dumps(config_dict(self), indent=2))
-        if self.ood is not None:          # after the weights: the detector records their hash
-            self.ood.save(save_directory)
-
-    @classmethod
-    def _from_pretrained(cls, *, model_id: str, map_location: str = "cpu", **hub_kwargs) -> "FashionCNN":
-        # The mixin's own loader builds the model before checking the config and falls back to a
-        # pickle; ours checks first and reads safetensors only.
-        return load_model(model_id, map_location)
-
     @property
     def last_conv(self) -> nn.Module:
         """The last convolutional block (output (B, w3, 7, 7)): Grad-CAM's layer."""
@@ -208,27 +189,58 @@ class FashionCNN(nn.Module, PyTorchModelHubMixin, **hub.MODEL_METADATA):
     def label_names(self) -> tuple[str, ...]:
         return self.config.label_names
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.stage3(self.stage2(self.stage1(x))))
+    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The outputs of stage1, stage2 and stage3 for a normalised batch (B, 1, 28, 28):
+        (B, w1, 28, 28), (B, w2, 14, 14), (B, w3, 7, 7)."""
+        s1 = self.stage1(x)
+        s2 = self.stage2(s1)
+        return [s1, s2, self.stage3(s2)]
 
-    def view_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (V, B, C) of the views `predict_proba` averages: the image and, with `flip_tta`,
-        its mirror (V = 2), for a normalised batch (B, 1, 28, 28)."""
-        if not self.config.flip_tta:
-            return self(x).float()[None]
-        # Both views in one batch: one forward call costs less than two on a CPU.
-        return self(torch.cat([x, x.flip(-1)])).float().unflatten(0, (2, len(x)))
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's feature map (B, w3, 7, 7): what the head pools and Grad-CAM reads."""
+        return self.forward_stages(x)[-1]
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Logits (B, C) from `forward_features`' map; `pre_logits`: the pooled vector (B, w3) the Linear reads."""
+        pooled = self.head[:-1](features)                  # pool, flatten, dropout
+        return pooled if pre_logits else self.head[-1](pooled)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    # The served forward pass. Every consumer of served answers (predict_proba, the OOD detector,
+    # the service's batches, the benches) goes through these three, so they cannot drift apart.
+
+    def served_views(self, x: torch.Tensor) -> torch.Tensor:
+        """The views (V*B, 1, 28, 28) the served answer averages: the batch and, with `flip_tta`, its
+        mirror after it (V = 2). Garments are left-right symmetric, so the mirror is a second look at
+        the same garment; both in one batch, since one forward call costs less than two on a CPU."""
+        return torch.cat([x, x.flip(-1)]) if self.config.flip_tta else x
+
+    def served_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Globally pooled outputs of the three stages, concatenated, per served view: (V, B, w1 + w2 + w3)
+        for a normalised batch (B, 1, 28, 28). The last w3 values are what the head's Linear reads;
+        the earlier ones are what the OOD detector reads as well."""
+        pooled = torch.cat([s.float().mean((2, 3)) for s in self.forward_stages(self.served_views(x))], 1)
+        return pooled.unflatten(0, (-1, len(x)))
+
+    def served_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits (V, B, C) from `served_features`' output (the head's Dropout is the identity in eval)."""
+        return self.head[-1](features[..., -self.head[-1].in_features:]).float()
+
+    def served_proba(self, features: torch.Tensor) -> torch.Tensor:
+        """Probabilities (B, C) from `served_features`' output: logits / temperature, softmax, mean over views."""
+        return (self.served_logits(features) / self.config.temperature).softmax(-1).mean(0)
 
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities (B, C) for a normalised batch (B, 1, 28, 28), as served.
 
-        With `flip_tta`, the average over the image and its mirror: garments are left-right
-        symmetric, so the mirror is a second look at the same garment. Logits are divided by the
-        config's temperature. Explanations attribute the single-view logits of `forward`, for the
-        class this returns.
+        With `flip_tta`, the average over the image and its mirror. Logits are divided by the
+        config's temperature (fitted on validation, Guo et al. 2017). Explanations attribute the
+        single-view logits of `forward`, for the class this returns.
         """
-        return (self.view_logits(x) / self.config.temperature).softmax(-1).mean(0)
+        return self.served_proba(self.served_features(x))
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -241,7 +253,7 @@ def config_dict(model: FashionCNN) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Loading: config.json + model.safetensors from a folder (hub.resolve_model_dir for a repo id).
+# Saving and loading: config.json + model.safetensors in a folder (modelrepo/ resolves Hub ids).
 # Everything is checked before the network is built or a tensor is read; never a pickle.
 # ---------------------------------------------------------------------------------------------
 
@@ -287,21 +299,32 @@ def _check_header(path: Path, config: ModelConfig) -> None:
         raise ValueError(f"{k} has shape {list(found[k])}, the config needs {list(expected[k])}")
 
 
-def load_model(source: str | os.PathLike, device: str | torch.device = "cpu", fuse: bool = False) -> FashionCNN:
-    """Rebuild the network from `config.json` and load `model.safetensors`; eval mode.
+def save_model(model: FashionCNN, folder: str | os.PathLike) -> None:
+    """Write config.json (every field of the config) and model.safetensors into `folder`."""
+    from safetensors.torch import save_file
+    if model.fused:
+        raise RuntimeError("this model's BatchNorm is folded for inference; save the unfused model")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+    (folder / CONFIG_FILE).write_text(json.dumps(config_dict(model), indent=2))
 
-    `source` is a folder or a Hub repo id (downloaded by `hub.resolve_model_dir`). `fuse=True`
-    returns the serving form (`FashionCNN.optimize_for_inference_`), for predictions only.
+
+def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu", fuse: bool = False) -> FashionCNN:
+    """Rebuild the network from a folder's `config.json` and load its `model.safetensors`; eval mode.
+
+    `fuse=True` returns the serving form (`FashionCNN.optimize_for_inference_`), for predictions
+    only. A Hub repo id is resolved to a folder by `modelrepo.folder.open_model`.
 
     Raises:
-        WeightsError: missing, oversized or corrupt files, a config out of bounds or not matching
-            the weights, non-finite weights, or (for a repo id) a Hub that cannot be reached.
+        WeightsError: no such folder, missing, oversized or corrupt files, a config out of bounds
+            or not matching the weights, non-finite weights.
     """
     from safetensors.torch import load_file
-    try:
-        folder = hub.resolve_model_dir(source)
-    except hub.HubError as e:
-        raise WeightsError(str(e)) from None
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise WeightsError(f"{folder}: no such folder (a Hub repo id is read by modelrepo.folder.open_model)")
     config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     if not weights_path.is_file():
         pickles = [p.name for p in folder.glob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl")]
@@ -322,26 +345,4 @@ def load_model(source: str | os.PathLike, device: str | torch.device = "cpu", fu
     model = FashionCNN(**asdict(config))
     model.load_state_dict(state, strict=True)
     model = model.to(device).eval()
-    _attach_detector(model, folder)
     return model.optimize_for_inference_() if fuse else model
-
-
-def _attach_detector(model: FashionCNN, folder: Path) -> None:
-    """The folder's out-of-distribution detector, when it has one that fits these weights."""
-    from ood import META_FILE, OODDetector, OODError
-    if not (folder / META_FILE).exists():
-        return
-    try:
-        model.ood = OODDetector.load(folder, model)
-    except OODError as e:   # the weights still serve; the dashboard says the check is off and why
-        model.ood_error = str(e)[:300]
-
-
-
-
-def __getattr__(name: str):
-    # TEMPORARY while helpers finish: old import paths forward to their new homes.
-    import preprocess
-    if hasattr(preprocess, name):
-        return getattr(preprocess, name)
-    raise AttributeError(name)

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from preprocess import Seen, fit_to_frame, look_and_mask
+from imaging.preprocess import Seen, fit_to_frame, look_and_mask
 
 SIZE = 28
 WORK_SIDE = 256   # both paths work on at most this many pixels a side

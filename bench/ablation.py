@@ -42,9 +42,9 @@ import _common as common  # noqa: E402  (puts the repository root on sys.path)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import evaluate  # noqa: E402
+from training import evaluate  # noqa: E402
 import train  # noqa: E402
-from data import load_images, split_train_val  # noqa: E402
+from training.data import load_images, split_train_val  # noqa: E402
 from model import count_parameters, load_model  # noqa: E402
 from recipes import NO_TRICKS, QuickstartMLP, Recipe, TwoConvCNN, fit, images_per_s  # noqa: E402
 

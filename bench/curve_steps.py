@@ -26,9 +26,9 @@ import torch  # noqa: E402
 
 import explain  # noqa: E402
 from dashboard.service import CURVE_STEPS  # noqa: E402
-from data import load_images  # noqa: E402
+from training.data import load_images  # noqa: E402
 from model import load_model  # noqa: E402
-from preprocess import fashion_look, normalize  # noqa: E402
+from imaging.preprocess import fashion_look, normalize  # noqa: E402
 
 REFERENCE, MARGIN = 28, 0.02
 

@@ -31,12 +31,12 @@ sys.path.insert(0, str(common.REPO / "tests"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import segment  # noqa: E402
-import strokes  # noqa: E402
+from imaging import segment  # noqa: E402
+from imaging import strokes  # noqa: E402
 from drawings import drawings, validation_drawings  # noqa: E402
 from model import load_model  # noqa: E402
 from _looks import routed  # noqa: E402
-from preprocess import look_and_mask, normalize, to_array  # noqa: E402
+from imaging.preprocess import look_and_mask, normalize, to_array  # noqa: E402
 
 GRID_FILL = (0.4, 0.5, 0.6, 0.7, 0.8, 1.0)
 GRID_RAMP = (0.0, 0.08, 0.12, 0.16, 0.2, 0.24, 0.3)

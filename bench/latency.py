@@ -33,7 +33,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from model import load_model  # noqa: E402
-from preprocess import preprocess  # noqa: E402
+from imaging.preprocess import preprocess  # noqa: E402
 
 # classify: a 28x28 image; photo: an upload that is segmented (issue #18's budget for a phone photo).
 TARGETS_MS = {"classify": 10.0, "photo": 100.0, "method": 150.0, "all_methods": 500.0, "inference": 2.0}
@@ -42,7 +42,7 @@ PHONE_SIZE = (4000, 3000)
 
 def test_images(n: int) -> list[tuple[Image.Image, int]]:
     """Real test images (PIL, label) from the small slice that ships with the repository."""
-    from data import load_images
+    from training.data import load_images
     _, labels, raw = load_images("tests/data/fashion_mnist", "test")
     return [(Image.fromarray(raw[i]), int(labels[i])) for i in range(n)]
 

@@ -47,7 +47,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from model import load_model  # noqa: E402
-from preprocess import preprocess  # noqa: E402
+from imaging.preprocess import preprocess  # noqa: E402
 
 PREDICTED = "predicted class"
 
@@ -73,7 +73,7 @@ class Outcome:
 
 def save_test_images(folder: Path, n: int) -> list[Path]:
     """The first n images of the repository's real test slice, as the PNG files a user would upload."""
-    from data import load_images
+    from training.data import load_images
     _, _, raw = load_images("tests/data/fashion_mnist", "test")
     paths = []
     for i in range(n):

@@ -39,12 +39,12 @@ import _common as common  # noqa: E402  (puts the repository root on sys.path)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import ood  # noqa: E402
+from modelrepo import ood  # noqa: E402
 from ood_sets import PER_FAMILY, PHOTO_CLASSES, evaluation_sets, photos, proxy_families, served_scores  # noqa: E402
 from model import CLASS_NAMES, load_model  # noqa: E402
 
-from data import load_images, load_photo_looks, split_train_val  # noqa: E402
-from preprocess import fashion_look  # noqa: E402
+from training.data import load_images, load_photo_looks, split_train_val  # noqa: E402
+from imaging.preprocess import fashion_look  # noqa: E402
 
 DATA = common.REPO.parent / "shared" / "data"
 TARGETS = {"fmnist_test_flagged_max": 0.06, "mnist_flagged_min": 0.97, "mnist_auroc_min": 0.995,
@@ -152,7 +152,7 @@ def timing(detector, model_dir: str, sample: torch.Tensor, repeats: int) -> dict
     """
     served = load_model(model_dir, fuse=True)
     x = sample[:1]
-    views = ood.view_features(served, x)
+    views = served.served_features(x)
     calls = {"predict_proba": lambda: served.predict_proba(x),
              "predict_with_score": lambda: detector.predict(served, x),
              "score_alone": lambda: detector.score(served, x),
@@ -208,7 +208,7 @@ def evaluate(model, detectors: dict, chosen: str, test_x, test_labels, sets: dic
     test_views = ood.views_in_batches(model, test_x)
     test_scores = {n: d.score_views(model, test_views, test_x) for n, d in detectors.items()}
     det = detectors[chosen]
-    probs = ood.served_proba(model, test_views)
+    probs = model.served_proba(test_views)
     right = probs.argmax(1) == test_labels
     out = {"fmnist_test": risk_row(det.flag(test_scores[chosen]), right)
            | {"risk_coverage": risk_coverage(test_scores[chosen], right)},

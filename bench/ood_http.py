@@ -43,7 +43,7 @@ from PIL import Image  # noqa: E402
 
 from gradio_http import CallError, GradioHTTP  # noqa: E402
 from ood_sets import PER_FAMILY, PHOTO_CLASSES, evaluation_sets, photos, served_scores  # noqa: E402
-from model import load_model  # noqa: E402
+from modelrepo.folder import open_model  # noqa: E402
 
 DATA = common.REPO.parent / "shared" / "data"
 FMNIST_TEST = "Fashion-MNIST test"
@@ -72,7 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def all_sets(args) -> dict[str, list]:
     """Every set by name, as images for the serving path (uint8 arrays or PIL images)."""
-    from data import load_images
+    from training.data import load_images
     sets = {FMNIST_TEST: list(load_images(args.fashion_mnist, "test")[2])}
     sets |= evaluation_sets(args.mnist, args.photos, args.per_family, args.seed)
     sets[PHOTOS_IN_CLASS] = [img for img, _ in photos(args.photos, "validation", PHOTO_CLASSES)]
@@ -142,27 +142,28 @@ def compare(answers: list[dict], scores: torch.Tensor, threshold: float) -> dict
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    model = load_model(args.model)
-    if model.ood is None:
-        raise SystemExit(f"{args.model}: no usable OOD detector ({model.ood_error}); bench/ood.py fits one")
+    opened = open_model(args.model)
+    model, detector = opened.model, opened.detector
+    if detector is None:
+        raise SystemExit(f"{args.model}: no usable OOD detector ({opened.detector_error}); bench/ood.py fits one")
     sets = all_sets(args)
     print(f"[ood_http] scoring {sum(map(len, sets.values())):,} images in process ...", flush=True)
     with torch.no_grad():
-        scores = {name: served_scores(model, {"chosen": model.ood}, images)[2]["chosen"] for name, images in sets.items()}
+        scores = {name: served_scores(model, {"chosen": detector}, images)[2]["chosen"] for name, images in sets.items()}
     results = {}
     with tempfile.TemporaryDirectory() as tmp, common.AppProcess(args.model, Path(tmp) / "app.log") as app:
         for name, images in sets.items():
             t0 = time.perf_counter()
             answers = asyncio.run(analyse_all(app.url, images, args.concurrency))
             seconds = time.perf_counter() - t0
-            results[name] = compare(answers, scores[name], model.ood.threshold) | {
+            results[name] = compare(answers, scores[name], detector.threshold) | {
                 "seconds": round(seconds, 1), "requests_per_s": round(len(images) / seconds, 1)}
             r = results[name]
             print(f"[ood_http] {name:40s} n {r['n']:>6,} flagged {r['flagged_http']:.3f} refused {r['refused']:.3f} "
                   f"direct {r['flagged_direct']:.3f} agreement {r['agreement']:.4f} ({seconds:.0f} s)", flush=True)
     report = {"command": common.command_line("bench/ood_http.py"), "model": common.model_note(Path(args.model)),
-              "machine": common.machine_info(), "detector": {"score": model.ood.score_name,
-                                                             "threshold": model.ood.threshold},
+              "machine": common.machine_info(), "detector": {"score": detector.score_name,
+                                                             "threshold": detector.threshold},
               "limit": args.limit, "concurrency": args.concurrency, "seed": args.seed,
               "app_ready_s": round(app.ready_s, 1), "sets": results}
     common.write_results(args.results_dir, "ood_http", report, markdown(report))

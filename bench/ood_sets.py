@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageOps
 
-import ood
-from data import PHOTO_FOLDERS
-from preprocess import fashion_look, look_and_mask
+from modelrepo import ood
+from training.data import PHOTO_FOLDERS
+from imaging.preprocess import fashion_look, look_and_mask
 
 # The photo folders with a class, and the predictions counted right for them; the mapping has one
 # home, data.PHOTO_FOLDERS.
@@ -42,7 +42,7 @@ def served_scores(model, detectors: dict, images) -> tuple[torch.Tensor, torch.T
         idx = (photo == flag).nonzero()[:, 0]
         if len(idx):
             views = ood.views_in_batches(network, x[idx])
-            probs[idx] = ood.served_proba(network, views)
+            probs[idx] = network.served_proba(views)
             for n, d in detectors.items():
                 scores[n][idx] = d.score_views(network, views, x[idx])
     return x, probs, scores

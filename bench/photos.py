@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-import segment  # noqa: E402
+from imaging import segment  # noqa: E402
 from _looks import load_rgb, routed, run_timed, segmented_look, threshold_look  # noqa: E402
 from dashboard.uploads import open_image  # noqa: E402
 from model import CLASS_NAMES, load_model  # noqa: E402

@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-import segment  # noqa: E402
+from imaging import segment  # noqa: E402
 from _looks import routed, run_timed, segmented_look, threshold_look  # noqa: E402
 from model import CLASS_NAMES, load_model  # noqa: E402
 
@@ -88,7 +88,7 @@ def run(cli) -> dict:
     from datasets import load_dataset
     if cli.validation:
         import train
-        from data import split_train_val
+        from training.data import split_train_val
         defaults = train.parse_args([])
         ds = load_dataset(cli.dataset, split="train")
         ds = ds.select(split_train_val(len(ds), defaults.val_size, defaults.seed)[1].tolist())

@@ -46,11 +46,11 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-import evaluate  # noqa: E402
+from training import evaluate  # noqa: E402
 import train  # noqa: E402
-from data import load_images  # noqa: E402
+from training.data import load_images  # noqa: E402
 from model import count_parameters, load_model  # noqa: E402
-from preprocess import normalize  # noqa: E402
+from imaging.preprocess import normalize  # noqa: E402
 
 # Every recipe trick of train.py switched off: what "trained the usual way" means here.
 NO_TRICKS = ["--translate", "0", "--flip", "0", "--erase", "0", "--ema", "0", "--label-smoothing", "0",

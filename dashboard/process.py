@@ -8,7 +8,7 @@ from __future__ import annotations
 import gc
 import os
 
-import allocator
+from dashboard import allocator
 
 # No usage analytics or version check, so start-up needs no network.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")

@@ -24,13 +24,15 @@ import numpy as np
 import torch
 
 import explain
-import hub
-from artefacts import load_artefacts
+from modelrepo import hub
+from modelrepo.artefacts import load_artefacts
 from dashboard.batcher import Batcher
 from dashboard.uploads import clip
 from explain.render import share
-from model import FashionCNN, WeightsError, count_parameters, load_model
-from preprocess import normalize
+from model import FashionCNN, WeightsError, count_parameters
+from modelrepo.folder import OpenedModel, open_model
+from modelrepo.ood import OODDetector
+from imaging.preprocess import normalize
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED_WEIGHTS = ROOT / "weights"
@@ -67,6 +69,12 @@ class LoadedModel:
     folder: Path             # holds config.json, model.safetensors and (maybe) evaluation/
     source: str              # what the UI says about where the weights came from
     fallback: bool = False   # True when the requested weights could not be used
+    detector: OODDetector | None = None   # the out-of-distribution detector fitted to these weights
+    detector_error: str | None = None     # why the folder's detector could not be used
+
+    @classmethod
+    def of(cls, opened: OpenedModel, source: str, fallback: bool = False) -> "LoadedModel":
+        return cls(opened.model, opened.folder, source, fallback, opened.detector, opened.detector_error)
 
 
 def short_path(path: Path) -> str:
@@ -91,25 +99,21 @@ def load_weights(requested: str | None, fallback: Path = COMMITTED_WEIGHTS,
     """
     committed = f"the committed weights in `{short_path(fallback)}`"
     if not requested:
-        return LoadedModel(load_model(fallback), fallback, committed)
+        return LoadedModel.of(open_model(fallback), committed)
     try:
         if _looks_like_path(requested):
             folder = Path(requested).expanduser()
             if not folder.is_dir():
                 raise WeightsError(f"{folder}: no such folder")
-            where = f"local folder `{folder}`"
+            opened, where = open_model(folder), f"local folder `{folder}`"
         else:
-            try:
-                folder = hub.resolve_model_dir(requested, hub_timeout, hub.ARTEFACT_PATTERNS)
-            except hub.HubError as e:
-                raise WeightsError(str(e)) from None
+            opened = open_model(requested, timeout=hub_timeout, extra_patterns=hub.ARTEFACT_PATTERNS)
             where = f"Hugging Face Hub repo `{requested}`"
-        return LoadedModel(load_model(folder), folder, f"weights from the {where}")
+        return LoadedModel.of(opened, f"weights from the {where}")
     except WeightsError as e:
-        model = load_model(fallback)
+        opened = open_model(fallback)
         print(f"[app] could not use {requested!r}: {e}; serving {fallback}", file=sys.stderr)
-        return LoadedModel(model, fallback, f"{committed}, because `{requested}` could not be used: {e}",
-                           fallback=True)
+        return LoadedModel.of(opened, f"{committed}, because `{requested}` could not be used: {e}", fallback=True)
 
 
 def view_image(look: np.ndarray, size: int = VIEW_SIZE) -> np.ndarray:
@@ -139,6 +143,7 @@ class Service:
     def __init__(self, loaded: LoadedModel):
         self.loaded = loaded
         self.model = loaded.model
+        self.detector = loaded.detector
         # Predictions run on a copy with BatchNorm folded and channels-last memory: the same
         # probabilities to float rounding, faster. Explanations use the network exactly as
         # trained, as the trust table measured it.
@@ -164,15 +169,14 @@ class Service:
         cfg = self.model.config
         return normalize(look, cfg.mean, cfg.std)[None, None]      # (1, 1, 28, 28)
 
-    @staticmethod
     @torch.inference_mode()
-    def _forward(serving: FashionCNN, x: torch.Tensor) -> list[tuple[np.ndarray, float | None]]:
+    def _forward(self, serving: FashionCNN, x: torch.Tensor) -> list[tuple[np.ndarray, float | None]]:
         """(probabilities, OOD score or None) per image of a batch, from one pass of a serving copy.
 
         Every prediction carries its score: in a batch the detector costs little, and one path
         means /classify and /analyse can never disagree on the probabilities.
         """
-        detector = serving.ood
+        detector = self.detector
         if detector is None:
             return [(p, None) for p in serving.predict_proba(x).numpy()]
         probs, scores = detector.predict(serving, x)
@@ -205,7 +209,7 @@ class Service:
         return self._assessment(*(await self._predict_async(look, photo)))
 
     def _assessment(self, probs: np.ndarray, score: float | None) -> Assessment:
-        detector = self.serving.ood
+        detector = self.detector
         if detector is None or score is None:
             return Assessment(probs, None, None, self.confidence_sentence(probs))
         inside = not bool(detector.flag(torch.tensor([score]))[0])
@@ -225,7 +229,7 @@ class Service:
     def analysis(self, a: Assessment) -> dict:
         """The /analyse answer from an assessment: label, probabilities, out-of-distribution verdict
         and confidence."""
-        detector = self.serving.ood
+        detector = self.detector
         return {"label": self.labels[int(a.probs.argmax())], "probabilities": self.confidences(a.probs),
                 "in_distribution": a.in_distribution, "ood_score": a.ood_score,
                 "ood_threshold": detector.threshold if detector is not None else None,
@@ -288,5 +292,5 @@ class Service:
                 "parameters": count_parameters(self.model), "config": dict(vars(self.model.config)),
                 "test_accuracy": m.get("accuracy"), "ece": (m.get("calibration") or {}).get("ece"),
                 "methods": list(explain.METHODS), "missing_artefacts": self.artefacts.problems,
-                "ood": ({"score": self.model.ood.score_name, "threshold": self.model.ood.threshold}
-                        if self.model.ood is not None else {"unavailable": self.model.ood_error or "no detector"})}
+                "ood": ({"score": self.detector.score_name, "threshold": self.detector.threshold}
+                        if self.detector is not None else {"unavailable": self.loaded.detector_error or "no detector"})}

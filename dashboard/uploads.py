@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from preprocess import MAX_IMAGE_PIXELS, WORK_SIZE, InvalidImageError, Seen, look_and_mask
+from imaging.preprocess import MAX_IMAGE_PIXELS, WORK_SIZE, InvalidImageError, Seen, look_and_mask
 
 FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")
 # Bytes a decoded image may take in memory: a 40-megapixel 8-bit RGB photo fits, the same size

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 
 import explain
-from artefacts import EVALUATION, TRUST
+from modelrepo.artefacts import EVALUATION, TRUST
 from dashboard.service import Service, short_path, view_image
 from model import count_parameters
-from preprocess import fashion_look
+from imaging.preprocess import fashion_look
 
 MISTAKES_SHOWN = 60                    # gallery size in the Mistakes view
 RANDOM_ORDER = "(random order)"        # the trust baseline row: pixels removed/added in random order

@@ -4,7 +4,8 @@ Importable without Gradio. Modules: `methods` (the `METHODS` registry, `explain(
 `explain_batch()` for a batch with a target per image),
 `render` (heatmap overlays on a shared scale), `faithfulness` (deletion/insertion curves,
 infidelity, sensitivity, the model-parameter randomisation test) and `trust` (the per-method
-table precomputed at evaluation time: `python -m explain.trust <model_dir>`).
+table precomputed at evaluation time: `python -m explain.trust <model_dir>`; imported as
+`explain.trust`, not re-exported here, so that `-m` runs it fresh).
 """
 from explain.methods import METHODS, MethodSpec, background_value, explain, explain_batch, resolve_target
 from explain.render import colorbar, common_scale, render_overlay, share
@@ -12,15 +13,6 @@ from explain.faithfulness import (deletion_insertion, deletion_insertion_many, i
                                   sensitivity, spearman)
 
 
-def __getattr__(name: str):
-    # explain.trust is imported on first use, so `python -m explain.trust` runs it fresh
-    # (runpy warns when the module is already in sys.modules).
-    if name in ("precompute_trust", "write_trust", "format_table"):
-        from explain import trust
-        return getattr(trust, name)
-    raise AttributeError(f"module 'explain' has no attribute {name!r}")
-
-
 __all__ = ["METHODS", "MethodSpec", "explain", "explain_batch", "resolve_target", "background_value", "render_overlay",
            "common_scale", "colorbar", "share", "deletion_insertion", "deletion_insertion_many", "infidelity", "sensitivity",
-           "randomisation_test", "spearman", "precompute_trust", "write_trust", "format_table"]
+           "randomisation_test", "spearman"]

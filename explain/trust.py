@@ -61,7 +61,7 @@ def precompute_trust(model: nn.Module, images_uint8: np.ndarray, labels: np.ndar
          "methods": [names], "random_order": {deletion_auc, insertion_auc, curves},
          "n_images", "fractions", "seconds", "settings": {...}}
     """
-    from preprocess import preprocess
+    from imaging.preprocess import preprocess
     start = time.perf_counter()
     methods = list(METHODS) if methods is None else list(methods)
     images_uint8, labels = np.asarray(images_uint8), np.asarray(labels)

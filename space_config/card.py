@@ -14,7 +14,7 @@ from pathlib import Path
 
 from huggingface_hub import SpaceCardData
 
-from hub import HUB_DATASET, LICENSE
+from modelrepo.hub import HUB_DATASET, LICENSE
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_ID = "fashion-mnist-explainer/fashion-cnn"

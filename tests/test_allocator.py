@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import allocator  # noqa: E402
+from dashboard import allocator  # noqa: E402
 
 pytestmark = pytest.mark.skipif(allocator._LIBC is None, reason="needs glibc (Linux)")
 

@@ -15,7 +15,7 @@ import pytest
 from gradio_client import handle_file
 from PIL import Image
 
-from conftest import ARTIFACTS, REPO, needs_chromium
+from helpers import ARTIFACTS, REPO, needs_chromium
 from dashboard.service import GUESS
 
 SLICE = REPO / "tests" / "data" / "fashion_mnist"
@@ -25,7 +25,7 @@ KEYS = {"label", "probabilities", "in_distribution", "ood_score", "ood_threshold
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, list[Path]]:
-    from data import load_images
+    from training.data import load_images
     folder = tmp_path_factory.mktemp("analyse")
     _, labels, raw = load_images(str(SLICE), "test")
     digits = np.load(REPO / "tests" / "data" / "mnist_digits.npz")
@@ -69,9 +69,9 @@ def test_classify_keeps_its_output(client, files):
 def test_real_photos_end_to_end(client):
     """Each committed photo is segmented and classified by the photo network (its own BatchNorm),
     which is what the answer's probabilities must be; most land in their folder's classes."""
-    from data import PHOTO_FOLDERS
+    from training.data import PHOTO_FOLDERS
     from model import load_model
-    from preprocess import look_and_mask, normalize
+    from imaging.preprocess import look_and_mask, normalize
     served = load_model(client.predict(api_name="/model_info")["folder"])
     right, moved = 0, []
     photos = sorted(PHOTOS.glob("*.jpg"))

@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from bad_inputs.corpus import ACCEPTED, REFUSED, flat_png, write_corpus
-from conftest import REPO, start_app, stop_app
+from helpers import REPO, start_app, stop_app
 from gradio_client import Client, handle_file
 
 DATASET = REPO / "tests" / "data" / "fashion_mnist"
@@ -38,7 +38,7 @@ N_IMAGES = 20
 @pytest.fixture(scope="module")
 def test_images():
     """(images uint8 (N, 28, 28), labels) from the committed test slice: two of each class."""
-    from data import load_images
+    from training.data import load_images
     _, labels, raw = load_images(str(DATASET), "test")
     labels = labels.numpy()
     picks = np.concatenate([np.flatnonzero(labels == c)[:N_IMAGES // 10] for c in range(10)])
@@ -97,7 +97,7 @@ def test_classify_gives_top3_probabilities(client, image_files):
 def test_classify_matches_the_model_and_is_mostly_right(client, image_files, test_images, served_model, info):
     """The API's answer is the model's own (same preprocessing), and right for most real images."""
     from model import CLASS_NAMES
-    from preprocess import preprocess
+    from imaging.preprocess import preprocess
     labels = test_images[1]
     correct = 0
     for path, label in zip(image_files, labels):
@@ -190,7 +190,7 @@ def _same_answer(result: dict, original: dict, tolerance: float) -> bool:
 def sideways(test_images, served_model):
     """A test image the served model gets right upright and classifies as another class on its side."""
     from model import CLASS_NAMES
-    from preprocess import preprocess
+    from imaging.preprocess import preprocess
     for raw, label in zip(*test_images):
         side = np.rot90(raw)                                   # 90 degrees counter-clockwise
         upright_p = served_model.predict_proba(preprocess(raw)[None])[0].argmax()

@@ -86,8 +86,8 @@ def test_ablation_runs_every_row_per_seed_and_its_paired_tests_agree_with_its_an
         assert options("no EMA", seed) == base[:4] + ["--ema", "0"] + base[4:]
         assert options(NO_TTA, seed) == base
     sys.path.insert(0, str(REPO))
-    import evaluate
-    from data import load_images
+    from training import evaluate
+    from training.data import load_images
     from model import load_model
     looks, labels, _ = load_images(DATA, "test")
     shipped = evaluate.predict_probs(load_model(tiny_weights), looks).argmax(1) == labels

@@ -25,7 +25,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect
 
-from conftest import ARTIFACTS, REPO, needs_chromium
+from helpers import ARTIFACTS, REPO, needs_chromium
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                "Ankle boot")
 
@@ -33,7 +33,7 @@ CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", 
 @pytest.fixture(scope="module")
 def garment_photo(tmp_path_factory) -> Path:
     """A test-set trouser as a user would upload it: dark garment on white, 10x larger, RGB."""
-    from data import load_images
+    from training.data import load_images
     _, labels, raw = load_images(str(REPO / "tests" / "data" / "fashion_mnist"), "test")
     look = raw[int((labels == 1).nonzero()[0, 0])]                                # the first Trouser
     photo = Image.fromarray(255 - look).resize((280, 280), Image.Resampling.BICUBIC).convert("RGB")

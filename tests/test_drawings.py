@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-import strokes
+from imaging import strokes
 from dashboard.uploads import decode
 from model import load_model
-from preprocess import fashion_look, normalize, to_array
+from imaging.preprocess import fashion_look, normalize, to_array
 
-from conftest import REPO
+from helpers import REPO
 from drawings import COLOURS, DETAILS, SHAPES, STROKES, STYLES, draw, drawings
 
 BAR = 0.8                       # issue #18: at least 80% of the drawings, in each style
@@ -69,7 +69,7 @@ def test_an_outline_and_the_filled_shape_get_the_same_class(model, name):
 def test_the_photo_path_alone_fails_the_check_above(model):
     # Without strokes.py a drawing took segment.photo_look: an outline came out as a thin loop, the
     # filled shape as a silhouette, and their classes differed. The check above must see that.
-    import segment
+    from imaging import segment
     differ = 0
     for name in SHAPES:
         looks = [segment.photo_look(to_array(drawn(name, style)))[0] for style in ("outline", "filled")]

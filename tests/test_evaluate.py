@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-import evaluate
-from data import load_images
+from training import evaluate
+from training.data import load_images
 from model import load_model
 
 REPO = Path(__file__).resolve().parents[1]

@@ -23,12 +23,13 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import explain
+from explain import trust
 from explain import (METHODS, common_scale, deletion_insertion, render_overlay, randomisation_test,
                      share)
 from explain.faithfulness import cascade_layers, pixel_order, spearman
 from explain.methods import background_value, relu_safe
-from model import MEAN, STD, FashionCNN
-from preprocess import InvalidImageError, fashion_look, normalize, preprocess
+from model import MEAN, STD, FashionCNN, save_model
+from imaging.preprocess import InvalidImageError, fashion_look, normalize, preprocess
 
 METHOD_NAMES = list(METHODS)
 REGION = (slice(3, 11), slice(16, 24))          # 8x8, off-centre: a transposed map would miss it
@@ -89,7 +90,7 @@ def tiny():
 @pytest.fixture(scope="module")
 def images():
     """Real Fashion-MNIST test images from the committed slice (uint8, (N, 28, 28))."""
-    from data import load_images
+    from training.data import load_images
     _, labels, raw = load_images("tests/data/fashion_mnist", "test")
     return raw[:12], labels[:12].numpy()
 
@@ -353,7 +354,7 @@ def test_randomisation_lowers_the_correlation_and_leaves_the_model_alone(tiny, i
 def test_precompute_trust_and_write_trust(tmp_path, images):
     raw, labels = images
     model = FashionCNN(widths=(8, 8, 16), photo_norms=True).eval()      # its photo layers are not a cascade step
-    out = explain.precompute_trust(model, raw, labels, methods=["Saliency", "Grad-CAM"], n=3,
+    out = trust.precompute_trust(model, raw, labels, methods=["Saliency", "Grad-CAM"], n=3,
                                    n_randomisation=2, n_sensitivity=1, steps=7)
     json.dumps(out)                                                      # JSON-ready
     assert out["methods"] == ["Saliency", "Grad-CAM"] and out["n_images"] == 3 and len(out["fractions"]) == 8
@@ -365,11 +366,11 @@ def test_precompute_trust_and_write_trust(tmp_path, images):
         assert r["randomisation_rho"] == r["randomisation_curve"][-1] and r["latency_ms"] > 0
         assert np.isfinite([r["infidelity"], r["sensitivity"]]).all()
     # write_trust on a folder in train.py's layout, with the model saved as the app loads it.
-    model.save_pretrained(tmp_path)
+    save_model(model, tmp_path)
     (tmp_path / "evaluation").mkdir()
     np.savez_compressed(tmp_path / "evaluation" / "samples.npz", index=np.arange(3), label=labels[:3],
                         pred=labels[:3], images=raw[:3])
-    path = explain.write_trust(tmp_path, methods=["Occlusion"], n=1, n_randomisation=0, n_sensitivity=0, steps=4)
+    path = trust.write_trust(tmp_path, methods=["Occlusion"], n=1, n_randomisation=0, n_sensitivity=0, steps=4)
     assert path == tmp_path / "evaluation" / "trust.json"
     written = json.loads(path.read_text())
     assert written["methods"] == ["Occlusion"] and written["n_images"] == 1 and written["Occlusion"]["sensitivity"] is None
@@ -384,7 +385,7 @@ def test_trust_command_line_on_a_tiny_model_folder(tmp_path, images):
     from pathlib import Path
     raw, labels = images
     torch.manual_seed(0)
-    FashionCNN(widths=(4, 8, 8)).eval().save_pretrained(tmp_path)
+    save_model(FashionCNN(widths=(4, 8, 8)).eval(), tmp_path)
     (tmp_path / "evaluation").mkdir()
     np.savez_compressed(tmp_path / "evaluation" / "samples.npz", index=np.arange(4), label=labels[:4],
                         pred=labels[:4], images=raw[:4])

@@ -8,7 +8,7 @@ import re
 
 import httpx
 import pytest
-from conftest import free_port
+from helpers import free_port
 
 gr = pytest.importorskip("gradio")
 

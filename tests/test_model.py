@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
-from model import CLASS_NAMES, MEAN, STD, FashionCNN, WeightsError, count_parameters, load_model
-from preprocess import fashion_look, InvalidImageError, preprocess, to_array
+from model import CLASS_NAMES, MEAN, STD, FashionCNN, WeightsError, count_parameters, load_model, save_model
+from modelrepo.folder import open_model
+from imaging.preprocess import fashion_look, InvalidImageError, preprocess, to_array
 
 
 SLICE = "tests/data/fashion_mnist"
@@ -25,7 +26,7 @@ SLICE = "tests/data/fashion_mnist"
 @pytest.fixture(scope="module")
 def test_images() -> np.ndarray:
     """Real Fashion-MNIST test images (200, 28, 28) uint8 from the shipped slice."""
-    from data import load_images
+    from training.data import load_images
     return load_images(SLICE, "test")[2]
 
 
@@ -56,19 +57,19 @@ def test_size_budget(model):
 
 
 def test_save_load_roundtrip_identical(tmp_path, model):
-    model.save_pretrained(tmp_path)
+    save_model(model, tmp_path)
     assert {"config.json", "model.safetensors"} <= {p.name for p in tmp_path.iterdir()}
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["label_names"] == list(CLASS_NAMES) and config["mean"] == MEAN and config["std"] == STD
     x = torch.randn(3, 1, 28, 28)
     loaded = load_model(tmp_path)
     assert torch.equal(model(x), loaded(x))
-    # The Hub mixin's own loader (what a user of huggingface_hub calls) agrees.
-    assert torch.equal(model(x), FashionCNN.from_pretrained(tmp_path).eval()(x))
+    # The model folder's loader (what the app and a Hub user call) agrees.
+    assert torch.equal(model(x), open_model(tmp_path).model(x))
 
 
 def test_load_refuses_pickles_and_names_the_file(tmp_path, model):
-    model.save_pretrained(tmp_path)
+    save_model(model, tmp_path)
     (tmp_path / "model.safetensors").rename(tmp_path / "pytorch_model.bin")
     with pytest.raises(WeightsError, match=r"model\.safetensors.*pickled checkpoints are refused"):
         load_model(tmp_path)
@@ -76,7 +77,7 @@ def test_load_refuses_pickles_and_names_the_file(tmp_path, model):
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "config_mismatch", "unknown_arch", "bad_json"])
 def test_load_damaged_weights_gives_clear_error(tmp_path, model, damage):
-    model.save_pretrained(tmp_path)
+    save_model(model, tmp_path)
     weights, config = tmp_path / "model.safetensors", tmp_path / "config.json"
     if damage == "truncate":
         weights.write_bytes(weights.read_bytes()[:1000])
@@ -98,22 +99,22 @@ def test_unreachable_hub_repo_is_a_clear_error(monkeypatch, tmp_path):
     # here would change nothing, so its constants are patched. The port was free a moment ago and
     # nothing listens on it: every connection is refused at once.
     import huggingface_hub.constants as hub_constants
-    from conftest import free_port
+    from helpers import free_port
     monkeypatch.setattr(hub_constants, "ENDPOINT", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
     start = time.monotonic()
     with pytest.raises(WeightsError, match="could not download 'someone/fashion-cnn'"):
-        load_model("someone/fashion-cnn")
+        open_model("someone/fashion-cnn")
     # A refused connection is an answer: no waiting for hub.DEFAULT_TIMEOUT_S, no retry loop.
     assert time.monotonic() - start < 10
 
 
 def test_the_dataset_is_a_local_folder_as_is_or_a_clear_error_when_the_hub_is_unreachable(monkeypatch, tmp_path):
-    import hub
+    from modelrepo import hub
     import huggingface_hub.constants as hub_constants
-    from conftest import free_port
-    from data import load_images
+    from helpers import free_port
+    from training.data import load_images
     folder = hub.resolve_dataset_dir(SLICE)
     assert folder == Path(SLICE) and len(load_images(folder, "test")[1]) > 0
     monkeypatch.setattr(hub_constants, "ENDPOINT", f"http://127.0.0.1:{free_port()}")
@@ -314,7 +315,7 @@ def test_batchnorm_folding_keeps_outputs_and_refuses_saving(tmp_path, test_image
         assert torch.allclose(trained(x), fused(x), atol=1e-4)
         assert torch.equal(trained.predict_proba(x).argmax(1), fused.predict_proba(x).argmax(1))
     with pytest.raises(RuntimeError, match="folded"):
-        fused.save_pretrained(tmp_path)
+        save_model(fused, tmp_path)
 
 
 def test_photo_norms_answer_photos_and_leave_every_other_answer_alone(tmp_path):
@@ -339,7 +340,7 @@ def test_photo_norms_answer_photos_and_leave_every_other_answer_alone(tmp_path):
         for bn, p in zip(by_hand.norms(), both.photo_norms):
             bn.load_state_dict(p.state_dict())
         assert torch.equal(photo(x), by_hand(x)) and not torch.allclose(photo(x), plain(x), atol=1e-3)
-        both.save_pretrained(tmp_path)
+        save_model(both, tmp_path)
         loaded = load_model(tmp_path)
         assert loaded.config.photo_norms and torch.equal(loaded(x), plain(x))
         assert torch.equal(loaded.for_photos()(x), photo(x))
@@ -356,7 +357,7 @@ def test_temperature_from_config_scales_the_served_probabilities(tmp_path, model
     plain = FashionCNN(flip_tta=False).eval()
     hot = FashionCNN(flip_tta=False, temperature=2.0).eval()
     plain.load_state_dict(model.state_dict()), hot.load_state_dict(model.state_dict())
-    hot.save_pretrained(tmp_path)
+    save_model(hot, tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["temperature"] == 2.0
     loaded = load_model(tmp_path)
     assert loaded.config.temperature == 2.0

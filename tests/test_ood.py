@@ -14,17 +14,18 @@ import numpy as np
 import pytest
 import torch
 
-import ood
-from model import FashionCNN, load_model
-from ood import OODDetector, OODError
+from modelrepo import ood
+from model import FashionCNN, load_model, save_model
+from modelrepo.folder import open_model, save_folder
+from modelrepo.ood import OODDetector, OODError
 
 # The data helpers are moving out of train.py and model.py (data.py, preprocess.py): either layout works.
 try:
-    from data import load_images
+    from training.data import load_images
 except ImportError:
     from train import load_images
 try:
-    from preprocess import fashion_look
+    from imaging.preprocess import fashion_look
 except ImportError:
     from model import fashion_look
 
@@ -77,11 +78,11 @@ def test_penultimate_features_reproduce_the_logits(model, slice_test):
     x = ood.as_input(model, slice_test[0][:8])
     f = ood.features(model, x)
     assert f.shape == (8, model.head[-1].in_features)
-    views = ood.view_features(model, x)
+    views = model.served_features(x)
     assert views.shape == (2, 8, sum(model.config.widths))
     with torch.no_grad():
-        torch.testing.assert_close(ood.view_logits(model, views)[0], model(x), rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(ood.view_logits(model, views)[1], model(x.flip(-1)), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(model.served_logits(views)[0], model(x), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(model.served_logits(views)[1], model(x.flip(-1)), rtol=1e-4, atol=1e-4)
 
 
 def test_predict_serves_predict_proba_and_score_in_one_pass(model, fitted, slice_test):
@@ -180,7 +181,7 @@ def test_detector_next_to_other_weights_is_refused(tmp_path, model, fitted):
     assert json.loads((tmp_path / "ood.json").read_text())["weights_sha256"]
     OODDetector.load(tmp_path, model)                                   # the weights it was fitted for
     retrained = FashionCNN(**json.loads((tmp_path / "config.json").read_text())).eval()
-    retrained.save_pretrained(tmp_path)                                 # same architecture, other weights
+    save_model(retrained, tmp_path)                                 # same architecture, other weights
     with pytest.raises(OODError, match="other weights"):
         OODDetector.load(tmp_path, model)
 
@@ -253,19 +254,20 @@ def test_committed_detector_flags_gradients(committed, model, size):
 
 
 def test_the_detector_travels_with_the_weights(tmp_path):
-    """save_pretrained writes it beside the weights; from_pretrained, load_model and the app's loader
-    on a Hub-layout folder read it back with the same threshold and scores."""
+    """save_folder writes it beside the weights; open_model and the app's loader on a Hub-layout
+    folder read it back with the same threshold and scores."""
     from dashboard.service import load_weights
-    model = load_model(WEIGHTS)
-    assert model.ood is not None, model.ood_error
-    model.save_pretrained(tmp_path / "saved")
+    opened = open_model(WEIGHTS)
+    model, detector = opened.model, opened.detector
+    assert detector is not None, opened.detector_error
+    save_folder(tmp_path / "saved", model, detector)
     assert {"ood.json", "ood.safetensors", "model.safetensors", "config.json"} <= {p.name for p in (tmp_path / "saved").iterdir()}
-    again = FashionCNN.from_pretrained(str(tmp_path / "saved"))
-    served = load_weights(str(tmp_path / "saved")).model
+    again = open_model(tmp_path / "saved")
+    served = load_weights(str(tmp_path / "saved"))
     x = torch.randn(4, 1, 28, 28)
     for other in (again, served):
-        assert other.ood is not None and other.ood.threshold == model.ood.threshold
-        assert torch.equal(other.ood.score(other, x), model.ood.score(model, x))
+        assert other.detector is not None and other.detector.threshold == detector.threshold
+        assert torch.equal(other.detector.score(other.model, x), detector.score(model, x))
 
 
 def test_a_detector_of_other_weights_is_set_aside_with_a_reason(tmp_path):
@@ -274,5 +276,5 @@ def test_a_detector_of_other_weights_is_set_aside_with_a_reason(tmp_path):
     data = bytearray((folder / "model.safetensors").read_bytes())
     data[-1] ^= 1                                       # other weights: the recorded hash no longer matches
     (folder / "model.safetensors").write_bytes(bytes(data))
-    model = load_model(folder)
-    assert model.ood is None and "model.safetensors" in model.ood_error
+    opened = open_model(folder)
+    assert opened.detector is None and "model.safetensors" in opened.detector_error

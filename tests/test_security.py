@@ -26,12 +26,12 @@ from gradio_client import handle_file
 from PIL import Image
 
 from bad_inputs.corpus import write_corpus
-from conftest import REPO, start_app, stop_app
+from helpers import REPO, start_app, stop_app
 from dashboard import uploads
 from dashboard.service import load_weights
-from data import load_images
+from training.data import load_images
 from model import WeightsError, load_model
-from preprocess import InvalidImageError
+from imaging.preprocess import InvalidImageError
 
 SLICE = REPO / "tests" / "data" / "fashion_mnist"
 WEIGHTS = REPO / "weights"

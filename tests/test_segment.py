@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-import segment
+from imaging import segment
 
 DATA = Path(__file__).resolve().parent / "data" / "fashion_mnist"
 SCALE = 6                       # 28 px -> 168 px garments, on a 224 x 208 canvas (<= 256, as served)
@@ -169,7 +169,7 @@ def test_only_segmented_photos_are_marked_as_photos(slice_images, cases):
 
     from PIL import Image
 
-    from preprocess import look_and_mask
+    from imaging.preprocess import look_and_mask
     sys.path.insert(0, str(Path(__file__).parent))
     from drawings import drawings
     for raw in slice_images[0][:50]:

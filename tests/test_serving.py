@@ -70,7 +70,7 @@ def app():
 
 
 def test_a_28x28_upload_is_decoded_on_the_event_loop_and_a_photo_in_a_worker_thread(app, monkeypatch):
-    from data import load_images
+    from training.data import load_images
     folder = app.APP_FOLDER.path
     small = folder / "small.png"
     Image.fromarray(load_images(str(REPO / "tests/data/fashion_mnist"), "test")[2][0]).save(small)

@@ -15,14 +15,15 @@ import numpy as np
 import pytest
 import torch
 
-import adapt
-import evaluate
-import hub
-import model_repo
+from training import adapt
+from training import evaluate
+from modelrepo import hub
+from modelrepo import card as model_repo
 import train
-from data import load_images, split_train_val
+from training.data import load_images, split_train_val
 from model import CLASS_NAMES, load_model
-from preprocess import normalize
+from modelrepo.folder import open_model
+from imaging.preprocess import normalize
 
 ROOT = Path(__file__).resolve().parents[1]
 SLICE = str(ROOT / "tests/data/fashion_mnist")
@@ -162,7 +163,7 @@ def test_loads_back_through_the_hub_path_with_identical_predictions(trained, tmp
     import huggingface_hub.constants as c
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
-    from_hub, from_dir = load_model("someone/fashion-cnn"), load_model(out)
+    from_hub, from_dir = open_model("someone/fashion-cnn").model, load_model(out)
     looks, labels, _ = load_images(SLICE, "test")
     p_hub, p_dir = evaluate.predict_probs(from_hub, looks), evaluate.predict_probs(from_dir, looks)
     assert torch.equal(p_hub, p_dir)
@@ -214,7 +215,7 @@ def test_local_datasets_cache_is_keyed_by_path(tmp_path):
 
 def test_torchrun_data_parallel_on_cpu(tmp_path):
     """Two processes (gloo on CPU; NCCL on GPUs) train one model; rank 0 writes the repo."""
-    from conftest import free_port
+    from helpers import free_port
     out = tmp_path / "ddp"
     # A port of its own: torchrun's default 29500 may be taken (another run, a parallel CI job).
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
@@ -411,7 +412,7 @@ def test_photos_are_read_upright_as_the_app_shows_them(tmp_path):
     training and the photo metrics must see what the app's visitor sees."""
     from PIL import Image
 
-    from data import load_photo_looks
+    from training.data import load_photo_looks
     folder = tmp_path / "validation" / "pants"
     folder.mkdir(parents=True)
     with Image.open(ROOT / "examples" / "photos" / "0098b991-pants.jpg") as img:
@@ -457,7 +458,7 @@ def test_wise_needs_a_start_weights_in_range_and_validation_to_choose(tmp_path):
 def test_wise_chooses_its_weight_on_validation_by_the_photo_bars_then_accuracy(trained, photo_folder, monkeypatch):
     """choose_wise between a trained start and an untrained network (the average's accuracy falls as a
     grows): every score in its table is that average's own, and the choice follows its rule."""
-    from data import load_photo_looks
+    from training.data import load_photo_looks
     from model import FashionCNN, config_dict
     start = load_model(trained[0])
     torch.manual_seed(0)
@@ -521,7 +522,7 @@ def test_photo_norms_train_only_the_photo_batchnorm(trained, photo_folder, tmp_p
     assert len(moved) == len(own)                          # every photo layer saw the photos' statistics
     m, m0 = (json.loads((d / "evaluation/metrics.json").read_text()) for d in (out, start))
     assert m["confusion_matrix"] == m0["confusion_matrix"]
-    from data import load_photo_looks
+    from training.data import load_photo_looks
     looks, allowed, _ = load_photo_looks(photo_folder, "validation")
     hits = allowed.gather(1, evaluate.predict_probs(tuned.for_photos(), looks).argmax(1, keepdim=True))
     assert m["photos"]["strict_accuracy"] == pytest.approx(hits.float().mean().item())
@@ -533,7 +534,7 @@ def test_fmnist_share_mixes_held_in_fashion_mnist_images_into_the_photo_batches(
                                                                                 monkeypatch):
     """--fmnist-share 0.5: half of each photo-norm batch is Fashion-MNIST training images, never one
     of the validation split; the other half photos (seen before augmentation, as the batch is built)."""
-    from data import load_photo_looks
+    from training.data import load_photo_looks
     args = train.parse_args(["--dataset", SLICE, "--init-from", str(trained[0]), "--photo-norms", "--photo-train",
                              str(photo_folder), "--epochs", "3", "--batch-size", "4", "--val-size", "100",
                              "--fmnist-share", "0.5", "--amp", "off", "--no-progress", "--out", str(tmp_path / "mix")])

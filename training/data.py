@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hub import HUB_DATASET
+from modelrepo.hub import HUB_DATASET
 from model import CLASS_NAMES
-from preprocess import fashion_look
+from imaging.preprocess import fashion_look
 
 __all__ = ["HUB_DATASET", "load_images", "split_train_val", "local_cache_dir", "PHOTO_FOLDERS", "load_photos",
            "load_photo_looks"]

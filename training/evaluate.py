@@ -19,10 +19,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import artefacts
-from data import COARSE_GROUPS, HUB_DATASET, PHOTO_FOLDERS, load_images, load_photo_looks
-from model import CLASS_NAMES, FashionCNN, WeightsError, config_dict, load_model
-from preprocess import normalize
+from modelrepo import artefacts
+from training.data import COARSE_GROUPS, HUB_DATASET, PHOTO_FOLDERS, load_images, load_photo_looks
+from model import CLASS_NAMES, FashionCNN, WeightsError, config_dict
+from modelrepo.folder import open_model
+from imaging.preprocess import normalize
 
 
 @torch.no_grad()
@@ -50,7 +51,9 @@ def fit_temperature(model: FashionCNN, looks: torch.Tensor, labels: torch.Tensor
     """
     model.eval()
     x = normalize(looks[:, None], model.config.mean, model.config.std)
-    logits = torch.cat([model.view_logits(x[i:i + 1000]) for i in range(0, len(x), 1000)], dim=1)   # (V, N, C)
+    with torch.no_grad():
+        logits = torch.cat([model.served_logits(model.served_features(x[i:i + 1000]))
+                            for i in range(0, len(x), 1000)], dim=1)   # (V, N, C)
 
     def nll(t: float) -> float:
         p = (logits / t).softmax(-1).mean(0)          # exactly predict_proba at temperature t
@@ -276,7 +279,7 @@ def evaluate_folder(model: FashionCNN, args, extra: dict, history: list[dict] | 
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        model = load_model(args.model, args.device)
+        model = open_model(args.model, args.device).model
     except WeightsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hub import HUB_DATASET, LICENSE, MODEL_METADATA, TAGS
-from model import count_parameters
+from modelrepo.hub import HUB_DATASET, LIBRARY_NAME, LICENSE, PIPELINE_TAG, TAGS
+from model import count_parameters, save_model
 
 
 def temperature_source(args) -> str:
@@ -38,8 +38,8 @@ def start_note(args, wise: dict | None = None) -> str | None:
 
 
 def save(out: Path, model, metrics: dict, args, command: str, train_seconds: float | None) -> None:
-    """config.json + model.safetensors via the Hub mixin, then our own README.md model card."""
-    model.save_pretrained(out)
+    """config.json + model.safetensors, then the README.md model card."""
+    save_model(model, out)
     (out / "README.md").write_text(card(model, metrics, args, command, train_seconds))
 
 
@@ -67,8 +67,8 @@ def _card_metadata(metrics: dict) -> str:
                           metric_value=round(value, 4))
 
     data = ModelCardData(
-        library_name=MODEL_METADATA["library_name"], license=LICENSE, datasets=[HUB_DATASET],
-        pipeline_tag=MODEL_METADATA["pipeline_tag"], tags=[*TAGS, "pytorch_model_hub_mixin"],
+        library_name=LIBRARY_NAME, license=LICENSE, datasets=[HUB_DATASET],
+        pipeline_tag=PIPELINE_TAG, tags=TAGS,
         metrics=["accuracy", "f1"], model_name="fashion-mnist-cnn",
         eval_results=[result("accuracy", metrics["accuracy"]), result("f1", metrics["macro_f1"], "macro F1")])
     return data.to_yaml()
@@ -131,16 +131,17 @@ Trained with:
 ## Use
 
 ```python
-from model import load_model            # model.py and preprocess.py from the project's repository
-from preprocess import look_and_mask, normalize
-model = load_model("<repo id or folder>")                          # config.json + model.safetensors only
+from huggingface_hub import snapshot_download
+from model import load_model            # model.py and imaging/ from the project's repository
+from imaging.preprocess import look_and_mask, normalize
+model = load_model(snapshot_download("<repo id>"))                 # config.json + model.safetensors only
 seen = look_and_mask(image)                      # the 28x28 look, and whether it was segmented from a photo
 network = model.for_photos() if seen.photo else model             # photos meet their own BatchNorm
 probs = network.predict_proba(normalize(seen.look, model.config.mean, model.config.std)[None, None])  # (1, 10)
 ```
 
-`FashionCNN.from_pretrained("<repo id>")` (`huggingface_hub`'s `PyTorchModelHubMixin`) goes through
-the same checked loader. Inputs go through `look_and_mask`: grayscale, light garment on a dark
+`modelrepo.folder.open_model("<repo id>")` does the same and adds the out-of-distribution detector.
+Inputs go through `look_and_mask`: grayscale, light garment on a dark
 background (a photo's garment is segmented from its ground first), centred and scaled to 28x28 with
 its aspect kept, normalised with mean {config.mean} and std {config.std}. {photo_note}
 
@@ -157,7 +158,7 @@ and every misclassified test image (misclassified.npz: index, true, pred, confid
 Trained on {trained_on}.
 The network answers one of the ten classes for any input: a person wearing clothes, a busy
 background, a different object. The project's out-of-distribution detector
-(`ood.json` and `ood.safetensors` beside the weights, fitted by `bench/ood.py`; `load_model` attaches
-it as `model.ood`) flags inputs unlike the training images. The classes with the lowest F1 on the
+(`ood.json` and `ood.safetensors` beside the weights, fitted by `train.py --fit-ood`; `open_model`
+reads it as `opened.detector`) flags inputs unlike the training images. The classes with the lowest F1 on the
 test set: {", ".join(confused)}.
 """

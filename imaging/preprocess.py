@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-import segment
-import strokes
+from imaging import segment
+from imaging import strokes
 from model import INPUT_SIZE, MEAN, STD
 
 # Images with more pixels than this are refused before any float work (a decompression bomb guard).

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-import segment
+from imaging import segment
 
 # A border pixel this close to the ground colour (largest channel difference, [0, 1]) is ground,
 # and at least PLAIN_BORDER_SHARE of the border must be: strokes may run off the canvas here and there.

@@ -1,10 +1,10 @@
 """The Hugging Face Hub side: the shared ids and tags, bounded downloads, the push.
 
-Every Hub fact (dataset id, licence, tags) lives here and is imported by model.py, train.py,
-model_repo.py (the model card) and space_config/. Downloads wait at most `timeout` seconds; pushes
+Every Hub fact (dataset id, licence, tags) lives here and is imported by train.py,
+modelrepo/card.py (the model card) and space_config/. Downloads wait at most `timeout` seconds; pushes
 read the token from HF_TOKEN or the saved login and never print it.
 
-    >>> from hub import resolve_model_dir
+    >>> from modelrepo.hub import resolve_model_dir
     >>> folder = resolve_model_dir("<user>/fashion-mnist-cnn")   # a local folder is returned as is
 """
 from __future__ import annotations
@@ -13,14 +13,16 @@ import os
 import threading
 from pathlib import Path
 
+from model import CONFIG_FILE, WEIGHTS_FILE
+from modelrepo.ood import DETECTOR_FILE, META_FILE
+
 HUB_DATASET = "zalando-datasets/fashion_mnist"
 LICENSE = "mit"
 TAGS = ["fashion-mnist", "image-classification", "captum"]
-# Keyword arguments of PyTorchModelHubMixin: the metadata of every saved model card.
-MODEL_METADATA = dict(library_name="pytorch", license=LICENSE, pipeline_tag="image-classification", tags=TAGS)
+LIBRARY_NAME, PIPELINE_TAG = "pytorch", "image-classification"   # the model card's metadata
 # What a served model needs from its repo (the out-of-distribution detector when it has one), and
 # what the dashboard shows when present.
-MODEL_FILES = ("config.json", "model.safetensors", "ood.json", "ood.safetensors")
+MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, META_FILE, DETECTOR_FILE)
 ARTEFACT_PATTERNS = ("training_history.json", "evaluation/*")
 DEFAULT_TIMEOUT_S = 20.0
 

@@ -1,14 +1,14 @@
 """Out-of-distribution (OOD) scores for the Fashion-MNIST classifier: is this image like the training data?
 
-This module owns the features the scores read (`features`: the penultimate vector; `view_features`:
+This module owns the features the scores read (`features`: the penultimate vector; `FashionCNN.served_features`:
 the pooled output of every stage, per served view), the candidate scores (`SCORES`), the fitted
 detector (`OODDetector`: statistics, threshold, score name) and its two files next to the weights,
 `ood.safetensors` (tensors) and `ood.json` (score name, threshold, shapes). bench/ood.py fits it,
 chooses the score on validation and evaluates it. It imports nothing from training or UI code.
 
     >>> from model import load_model
-    >>> from preprocess import preprocess
-    >>> from ood import OODDetector
+    >>> from imaging.preprocess import preprocess
+    >>> from modelrepo.ood import OODDetector
     >>> model = load_model("weights")
     >>> detector = OODDetector.load("weights", model)
     >>> probs, score = detector.predict(model, preprocess(img)[None])   # one forward pass for both
@@ -51,10 +51,10 @@ from pathlib import Path
 
 import torch
 
-from model import FashionCNN
+from model import WEIGHTS_FILE, FashionCNN
 
 SCORES = ("msp", "energy", "mahalanobis", "gda", "gda-layers", "gda-layers+look")
-DETECTOR_FILE, META_FILE, WEIGHTS_FILE = "ood.safetensors", "ood.json", "model.safetensors"
+DETECTOR_FILE, META_FILE = "ood.safetensors", "ood.json"
 FORMAT_VERSION = 1
 # Covariances get this fraction of their mean variance added on the diagonal: a feature that never
 # fires on training images would otherwise make them singular (DDU's "jitter"). Small, so such a
@@ -78,20 +78,8 @@ class OODError(ValueError):
 # What the scores read: pooled features per view, their logits, statistics of the look
 # ---------------------------------------------------------------------------------------------
 
-def view_features(model: FashionCNN, x: torch.Tensor) -> torch.Tensor:
-    """Globally pooled outputs of stage1, stage2 and stage3, concatenated: (V, B, w1 + w2 + w3), for
-    the views `predict_proba` averages (the image and, with flip_tta, its mirror) of a normalised
-    batch (B, 1, 28, 28). The last w3 values are the penultimate features the head's Linear reads."""
-    views = torch.cat([x, x.flip(-1)]) if model.config.flip_tta else x
-    s1 = model.stage1(views)
-    s2 = model.stage2(s1)
-    s3 = model.stage3(s2)
-    pooled = torch.cat([s.float().mean((2, 3)) for s in (s1, s2, s3)], 1)
-    return pooled.unflatten(0, (-1, len(x)))
-
-
 def penultimate(model: FashionCNN, views: torch.Tensor) -> torch.Tensor:
-    """The penultimate part (..., D) of `view_features`' output."""
+    """The penultimate part (..., D) of `FashionCNN.served_features`' output."""
     return views[..., -model.head[-1].in_features:]
 
 
@@ -99,17 +87,7 @@ def penultimate(model: FashionCNN, views: torch.Tensor) -> torch.Tensor:
 def features(model: FashionCNN, x: torch.Tensor) -> torch.Tensor:
     """Penultimate features (B, D) of a normalised batch (B, 1, 28, 28): the pooled vector before the
     Linear, averaged over the served views (the mirror is as much the served image as the image)."""
-    return penultimate(model, view_features(model, x)).mean(0)
-
-
-def view_logits(model: FashionCNN, views: torch.Tensor) -> torch.Tensor:
-    """Logits (V, B, C) from `view_features`' output: the head's Linear (its Dropout is the identity in eval)."""
-    return model.head[-1](penultimate(model, views)).float()
-
-
-def served_proba(model: FashionCNN, views: torch.Tensor) -> torch.Tensor:
-    """`predict_proba` (B, C) from `view_features`' output: temperature, softmax, mean over views."""
-    return (view_logits(model, views) / model.config.temperature).softmax(-1).mean(0)
+    return penultimate(model, model.served_features(x)).mean(0)
 
 
 def look_stats(model: FashionCNN, x: torch.Tensor) -> torch.Tensor:
@@ -215,13 +193,13 @@ class OODDetector:
     @torch.no_grad()
     def score(self, model: FashionCNN, x: torch.Tensor) -> torch.Tensor:
         """OOD scores (B,) of a normalised batch (B, 1, 28, 28): higher = further from the training data."""
-        return self.score_views(model, view_features(model, x), x)
+        return self.score_views(model, model.served_features(x), x)
 
     @torch.no_grad()
     def predict(self, model: FashionCNN, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(probabilities (B, C) as `predict_proba` serves them, OOD scores (B,)) from one forward pass."""
-        views = view_features(model, x)
-        return served_proba(model, views), self.score_views(model, views, x)
+        views = model.served_features(x)
+        return model.served_proba(views), self.score_views(model, views, x)
 
     def flag(self, scores: torch.Tensor) -> torch.Tensor:
         """True where a score is above the threshold: the image is unlike the training data."""
@@ -229,13 +207,13 @@ class OODDetector:
 
     @torch.no_grad()
     def score_views(self, model: FashionCNN, views: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """OOD scores (B,) from `view_features`' output (V, B, F) and the normalised input x (B, 1, 28, 28)."""
+        """OOD scores (B,) from `FashionCNN.served_features`' output (V, B, F) and the normalised input x (B, 1, 28, 28)."""
         name = self.score_name
         if name == "msp":
-            return -served_proba(model, views).amax(-1)
+            return -model.served_proba(views).amax(-1)
         if name == "energy":
             t = model.config.temperature
-            return (-t * (view_logits(model, views) / t).logsumexp(-1)).mean(0)
+            return (-t * (model.served_logits(views) / t).logsumexp(-1)).mean(0)
         f = density_input(model, name, views, x)
         if name == "mahalanobis":
             return sq_distances(f, self.means, self.whiten).amin(-1)
@@ -383,7 +361,7 @@ def fit(model: FashionCNN, looks: torch.Tensor, labels: torch.Tensor, val_looks:
 
 def fit_statistics(model: FashionCNN, views: torch.Tensor, x: torch.Tensor, labels: torch.Tensor,
                    score_name: str) -> OODDetector:
-    """The detector, without threshold, from training `view_features` (V, N, F) and inputs x (N, 1, 28, 28)."""
+    """The detector, without threshold, from training `FashionCNN.served_features` (V, N, F) and inputs x (N, 1, 28, 28)."""
     if score_name not in SCORES:
         raise OODError(f"unknown OOD score {score_name!r}: expected one of {SCORES}")
     if not NEEDS[score_name]:
@@ -408,8 +386,8 @@ def as_input(model: FashionCNN, looks: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def views_in_batches(model: FashionCNN, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """`view_features` (V, N, F) of a normalised input (N, 1, 28, 28), in batches."""
-    return torch.cat([view_features(model, x[i:i + batch_size]) for i in range(0, len(x), batch_size)], 1)
+    """`FashionCNN.served_features` (V, N, F) of a normalised input (N, 1, 28, 28), in batches."""
+    return torch.cat([model.served_features(x[i:i + batch_size]) for i in range(0, len(x), batch_size)], 1)
 
 
 def detector_scores(detector: OODDetector, model: FashionCNN, looks: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:

@@ -20,11 +20,12 @@ import time
 import torch
 from torch import nn
 
-from augment import augment, photo_like
-from data import load_images, load_photo_looks, split_train_val
-from evaluate import meets_photo_bars, predict_probs, strict_by_folder, strict_hits
+from training.augment import augment, photo_like
+from training.loop import lr_at, schedule_progress, train_step
+from training.data import load_images, load_photo_looks, split_train_val
+from training.evaluate import meets_photo_bars, predict_probs, strict_by_folder, strict_hits
 from model import FashionCNN, config_dict, load_model
-from preprocess import normalize
+from imaging.preprocess import normalize
 
 
 def with_photo_norms(start: FashionCNN) -> FashionCNN:
@@ -53,7 +54,6 @@ def train_photo_norms(args, ctx) -> tuple[FashionCNN, list[dict], None, float]:
     Returns train.train's tuple: the model (CPU, eval), history, no validation accuracy (the
     Fashion-MNIST answers are the start's), seconds.
     """
-    from train import lr_at, schedule_progress, train_step
     model = with_photo_norms(load_model(args.init_from))
     looks, allowed, _ = load_photo_looks(args.photo_train, "train")
     fmnist = fmnist_share_of(args, allowed.shape[1]) if args.fmnist_share else None

@@ -1,0 +1,49 @@
+"""The served model's answers are those recorded before the code moved into its folders.
+
+tests/data/served_reference.npz holds, from commit 5e0f79d (the last of the flat layout): for the
+200 images of the committed test slice, the probabilities and out-of-distribution scores the
+service served (its fused copy) and `predict_proba` of the network as trained; for the CC0 phone
+photos in examples/photos, the 28x28 look, whether it was routed as a photo, and the served
+answer. A refactor that changes any of them, by more than float rounding, fails here.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from dashboard.service import Service, load_weights
+from imaging.preprocess import look_and_mask
+from training.data import load_images
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = np.load(REPO / "tests" / "data" / "served_reference.npz")
+
+
+@pytest.fixture(scope="module")
+def service() -> Service:
+    return Service(load_weights(None))
+
+
+def test_fashion_mnist_answers_are_unchanged(service):
+    looks, _, _ = load_images(REPO / "tests" / "data" / "fashion_mnist", "test")
+    served = [service.assess(look) for look in looks.numpy()]
+    np.testing.assert_allclose(np.stack([a.probs for a in served]), REFERENCE["fmnist_probs"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose([a.ood_score for a in served], REFERENCE["fmnist_scores"], rtol=1e-5, atol=1e-4)
+    cfg = service.model.config
+    unfused = service.model.predict_proba((looks[:, None] - cfg.mean) / cfg.std).numpy()
+    np.testing.assert_allclose(unfused, REFERENCE["fmnist_unfused"], rtol=0, atol=1e-6)
+
+
+def test_photo_looks_and_answers_are_unchanged(service):
+    names = [str(n) for n in REFERENCE["photo_names"]]
+    assert names == sorted(p.name for p in (REPO / "examples" / "photos").glob("*.jpg"))
+    for i, name in enumerate(names):
+        seen = look_and_mask(ImageOps.exif_transpose(Image.open(REPO / "examples" / "photos" / name)).convert("RGB"))
+        assert seen.photo == bool(REFERENCE["photo_routed"][i]), name
+        np.testing.assert_allclose(seen.look, REFERENCE["photo_looks"][i], rtol=0, atol=1e-6, err_msg=name)
+        a = service.assess(seen.look, photo=seen.photo)
+        np.testing.assert_allclose(a.probs, REFERENCE["photo_probs"][i], rtol=0, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(a.ood_score, REFERENCE["photo_scores"][i], rtol=1e-5, atol=1e-4, err_msg=name)
