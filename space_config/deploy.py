@@ -25,6 +25,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from model import CONFIG_FILE, WEIGHTS_FILE
+from modelrepo.artefacts import EVALUATION, HISTORY
+from modelrepo.hub import MODEL_FILES
 from space_config.card import DEFAULT_MODEL_ID, ROOT, render_card
 
 DEFAULT_SPACE_ID = "fashion-mnist-explainer/fashion-mnist-explainer"
@@ -32,8 +35,9 @@ APP_FILE = "app.py"
 REQUIREMENTS = "requirements.txt"
 SPACE_WEIGHTS = "weights"              # where app.py looks for them, relative to the Space root
 PHOTO_EXAMPLES = "examples/photos"     # the dashboard's real-photo examples (CC0, see examples/README.md)
-WEIGHT_FILES = ("config.json", "model.safetensors")
-OPTIONAL_WEIGHT_FILES = ("training_history.json", "ood.json", "ood.safetensors")   # the Model view, the OOD verdict
+WEIGHT_FILES = (CONFIG_FILE, WEIGHTS_FILE)
+# Everything else a served model folder may hold (the detector, the Model view's history): the Hub's list.
+OPTIONAL_WEIGHT_FILES = tuple(f for f in (*MODEL_FILES, HISTORY) if f not in WEIGHT_FILES)
 # What a weights folder may contribute besides WEIGHT_FILES: the evaluation artefacts the app shows.
 EVALUATION_SUFFIXES = (".json", ".png", ".npz")
 # Names that must never be uploaded, whatever the file list says.
@@ -134,9 +138,9 @@ def weight_files(weights: Path) -> list[SpaceFile]:
         files.append(SpaceFile(f"{SPACE_WEIGHTS}/{name}", weights / name))
     files += [SpaceFile(f"{SPACE_WEIGHTS}/{name}", weights / name)
               for name in OPTIONAL_WEIGHT_FILES if (weights / name).is_file()]
-    evaluation = weights / "evaluation"
+    evaluation = weights / EVALUATION
     if evaluation.is_dir():
-        files += [SpaceFile(f"{SPACE_WEIGHTS}/evaluation/{p.relative_to(evaluation).as_posix()}", p)
+        files += [SpaceFile(f"{SPACE_WEIGHTS}/{EVALUATION}/{p.relative_to(evaluation).as_posix()}", p)
                   for p in sorted(evaluation.rglob("*"))
                   if p.is_file() and p.suffix in EVALUATION_SUFFIXES and not p.name.startswith(".")]
     return files
