@@ -170,7 +170,7 @@ def _shrink(a: np.ndarray, size: int) -> np.ndarray:
 
 def luma(a: np.ndarray) -> np.ndarray:
     """(H, W) or (H, W, 3) in [0, 1] -> (H, W) float: ITU-R 601 luma, as PIL's "L"."""
-    return a if a.ndim == 2 else a @ np.array([0.299, 0.587, 0.114], dtype=a.dtype)
+    return a if a.ndim == 2 else a @ segment.LUMA.astype(a.dtype)
 
 
 # ---------------------------------------------------------------------------------------------

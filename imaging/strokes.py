@@ -59,7 +59,7 @@ CLOSING_STEPS = (0.5, 1.0, 2.0, 3.0)
 FILLED_WIDTH_SHARE = 0.15
 # A garment filling its box this exactly is an axis-aligned rectangle: a card, a swatch or a
 # synthetic test image, not a hand drawing (whose edges wobble even when its strokes are thick).
-RECTANGLE_FILL = 0.999
+SYNTHETIC_RECTANGLE_FILL = 0.999
 # Enclosed regions under HANDLE_SHARE of the drawing (strokes and enclosed regions) stay open when
 # they are at least OPEN_WIDTH_SHARE of the drawing's longest side across (a handle's inside).
 HANDLE_SHARE, OPEN_WIDTH_SHARE = 0.3, 0.15
@@ -134,7 +134,7 @@ def drawn_garment(work: np.ndarray) -> np.ndarray | None:
     mask = garment(inks.strokes)
     ys, xs = np.nonzero(mask)
     box = (np.ptp(ys) + 1) * (np.ptp(xs) + 1)
-    return None if mask.sum() >= RECTANGLE_FILL * box else mask
+    return None if mask.sum() >= SYNTHETIC_RECTANGLE_FILL * box else mask
 
 
 def drawing_look(work: np.ndarray, size: int = 28) -> tuple[np.ndarray, np.ndarray] | None:
