@@ -18,7 +18,7 @@ from model import CLASS_NAMES
 from imaging.preprocess import fashion_look
 
 __all__ = ["HUB_DATASET", "load_images", "split_train_val", "local_cache_dir", "PHOTO_FOLDERS", "load_photos",
-           "load_photo_looks"]
+           "load_photo_looks", "photo_selection_split", "PHOTO_FIT", "PHOTO_SELECTION", "PHOTO_REPORT"]
 
 
 def local_cache_dir(dataset: str) -> str | None:
@@ -86,13 +86,64 @@ PHOTO_FOLDERS = {
 }
 
 
-def load_photos(folder: str | Path, split: str, folders: tuple[str, ...] | None = None) -> list[tuple[Path, str]]:
-    """(path, folder name) of every photo of `split`, sorted, optionally only `folders`."""
+# The photo protocol (docs/decision_log.md): every choice is made on SELECTION, a part of the photo
+# train split; FIT is the rest of train, what photo training learns from; REPORT (the collection's
+# validation split) is read once per shipped model and never chooses anything.
+PHOTO_FIT, PHOTO_SELECTION, PHOTO_REPORT = "fit", "selection", "validation"
+SELECTION_FRACTION = 0.2
+SELECTION_SEED = 30
+
+
+def _selection_rank(path: Path, seed: int) -> str:
+    # A hash of the seed and the file's own name, not its position: the split does not move when
+    # files are added, removed or listed in another order.
+    return hashlib.sha256(f"{seed}:{path.parent.name}/{path.name}".encode()).hexdigest()
+
+
+def photo_selection_split(folder: str | Path, fraction: float = SELECTION_FRACTION, seed: int = SELECTION_SEED,
+                          folders: tuple[str, ...] | None = None) -> tuple[list[tuple[Path, str]], list[tuple[Path, str]]]:
+    """The photo *train* split cut in two -> (fit, selection), each [(path, folder name)], sorted.
+
+    Stratified: in each folder the round(fraction * n) photos with the smallest hash of (seed,
+    folder/name) are selection, so each folder keeps its share. Only `<folder>/train` is read: no
+    validation photo can land in either part.
+
+    Args:
+        folder: the photo set's root (`<root>/train/<folder>/<id>.jpg`).
+        fraction: the share of each folder held out for selection, in (0, 1).
+        seed: mixed into the hash; another seed is another split.
+        folders: only these folders (default: every folder of PHOTO_FOLDERS).
+    """
+    assert 0 < fraction < 1, f"selection fraction {fraction} is not in (0, 1)"
+    by_folder: dict[str, list[Path]] = {}
+    for path, name in _list_photos(folder, "train", folders):
+        by_folder.setdefault(name, []).append(path)
+    fit, selection = [], []
+    for name, paths in by_folder.items():
+        ranked = sorted(paths, key=lambda p: _selection_rank(p, seed))
+        k = round(fraction * len(ranked))
+        selection += [(p, name) for p in ranked[:k]]
+        fit += [(p, name) for p in ranked[k:]]
+    return sorted(fit), sorted(selection)
+
+
+def _list_photos(folder: str | Path, split: str, folders: tuple[str, ...] | None) -> list[tuple[Path, str]]:
     root = Path(folder) / split
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such photo split")
     keep = folders or tuple(PHOTO_FOLDERS)
     return [(p, p.parent.name) for p in sorted(root.glob("*/*")) if p.parent.name in keep and p.is_file()]
+
+
+def load_photos(folder: str | Path, split: str, folders: tuple[str, ...] | None = None) -> list[tuple[Path, str]]:
+    """(path, folder name) of every photo of `split`, sorted, optionally only `folders`.
+
+    `split`: a folder of the photo set ("train", "validation") or a part of train carved by
+    photo_selection_split (PHOTO_FIT, PHOTO_SELECTION)."""
+    if split in (PHOTO_FIT, PHOTO_SELECTION):
+        fit, selection = photo_selection_split(folder, folders=folders)
+        return fit if split == PHOTO_FIT else selection
+    return _list_photos(folder, split, folders)
 
 
 def load_photo_looks(folder: str | Path, split: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
