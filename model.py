@@ -50,6 +50,7 @@ class ModelConfig:
     temperature: float = 1.0                  # logits / T before softmax, fitted on validation (Guo et al. 2017)
     arch: str = ARCH
     photo_norms: bool = False                 # BatchNorm layers of its own for segmented photos (`for_photos`)
+    photo_layers: tuple[str, ...] = ()        # forward_children photos have their own copy of (needs photo_norms)
 
 
 # Bounds a config must meet before anything is allocated: generous for this architecture, but a
@@ -86,6 +87,11 @@ def check_config(config: ModelConfig) -> None:
     for name in ("flip_tta", "photo_norms"):
         v = getattr(config, name)
         need(isinstance(v, bool), f"{name} must be true or false, got {str(v)[:40]}")
+    layers = config.photo_layers
+    need(isinstance(layers, (list, tuple)) and all(isinstance(c, str) for c in layers)
+         and list(layers) == [c for c in FashionCNN.forward_children if c in layers],
+         f"photo_layers must name some of {list(FashionCNN.forward_children)} once each, in order, got {str(layers)[:80]}")
+    need(config.photo_norms or not layers, "photo_layers needs photo_norms")
 
 
 def conv_bn(c_in: int, c_out: int) -> nn.Sequential:
@@ -120,20 +126,30 @@ class FashionCNN(nn.Module):
 
     def __init__(self, widths=_D.widths, dropout=_D.dropout, num_classes=_D.num_classes,
                  label_names=_D.label_names, mean=_D.mean, std=_D.std, input_size=_D.input_size,
-                 flip_tta=_D.flip_tta, temperature=_D.temperature, arch=_D.arch, photo_norms=_D.photo_norms):
+                 flip_tta=_D.flip_tta, temperature=_D.temperature, arch=_D.arch, photo_norms=_D.photo_norms,
+                 photo_layers=_D.photo_layers):
         super().__init__()
         self.config = ModelConfig(tuple(widths), float(dropout), int(num_classes), tuple(label_names),
                                   float(mean), float(std), int(input_size), bool(flip_tta),
-                                  float(temperature), arch, photo_norms)
+                                  float(temperature), arch, photo_norms, tuple(photo_layers))
         check_config(self.config)
-        w1, w2, w3 = self.config.widths
-        self.stage1 = nn.Sequential(conv_bn(1, w1), Residual(w1))                       # (B, w1, 28, 28)
-        self.stage2 = nn.Sequential(nn.MaxPool2d(2), conv_bn(w1, w2), Residual(w2))     # (B, w2, 14, 14)
-        self.stage3 = nn.Sequential(nn.MaxPool2d(2), conv_bn(w2, w3), Residual(w3))     # (B, w3, 7, 7)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                  nn.Dropout(dropout), nn.Linear(w3, num_classes))
+        for child, module in self.build_children().items():
+            setattr(self, child, module)
         if photo_norms:   # one per BatchNorm above, in the same order; unused by `forward`
             self.photo_norms = nn.ModuleList(nn.BatchNorm2d(bn.num_features) for bn in self.norms())
+        # Photos' own copies of whole stages (photo_<child>), also unused by `forward`.
+        photo_children = self.build_children() if self.config.photo_layers else {}
+        for child in self.config.photo_layers:
+            setattr(self, f"photo_{child}", photo_children[child])
+
+    def build_children(self) -> dict[str, nn.Module]:
+        """New (untrained) modules for each of `forward_children`, from the config."""
+        (w1, w2, w3), c = self.config.widths, self.config
+        return {"stage1": nn.Sequential(conv_bn(1, w1), Residual(w1)),                     # (B, w1, 28, 28)
+                "stage2": nn.Sequential(nn.MaxPool2d(2), conv_bn(w1, w2), Residual(w2)),   # (B, w2, 14, 14)
+                "stage3": nn.Sequential(nn.MaxPool2d(2), conv_bn(w2, w3), Residual(w3)),   # (B, w3, 7, 7)
+                "head": nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                      nn.Dropout(c.dropout), nn.Linear(w3, c.num_classes))}
 
     def norms(self) -> list[nn.BatchNorm2d]:
         """The BatchNorm layers of the network `forward` runs, in order (not the photo ones)."""
@@ -141,22 +157,27 @@ class FashionCNN(nn.Module):
 
     def for_photos(self) -> "FashionCNN":
         """The network that answers segmented photos: with `photo_norms`, a copy whose BatchNorm
-        layers are the photo ones; otherwise this network itself.
+        layers are the photo ones and whose `photo_layers` stages are the photo copies; otherwise
+        this network itself.
 
         Domain-specific BatchNorm (Li et al., "Revisiting Batch Normalization For Practical Domain
         Adaptation", AdaBN, 2016; Chang et al., CVPR 2019): a photo segmented from a phone picture
         differs from a Fashion-MNIST image mostly in its low-level statistics, which BatchNorm's
         statistics and affine maps carry. Photos get their own; the convolutions and the classifier
-        are shared, and every other input meets the network exactly as it was trained.
+        are shared, and every other input meets the network exactly as it was trained. With
+        `photo_layers`, photos also get their own copy of those stages (a photo branch with more
+        capacity than statistics alone), still never run for any other input.
         """
         if not self.config.photo_norms:
             return self
         if self.fused:
             raise RuntimeError("this model's BatchNorm is folded; take for_photos() of the unfused model")
-        view = FashionCNN(**(config_dict(self) | {"photo_norms": False}))
-        view.load_state_dict({k: v for k, v in self.state_dict().items() if not k.startswith("photo_norms.")})
+        view = FashionCNN(**(config_dict(self) | {"photo_norms": False, "photo_layers": []}))
+        view.load_state_dict({k: v for k, v in self.state_dict().items() if not k.startswith("photo_")})
         for bn, photo in zip(view.norms(), self.photo_norms):
             bn.load_state_dict(photo.state_dict())
+        for child in self.config.photo_layers:   # their BatchNorm included: trained with the stage
+            getattr(view, child).load_state_dict(getattr(self, f"photo_{child}").state_dict())
         return view.to(next(self.parameters()).device).train(self.training)
 
     forward_children = ("stage1", "stage2", "stage3", "head")   # what forward runs, in order
@@ -177,6 +198,8 @@ class FashionCNN(nn.Module):
                 block[0], block[1] = fuse_conv_bn_eval(block[0], block[1]), nn.Identity()
         if self.config.photo_norms:
             del self.photo_norms    # a serving copy answers one kind of input; take for_photos() first
+        for child in self.config.photo_layers:
+            delattr(self, f"photo_{child}")
         self.fused = True
         return self.to(memory_format=torch.channels_last)
 

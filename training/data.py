@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from modelrepo.hub import HUB_DATASET
-from model import CLASS_NAMES
+from model import CLASS_NAMES, INPUT_SIZE
 from imaging.preprocess import fashion_look
 
 __all__ = ["HUB_DATASET", "load_images", "split_train_val", "local_cache_dir", "PHOTO_FOLDERS", "load_photos",
@@ -160,4 +160,6 @@ def load_photo_looks(folder: str | Path, split: str) -> tuple[torch.Tensor, torc
             continue
         allowed.append([c in PHOTO_FOLDERS[name].strict for c in CLASS_NAMES])
         names.append(name)
+    if not looks:   # a small set's selection part can be empty
+        return torch.zeros(0, INPUT_SIZE, INPUT_SIZE), torch.zeros(0, len(CLASS_NAMES), dtype=torch.bool), names
     return torch.from_numpy(np.stack(looks)), torch.tensor(allowed, dtype=torch.bool), names
