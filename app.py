@@ -21,11 +21,13 @@ API (gradio_client), every image is an uploaded file (`handle_file(path)`):
         -> (model view image, label value, gallery [{image, caption}], scores dict)
     /model_info() -> {"source", "folder", "fallback", "parameters", "test_accuracy", ...}
 A bad input raises an error whose one-line message says what is wrong; the app keeps serving.
+
+The same server answers a plain HTTP API (dashboard/api.py; docs/usage.md has curl examples):
+    POST /api/v1/classify, /api/v1/classify_batch -> /analyse's answer; GET /api/v1/openapi.json
 """
 from __future__ import annotations
 
 import argparse
-import asyncio
 import atexit
 import os
 import signal
@@ -41,16 +43,13 @@ from PIL import Image
 
 import explain
 from modelrepo import hub
-from dashboard import uploads
-from dashboard.gradio_patches import (atomic_image_cache, cheap_analytics_inline, inline_upload_writes, lean_routes,
-                                      lean_sessions)
+from dashboard import api, panels, uploads
+from dashboard.image_cache import make_image_cache_atomic
 from dashboard.service import (DEFAULT_METHODS, PREDICTED, VIEW_SIZE, RequestError, Service,
                                load_weights, view_image)
 from dashboard.views import Views, outline_image
 from imaging.preprocess import InvalidImageError, Seen
 
-MAX_FILE_SIZE = "10mb"                 # uploads above this are refused by the server itself
-DECODE_ON_LOOP_PIXELS = 64 * 64        # API images up to this size are decoded on the event loop
 MAX_UPLOAD_FOLDER_BYTES = 512 * 2**20  # Gradio's upload folder is trimmed to this, oldest first
 CACHE_SWEEP = (60, 600)                # Gradio deletes its files older than 600 s, every 60 s
 MAP_COLUMNS, MAP_ROW_PX = 4, 200       # attribution gallery layout
@@ -62,6 +61,7 @@ MAP_COLUMNS, MAP_ROW_PX = 4, 200       # attribution gallery layout
 # visitors: each waiting visitor sees their place and the expected wait instead of a refusal.
 PREDICT_WORKERS, EXPLAIN_WORKERS = 16, 4
 QUEUE_SIZE = 512
+BLANK_PAGE = np.full((280, 280, 4), 255, np.uint8)   # the Draw tab's canvas: white, opaque
 PHOTO_EXAMPLES = Path(__file__).resolve().parent / "examples" / "photos"   # small CC0 phone photos
 
 
@@ -109,14 +109,12 @@ def input_of(image, sketch: bool = False) -> tuple[np.ndarray, bool]:
 
 
 async def input_of_async(image, sketch: bool = False) -> tuple[np.ndarray, bool]:
-    """`input_of` for a coroutine: an image as small as the model's input (a 28x28 upload) is
-    decoded on the event loop, in less time than a hand-over to a worker thread costs; anything
-    larger, a photo above all (segmenting one takes tens of milliseconds), in a worker thread, so
-    that the loop keeps serving everyone else meanwhile."""
-    pixels = uploads.header_pixels(image, UPLOAD_ROOTS)
-    if pixels is not None and pixels <= DECODE_ON_LOOP_PIXELS:
-        return input_of(image, sketch)
-    return await asyncio.to_thread(input_of, image, sketch)
+    """`input_of` for a coroutine (uploads.decode_async: a photo is decoded in a worker thread)."""
+    try:
+        seen = await uploads.decode_async(image, UPLOAD_ROOTS, sketch)
+    except InvalidImageError as e:
+        raise gr.Error(str(e)) from None
+    return seen.look, seen.photo
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,10 +298,13 @@ def explain_tab():
                     image = gr.Image(type="filepath", image_mode=None, label="Garment image",
                                      sources=["upload", "clipboard"], height=260, elem_id="upload")
                 with gr.Tab("Draw", id="draw"):
-                    gr.Markdown("Pick the brush in the left toolbar, draw the garment's outline "
-                                "or fill it, then *Classify drawing*.")
+                    gr.Markdown("Draw the garment's outline or fill it with the brush, then *Classify drawing*.")
+                    # A white page as the starting value: Gradio's editor opens with no tool chosen
+                    # ("select the draw tool to start") unless it starts with a background, and then
+                    # it selects the brush, so a first stroke draws.
                     sketch = gr.Sketchpad(label="Draw a garment", type="numpy", image_mode="RGBA",
-                                          canvas_size=(280, 280), height=300, elem_id="sketch",
+                                          value={"background": BLANK_PAGE, "layers": [], "composite": BLANK_PAGE},
+                                          canvas_size=BLANK_PAGE.shape[1::-1], height=300, elem_id="sketch",
                                           brush=gr.Brush(default_size=14, colors=["#000000"], color_mode="fixed"))
                     draw_btn = gr.Button("Classify drawing", variant="primary")
             status = gr.Markdown("", elem_id="status")
@@ -350,41 +351,6 @@ def mistakes_tab():
     return true_f, pred_f, text, gallery, note, methods, target, outputs
 
 
-def trust_tab() -> None:
-    gr.Markdown(VIEWS.trust_markdown(), elem_id="trust-text")
-    table = VIEWS.trust_table()
-    if table is None:
-        return
-    gr.Dataframe(table, label="Per-method results over the test sample", interactive=False)
-    with gr.Row():
-        for kind in ("deletion", "insertion"):
-            df = VIEWS.trust_curves(kind)
-            if df is not None:
-                gr.LinePlot(df, x="fraction of pixels", y="probability of the class", color="method",
-                            title=f"Mean {kind} curve", y_lim=[0, 1])
-    rnd = VIEWS.randomisation_curves()
-    if rnd is not None:
-        order = " → ".join(dict.fromkeys(rnd["layer"]))
-        gr.LinePlot(rnd, x="layers randomised", y="rank correlation", color="method",
-                    title=f"Cascading randomisation ({order}): similarity to the trained model's map",
-                    x_lim=[1, int(rnd["layers randomised"].max())])
-
-
-def model_tab() -> None:
-    gr.Markdown(VIEWS.model_markdown(), elem_id="model-text")
-    with gr.Row():
-        hist = VIEWS.history_frame()
-        if hist is not None:
-            gr.LinePlot(hist, x="epoch", y="accuracy", color="series", title="Training curves")
-        elif SERVICE.artefacts.png("training_curves.png"):
-            gr.Image(SERVICE.artefacts.png("training_curves.png"), show_label=False, buttons=[])
-        if SERVICE.artefacts.png("reliability.png"):
-            gr.Image(SERVICE.artefacts.png("reliability.png"), label="Calibration (reliability diagram)",
-                     show_label=False, interactive=False, buttons=[])
-    with gr.Accordion("Network layers", open=False):
-        gr.Code(str(SERVICE.model), language=None)
-
-
 def build_demo() -> gr.Blocks:
     loaded = SERVICE.loaded
     with gr.Blocks(title="Fashion-MNIST explainability dashboard", delete_cache=CACHE_SWEEP) as demo:
@@ -398,9 +364,9 @@ def build_demo() -> gr.Blocks:
             with gr.Tab("Mistakes", id="mistakes"):
                 true_f, pred_f, m_text, m_gallery, m_note, m_methods, m_target, m_outputs = mistakes_tab()
             with gr.Tab("Trust", id="trust"):
-                trust_tab()
+                panels.trust_tab(VIEWS)
             with gr.Tab("Model", id="model"):
-                model_tab()
+                panels.model_tab(SERVICE, VIEWS)
 
         private = dict(api_visibility="private")
         predicting = dict(concurrency_id="predict", concurrency_limit=PREDICT_WORKERS)
@@ -438,13 +404,7 @@ def build_demo() -> gr.Blocks:
     return demo
 
 
-lean_sessions()
-atomic_image_cache()
-lean_routes()
-inline_upload_writes()
-cheap_analytics_inline()
 demo = build_demo()
-dashboard.process.settle_heap()
 
 
 def stop_on_sigterm(signum, frame):
@@ -453,12 +413,23 @@ def stop_on_sigterm(signum, frame):
     raise KeyboardInterrupt
 
 
-if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, stop_on_sigterm)
+def launch(**kwargs):
+    """Serve the page and the inference API (dashboard/api.py) on one server; `kwargs` go to
+    `demo.launch` (a test passes prevent_thread_lock=True). What only a serving process needs
+    happens here, not at import: the image-cache fix, the upload janitor, the frozen heap."""
+    make_image_cache_atomic()
     janitor = uploads.UploadJanitor(UPLOAD_ROOTS[0], MAX_UPLOAD_FOLDER_BYTES,
                                     keep=lambda: set().union(*(getattr(b, "keep_in_cache", set())
                                                                for b in demo.blocks.values())))
     janitor.start()
-    demo.launch(server_name=SETTINGS.host, server_port=SETTINGS.port, max_file_size=MAX_FILE_SIZE,
-                show_error=False, theme=gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"],
-                                                       font_mono=["ui-monospace", "monospace"]), css=CSS)
+    dashboard.process.settle_heap()
+    return demo.launch(**{"server_name": SETTINGS.host, "server_port": SETTINGS.port,
+                          "max_file_size": api.MAX_IMAGE_BYTES, "show_error": False, "css": CSS,
+                          "app_kwargs": {"routes": api.routes(SERVICE)},
+                          "theme": gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                                                  font_mono=["ui-monospace", "monospace"]), **kwargs})
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    launch()

@@ -1,4 +1,5 @@
-"""A lean asynchronous client of a Gradio app's HTTP API: upload a file, call a named endpoint.
+"""Lean asynchronous clients of the app's HTTP APIs: Gradio's (upload a file, call a named
+endpoint) and the app's own inference API (dashboard/api.py: one POST per prediction).
 
 One process with one event loop can keep a hundred requests in flight for little CPU, so a load
 test measures the server rather than a crowd of Python clients sharing its cores. It speaks the
@@ -68,3 +69,28 @@ class GradioHTTP:
                         raise CallError(f"/{api_name}: {payload}")
                     return payload
         raise CallError(f"/{api_name}: the event stream ended without a result")
+
+
+class ApiHTTP:
+    """POST /api/v1/classify with an image's bytes as the body; share one instance among all coroutines."""
+
+    def __init__(self, url: str, max_connections: int = 256, timeout: float = 600.0):
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
+                              keepalive_expiry=KEEPALIVE_S)
+        # identity: the answer as the server writes it, not compressed (Gradio's app compresses
+        # for clients that ask, as httpx does by default)
+        self.http = httpx.AsyncClient(base_url=url.rstrip("/") + "/api/v1", limits=limits,
+                                      timeout=httpx.Timeout(timeout, connect=30.0),
+                                      headers={"Accept-Encoding": "identity"})
+
+    async def __aenter__(self) -> "ApiHTTP":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.http.aclose()
+
+    async def classify(self, content: bytes) -> dict:
+        r = await self.http.post("/classify", content=content, headers={"Content-Type": "image/png"})
+        if r.status_code != 200:
+            raise CallError(f"/api/v1/classify: HTTP {r.status_code}: {r.text[:200]}")
+        return r.json()

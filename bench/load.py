@@ -8,6 +8,8 @@ until it is empty or the global timeout passes. Two kinds of client:
 - `--client lean` (default): one process, one event loop, raw HTTP against Gradio's REST API
   (bench/gradio_http.py): each request uploads its PNG, then calls the endpoint, in a session of
   its own as curl would. It costs the shared cores little, so the figures describe the server.
+- `--client api`: the same event loop against the app's inference API (dashboard/api.py), one
+  POST /api/v1/classify per prediction with the PNG's bytes as the body (classify only).
 - `--client gradio`: one gradio_client.Client (one session) per worker, as a Python user connects.
 
 Every answer is compared with a direct call in this process (`model.load_model` +
@@ -18,6 +20,7 @@ resident memory (with children) is sampled every 50 ms: at start, peak during th
 --idle seconds of rest.
 
     python bench/load.py --explain-share 0 --name load_classify   # classify only, 50 clients
+    python bench/load.py --explain-share 0 --client api --name load_classify_api   # the same, /api/v1
     python bench/load.py --bursts 3                               # mixed, 40% explain, 3 bursts
     python bench/load.py --concurrency 100 --name load_crowd      # a crowd of 100
     python bench/load.py --model outputs/smoke --requests 20 --concurrency 5 --idle 1 \\
@@ -107,22 +110,33 @@ def plan(cli, n_images: int, method_names: list[str]) -> list[Request]:
 
 def check_label(value, expected: dict[str, float], tol: float) -> str:
     """'' when a gr.Label answer matches the direct call, else what differs."""
-    if not isinstance(value, dict) or "label" not in value:
-        return f"not a label value: {str(value)[:200]}"
+    if not isinstance(value, dict) or "label" not in value or not value.get("confidences"):
+        return f"not a label value with confidences: {str(value)[:200]}"
+    return check_probabilities(value["label"], {c["label"]: c["confidence"] for c in value["confidences"]},
+                               expected, tol)
+
+
+def check_probabilities(label: str, probs: dict[str, float], expected: dict[str, float], tol: float) -> str:
+    """'' when `label` is the direct call's top class and each of `probs` is within `tol` of it."""
     top = max(expected, key=expected.get)
-    if value["label"] != top:
-        return f"top label {value['label']!r}, expected {top!r}"
-    for c in value.get("confidences") or []:
-        if abs(c["confidence"] - expected[c["label"]]) > tol:
-            return f"P({c['label']}) = {c['confidence']:.5f}, expected {expected[c['label']]:.5f}"
-    if not value.get("confidences"):
-        return "no confidences in the answer"
-    return ""
+    if label != top:
+        return f"top label {label!r}, expected {top!r}"
+    worst = max(probs, key=lambda c: abs(probs[c] - expected[c]))
+    return f"P({worst}) = {probs[worst]:.5f}, expected {expected[worst]:.5f}" \
+        if abs(probs[worst] - expected[worst]) > tol else ""
+
+
+def check_analysis(value, expected: dict[str, float], tol: float) -> str:
+    """'' when an inference-API answer (Service.analysis) matches the direct call, else what differs."""
+    probs = value.get("probabilities") if isinstance(value, dict) else None
+    if not isinstance(probs, dict) or probs.keys() != expected.keys():
+        return f"not an analysis with every class: {str(value)[:200]}"
+    return check_probabilities(value.get("label"), probs, expected, tol)
 
 
 def check(req: Request, result, expected: dict[str, float], tol: float) -> str:
     if req.endpoint == "classify":
-        return check_label(result, expected, tol)
+        return (check_analysis if "probabilities" in result else check_label)(result, expected, tol)
     if not isinstance(result, (list, tuple)) or len(result) != 4:
         return f"explain returned {type(result).__name__} of length {len(result) if hasattr(result, '__len__') else '?'}"
     view, label, gallery, scores = result
@@ -171,9 +185,7 @@ def burst(clients: list, reqs: list[Request], paths: list[Path], expected: list[
     for r in reqs:
         todo.put(r)
     outcomes: list[Outcome] = []
-    lock = threading.Lock()
-    start_line = threading.Barrier(len(clients) + 1)
-    t0_box: list[float] = []
+    lock, start_line, t0_box = threading.Lock(), threading.Barrier(len(clients) + 1), []
 
     def worker(client):
         start_line.wait()
@@ -186,13 +198,10 @@ def burst(clients: list, reqs: list[Request], paths: list[Path], expected: list[
             remaining = cli.timeout - (time.perf_counter() - t0)
             if remaining <= 0:
                 return                                             # left in the queue: "not sent"
-            args = [handle_file(str(paths[req.image]))]
-            if req.endpoint == "explain":
-                args += [req.methods, PREDICTED]
+            args = [handle_file(str(paths[req.image]))] + ([req.methods, PREDICTED] if req.endpoint == "explain" else [])
             began = time.perf_counter()
             try:
-                job = client.submit(*args, api_name=api[req.endpoint])
-                result = job.result(timeout=remaining)
+                result = client.submit(*args, api_name=api[req.endpoint]).result(timeout=remaining)
                 problem = check(req, result, expected[req.image], cli.tolerance)
                 status, detail = ("wrong", problem) if problem else ("ok", "")
             except Exception as e:  # timeouts, queue full, server errors: all counted, none hidden
@@ -215,21 +224,25 @@ def burst(clients: list, reqs: list[Request], paths: list[Path], expected: list[
 
 
 def burst_lean(url: str, reqs: list[Request], paths: list[Path], expected: list[dict], cli, api: dict) -> tuple:
-    """The same burst as `burst`, from one event loop speaking raw HTTP (bench/gradio_http.py)."""
-    from gradio_http import GradioHTTP
+    """The same burst as `burst`, from one event loop speaking raw HTTP (bench/gradio_http.py):
+    Gradio's API, or with --client api the app's own /api/v1/classify (classify requests only)."""
+    from gradio_http import ApiHTTP, GradioHTTP
     images = [p.read_bytes() for p in paths]
     todo = list(reversed(reqs))
     outcomes: list[Outcome] = []
 
-    async def one(client: GradioHTTP, req: Request, t0: float) -> None:
+    async def answer(client, req: Request):
+        if cli.client == "api":                  # one POST with the file's bytes: classify only
+            return await client.classify(images[req.image])
+        data = [await client.upload(images[req.image], paths[req.image].name)]
+        data += [req.methods, PREDICTED] if req.endpoint == "explain" else []
+        result = await client.call(api[req.endpoint].strip("/"), data)
+        return result[0] if req.endpoint == "classify" else result
+
+    async def one(client, req: Request, t0: float) -> None:
         began = time.perf_counter()
         try:
-            data = [await client.upload(images[req.image], paths[req.image].name)]
-            if req.endpoint == "explain":
-                data += [req.methods, PREDICTED]
-            result = await client.call(api[req.endpoint].strip("/"), data)
-            result = result[0] if req.endpoint == "classify" else result
-            problem = check(req, result, expected[req.image], cli.tolerance)
+            problem = check(req, await answer(client, req), expected[req.image], cli.tolerance)
             status, detail = ("wrong", problem) if problem else ("ok", "")
         except Exception as e:  # refusals, timeouts, server errors: all counted, none hidden
             status, detail = "error", f"{type(e).__name__}: {str(e)[:300]}"
@@ -237,7 +250,8 @@ def burst_lean(url: str, reqs: list[Request], paths: list[Path], expected: list[
                                 began - t0, (time.perf_counter() - began) * 1000))
 
     async def run() -> float:
-        async with GradioHTTP(url, max_connections=2 * cli.concurrency, timeout=cli.timeout) as client:
+        http_client = ApiHTTP if cli.client == "api" else GradioHTTP
+        async with http_client(url, max_connections=2 * cli.concurrency, timeout=cli.timeout) as client:
             t0 = time.perf_counter()
 
             async def worker() -> None:
@@ -274,6 +288,8 @@ def markdown(res: dict) -> str:
     info, mem, cli = res["info"], res["memory"], res["settings"]
     who = ("raw HTTP from one event loop (bench/gradio_http.py): each request uploads its PNG, then calls the "
            "endpoint, in a session of its own" if cli.get("client", "gradio") == "lean"
+           else "raw HTTP from one event loop (bench/gradio_http.py ApiHTTP): each request is one POST "
+                "/api/v1/classify with the PNG's bytes as its body" if cli["client"] == "api"
            else "sharing one gradio_client client, so one session per burst" if cli.get("shared_client")
            else "one gradio_client client each, each its own session; new clients each burst")
     rows = []
@@ -338,8 +354,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=600, help="global limit in seconds for the burst")
     p.add_argument("--idle", type=float, default=20, help="seconds of rest before the 'after' memory reading")
     p.add_argument("--bursts", type=int, default=1, help="bursts in a row, each with new clients (memory: plateau or growth?)")
-    p.add_argument("--client", choices=["lean", "gradio"], default="lean",
-                   help="lean: raw HTTP from one event loop; gradio: one gradio_client.Client per worker")
+    p.add_argument("--client", choices=["lean", "gradio", "api"], default="lean",
+                   help="lean: raw HTTP to Gradio's API from one event loop; api: raw HTTP to /api/v1/classify "
+                        "(dashboard/api.py) from one event loop; gradio: one gradio_client.Client per worker")
     p.add_argument("--shared-client", action="store_true", help="with --client gradio: one Client (one session) for all workers")
     p.add_argument("--app-env", nargs="*", default=[], metavar="KEY=VALUE", help="extra environment of the app process")
     p.add_argument("--name", default="load", help="results file name (<name>.json, <name>.md)")
@@ -352,6 +369,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     cli = parse_args(argv)
+    if cli.client == "api" and cli.explain_share:
+        sys.exit("the inference API classifies only: run --client api with --explain-share 0")
     import explain
     unknown = [m for m in cli.explain_methods if m not in explain.METHODS]
     if unknown:
@@ -374,12 +393,12 @@ def main(argv=None) -> int:
             warm_rss = app.sampler.rss()
             outcomes, walls, not_sent, per_burst = [], [], 0, []
             for b in range(cli.bursts):
-                clients = [] if cli.client == "lean" else open_clients(app.url, cli.concurrency, cli.shared_client)
+                clients = [] if cli.client in ("lean", "api") else open_clients(app.url, cli.concurrency, cli.shared_client)
                 t_start = app.sampler.samples[-1][0]
                 print(f"[load] burst {b + 1}/{cli.bursts}: {cli.concurrency} {cli.client} clients; app RSS "
                       f"{common.mib(app.sampler.rss())} MiB; sending {len(reqs)} requests", flush=True)
                 cpu_start = cpu_seconds(app.sampler.proc)
-                if cli.client == "lean":
+                if cli.client in ("lean", "api"):
                     got, wall, left = burst_lean(app.url, reqs, paths, expected, cli, api)
                 else:
                     got, wall, left = burst(clients, reqs, paths, expected, cli, api)

@@ -55,12 +55,17 @@ class IdleTrimmer:
         self.trims = 0                         # how many times it trimmed (read by tests)
         self._last = 0.0
         self._pending = threading.Event()
-        if _LIBC is not None:
-            threading.Thread(target=self._run, name="idle-trimmer", daemon=True).start()
+        # Started by the first touch, not here: building the app (importing app.py) starts no thread.
+        self._thread = threading.Thread(target=self._run, name="idle-trimmer", daemon=True)
+        self._starting = threading.Lock()
 
     def touch(self) -> None:
         """A request just finished: trim after the next quiet `idle_s` seconds."""
         self._last = time.monotonic()
+        if _LIBC is not None and not self._thread.is_alive():
+            with self._starting:
+                if not self._thread.is_alive():
+                    self._thread.start()
         self._pending.set()
 
     def _run(self) -> None:

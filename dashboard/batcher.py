@@ -33,13 +33,15 @@ class Batcher:
         self._waiting: deque[tuple[torch.Tensor, Future]] = deque()
         self._arrived = threading.Condition()
         self.batch_sizes: deque[int] = deque(maxlen=1000)   # recent batch sizes, for bench/ and tests
+        # Started by the first submit, not here: building the app (importing app.py) starts no thread.
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
-        self._thread.start()
 
     def submit(self, x: torch.Tensor) -> Future:
         """The future row of `x` in a coming batch."""
         answer: Future = Future()
         with self._arrived:
+            if not self._thread.is_alive():
+                self._thread.start()
             self._waiting.append((x, answer))
             self._arrived.notify()
         return answer

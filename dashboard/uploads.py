@@ -11,7 +11,9 @@ and, for processes that died without cleaning, at the next start.
 """
 from __future__ import annotations
 
+import asyncio
 import functools
+import io
 import os
 import re
 import shutil
@@ -167,15 +169,18 @@ def too_large(pixels: int | None, dims: str = "", limit: str = f"{MAX_IMAGE_PIXE
             f"is refused: please upload a smaller image.")
 
 
-def open_image(path: Path) -> Image.Image:
-    """Open and fully decode an allowed image file, refusing bombs, animations and damaged files."""
-    if path.stat().st_size == 0:
+def open_image(source: Path | bytes) -> Image.Image:
+    """Open and fully decode an allowed image file (or the bytes of one, as the API receives them),
+    refusing bombs, animations and damaged files."""
+    empty = len(source) == 0 if isinstance(source, bytes) else source.stat().st_size == 0
+    if empty:
         raise InvalidImageError("The file is empty (0 bytes): it is not an image.")
+    name = "the image" if isinstance(source, bytes) else source.name
     try:
         with warnings.catch_warnings():
             # PIL only warns between its limit and twice it; here every bomb is an error.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path, formats=FORMATS) as img:
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=FORMATS) as img:
                 _check_header(img)
                 if img.format == "JPEG":
                     # The decoder scales by 1/2..1/8 in the DCT: a phone photo decodes at about twice
@@ -193,7 +198,8 @@ def open_image(path: Path) -> Image.Image:
         raise InvalidImageError(f"This file is not an image that can be read ({', '.join(FORMATS)} "
                                 f"expected).") from None
     except Exception as e:  # every decoder failure (OSError, SyntaxError, struct.error, ...) reads the same
-        reason = (str(e).replace(str(path), path.name) or type(e).__name__)[:200]
+        reason = (str(e).replace(str(source), name) if not isinstance(source, bytes) else str(e)) or type(e).__name__
+        reason = reason[:200]
         raise InvalidImageError(f"The image file is damaged or truncated and cannot be decoded ({reason}).") from None
 
 
@@ -231,15 +237,30 @@ def carried(image) -> tuple:
 
 
 def header_pixels(image, roots: list[Path]) -> int | None:
-    """Pixels of the image file an input names (a file payload, or a Sketchpad value's composite),
-    read from its header alone; None when it names no readable image inside `roots` (`decode`
-    then says why)."""
-    path, _ = carried(image)
+    """Pixels of the image an input carries (a file payload, a Sketchpad value's composite, the
+    bytes of a file), read from its header alone; None when it carries no readable image inside
+    `roots` (`decode` then says why)."""
+    source, _ = carried(image)
     try:
-        with Image.open(allowed_path(path, roots), formats=FORMATS) as img:
+        source = io.BytesIO(source) if isinstance(source, bytes) else allowed_path(source, roots)
+        with Image.open(source, formats=FORMATS) as img:
             return img.size[0] * img.size[1]
     except (InvalidImageError, OSError, ValueError, Image.DecompressionBombError):
         return None
+
+
+# An image as small as the model's input (a 28x28 upload) is decoded on the event loop, in less
+# time than a hand-over to a worker thread costs; anything larger, a photo above all (segmenting
+# one takes tens of milliseconds), in a worker thread, so that the loop keeps serving meanwhile.
+DECODE_ON_LOOP_PIXELS = 64 * 64
+
+
+async def decode_async(image, roots: list[Path], sketch: bool = False) -> Seen:
+    """`decode` for a coroutine on the server's event loop (the Gradio endpoints and the inference API)."""
+    pixels = header_pixels(image, roots)
+    if pixels is not None and pixels <= DECODE_ON_LOOP_PIXELS:
+        return decode(image, roots, sketch)
+    return await asyncio.to_thread(decode, image, roots, sketch)
 
 
 def decode(image, roots: list[Path], sketch: bool = False) -> Seen:
@@ -247,7 +268,8 @@ def decode(image, roots: list[Path], sketch: bool = False) -> Seen:
 
     Args:
         image: a Gradio file payload ({"path": ...}), a Sketchpad value ({"composite": ...}), a
-            PIL image or a numpy array. A path is only opened inside `roots`.
+            PIL image, a numpy array, or the bytes of an image file (the inference API's body).
+            A path is only opened inside `roots`.
         sketch: the input is a drawing, so "blank" means "draw something first".
     Raises:
         InvalidImageError: with a one-line message for the user.
@@ -257,7 +279,9 @@ def decode(image, roots: list[Path], sketch: bool = False) -> Seen:
     empty = "Draw something first." if sketch else "No image: upload one, draw one or pick an example."
     if image is None:
         raise InvalidImageError(empty)
-    if isinstance(image, (str, os.PathLike)):
+    if isinstance(image, bytes):
+        image = open_image(image)
+    elif isinstance(image, (str, os.PathLike)):
         image = open_image(allowed_path(image, roots))
     elif not isinstance(image, (Image.Image, np.ndarray)):
         raise InvalidImageError(f"Expected an uploaded image file, got {type(image).__name__}.")

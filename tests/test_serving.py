@@ -3,7 +3,9 @@ upload, the upload janitor's share of the CPU and the process's garbage-collecto
 from __future__ import annotations
 
 import asyncio
-import gc
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -62,47 +64,60 @@ def test_a_failing_batch_fails_its_coroutines_too():
     assert float(asyncio.run(batcher.run(torch.ones(1, 3)))) == 3.0
 
 
-@pytest.fixture(scope="module")
-def app():
-    """app.py imported in this process (the page is built, nothing is launched)."""
-    import app as app_module
-    return app_module
-
-
-def test_a_28x28_upload_is_decoded_on_the_event_loop_and_a_photo_in_a_worker_thread(app, monkeypatch):
+def test_a_28x28_upload_is_decoded_on_the_event_loop_and_a_photo_in_a_worker_thread(tmp_path, monkeypatch):
+    """uploads.decode_async, as the Gradio endpoints and the inference API call it: a file payload
+    and the same files' bytes."""
+    from dashboard import uploads
     from training.data import load_images
-    folder = app.APP_FOLDER.path
-    small = folder / "small.png"
+    small = tmp_path / "small.png"
     Image.fromarray(load_images(str(REPO / "tests/data/fashion_mnist"), "test")[2][0]).save(small)
-    photo = folder / "photo.jpg"
+    photo = tmp_path / "photo.jpg"
     Image.open(sorted((REPO / "examples" / "photos").glob("*t-shirt*.jpg"))[0]).save(photo)
     where = {}
-    real = app.input_of
+    real = uploads.decode
 
-    def recording(image, sketch=False):
-        where[image["path"]] = threading.get_ident()
-        return real(image, sketch)
+    def recording(image, roots, sketch=False):
+        where[image if isinstance(image, bytes) else image["path"]] = threading.get_ident()
+        return real(image, roots, sketch)
 
-    monkeypatch.setattr(app, "input_of", recording)
+    monkeypatch.setattr(uploads, "decode", recording)
+    inputs = {"small": {"path": str(small)}, "photo": {"path": str(photo)},
+              "small bytes": small.read_bytes(), "photo bytes": photo.read_bytes()}
 
     async def go():
-        got = {p: await app.input_of_async({"path": str(p)}) for p in (small, photo)}
+        got = {k: await uploads.decode_async(v, [tmp_path]) for k, v in inputs.items()}
         return threading.get_ident(), got
 
     loop_thread, got = asyncio.run(go())
-    assert where[str(small)] == loop_thread
-    assert where[str(photo)] != loop_thread
-    for p, (look, is_photo) in got.items():
-        expected_look, expected_photo = real({"path": str(p)})
-        np.testing.assert_array_equal(look, expected_look)
-        assert is_photo == expected_photo
-    assert got[photo][1] and not got[small][1]
+    key = {k: v if isinstance(v, bytes) else v["path"] for k, v in inputs.items()}
+    assert where[key["small"]] == where[key["small bytes"]] == loop_thread
+    assert loop_thread not in (where[key["photo"]], where[key["photo bytes"]])
+    for k, seen in got.items():
+        expected = real(inputs[k], [tmp_path])
+        np.testing.assert_array_equal(seen.look, expected.look)
+        assert seen.photo == expected.photo == k.startswith("photo")
 
 
-def test_the_app_takes_its_long_lived_objects_out_of_the_collector(app):
+def test_importing_the_app_starts_no_thread_and_leaves_the_collector_alone():
+    """`import app` (Gradio's convention: `demo` at module level) builds the page only: no thread
+    (the batchers and the idle trimmer start on first use), no frozen heap. `launch()` settles the
+    heap (dashboard/process.settle_heap), and a first prediction starts the batcher's thread."""
+    script = (
+        "import gc, threading\n"
+        "before = {t.name for t in threading.enumerate()}\n"
+        "import app\n"
+        "print(sorted({t.name for t in threading.enumerate()} - before), gc.get_freeze_count())\n"
+        "app.SERVICE.predict(app.np.zeros((28, 28), app.np.float32))\n"
+        "import dashboard.process; dashboard.process.settle_heap()\n"
+        "print(sorted({t.name for t in threading.enumerate()} - before), gc.get_freeze_count(), gc.get_threshold()[0])\n")
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    imported, used = out.stdout.strip().splitlines()[-2:]
     from dashboard.process import YOUNG_GENERATION
-    assert gc.get_threshold()[0] == YOUNG_GENERATION
-    assert gc.get_freeze_count() > 100_000
+    assert imported == "[] 0"
+    threads, frozen, young = used.rsplit(" ", 2)
+    assert "batcher" in threads and int(frozen) > 100_000 and int(young) == YOUNG_GENERATION, used
 
 
 def test_the_upload_janitor_rests_fifty_times_as_long_as_its_last_sweep_took(tmp_path):
