@@ -1,0 +1,106 @@
+"""Tests for dashboard/insight.py on the real Service and the committed weights: neighbours of a
+Fashion-MNIST image and of a phone photo, the contrast, agreement, ROAD and localisation answer,
+bad requests, and a folder without an index still serving.
+
+    .venv/bin/python -m pytest tests/test_explain_insight.py -q
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from dashboard.insight import Insight
+from dashboard.service import RequestError, Service, load_weights
+from explain.neighbours import DEFAULT_K, INDEX_FILE
+from helpers import REPO
+from imaging.preprocess import look_and_mask
+
+
+@pytest.fixture(scope="module")
+def service() -> Service:
+    return Service(load_weights(None))
+
+
+@pytest.fixture(scope="module")
+def insight(service) -> Insight:
+    return Insight.of(service)
+
+
+@pytest.fixture(scope="module")
+def test_slice():
+    from training.data import load_images
+    looks, labels, _ = load_images(str(REPO / "tests" / "data" / "fashion_mnist"), "test")
+    return looks.numpy(), labels.numpy()
+
+
+def test_neighbours_of_a_test_image_are_json_with_images_and_class_distances(insight, test_slice):
+    looks, labels = test_slice
+    answer = insight.neighbours(looks[0])
+    json.dumps(answer)
+    found = answer["neighbours"]
+    assert len(found) == DEFAULT_K and found[0]["label"] == insight.service.labels[labels[0]]
+    assert [n["distance"] for n in found] == sorted(n["distance"] for n in found)
+    image = Image.open(io.BytesIO(base64.b64decode(found[0]["image"].split(",", 1)[1])))
+    assert image.size == (28, 28) and np.asarray(image).max() > 0
+    assert min(answer["class_distances"].values()) == pytest.approx(found[0]["distance"], abs=1e-4)
+    assert set(answer["class_distances"]) == set(insight.service.labels)
+
+
+def test_a_photo_is_compared_through_the_photo_network(insight):
+    photo = ImageOps.exif_transpose(Image.open(REPO / "examples" / "photos" / "0098b991-pants.jpg")).convert("RGB")
+    seen = look_and_mask(photo)
+    assert seen.photo
+    answer = insight.neighbours(seen.look, photo=True)
+    assert answer["neighbours"][0]["label"] == "Trouser"
+
+
+def test_explain_answers_contrast_agreement_road_and_localisation(insight, test_slice):
+    looks, _ = test_slice
+    photo = ImageOps.exif_transpose(Image.open(REPO / "examples" / "photos" / "009b3c31-dress.jpg")).convert("RGB")
+    seen = look_and_mask(photo)
+    out = insight.explain(seen.look, ["Saliency", "Grad-CAM", "Integrated Gradients"], photo=seen.photo, mask=seen.mask)
+    json.dumps(out)
+    probs = insight.service.assess(seen.look, seen.photo).probs
+    top2 = [insight.service.labels[i] for i in np.argsort(-probs)[:2]]
+    assert [out["contrast"]["a"], out["contrast"]["b"]] == top2
+    assert set(out["contrast"]["maps"]) == {"Integrated Gradients", "Occlusion"}
+    assert len(out["agreement"]["pairs"]) == 3 and np.shape(out["consensus"]) == (28, 28)
+    assert set(out["road"]) == {"Saliency", "Grad-CAM", "Integrated Gradients"}
+    for name, loc in out["localisation"].items():
+        assert 0 <= loc["inside"] <= 1 and 0 < loc["mask_area"] < 1, name
+    assert "inside the garment mask" in insight.summary(out)
+    # A chosen pair, swapped: the contrast maps are negated.
+    ab = insight.explain(looks[1], ["Occlusion"], pair=["Shirt", "T-shirt/top"])["contrast"]
+    ba = insight.explain(looks[1], ["Occlusion"], pair=["T-shirt/top", "Shirt"])["contrast"]
+    assert ab["title"] == "evidence for Shirt over T-shirt/top"
+    for m in ab["maps"]:
+        np.testing.assert_allclose(ab["logit_difference_sums"][m], -ba["logit_difference_sums"][m], rtol=1e-4, atol=1e-5)
+
+
+def test_bad_requests_are_refused_with_a_message(insight, test_slice):
+    looks, _ = test_slice
+    for pair in (["Shirt"], ["Shirt", "Shirt"], ["Shirt", "Cape"], "Shirt"):
+        with pytest.raises(RequestError, match="pair must be"):
+            insight.explain(looks[0], ["Saliency"], pair=pair)
+    with pytest.raises(RequestError, match="Unknown method"):
+        insight.explain(looks[0], ["Magic"])
+    for k in (0, 101, True, "6"):
+        with pytest.raises(RequestError, match="k must be"):
+            insight.neighbours(looks[0], k=k)
+
+
+def test_weights_without_an_index_still_serve_and_say_why(tmp_path, test_slice):
+    looks, _ = test_slice
+    folder = tmp_path / "weights"
+    shutil.copytree(REPO / "weights", folder)
+    (folder / INDEX_FILE).unlink()
+    insight = Insight.of(Service(load_weights(str(folder))))
+    answer = insight.neighbours(looks[0])
+    assert answer["neighbours"] == [] and "missing" in answer["unavailable"]
+    assert insight.explain(looks[0], ["Saliency"])["label"]
