@@ -17,7 +17,11 @@ preprocessing of an already-decoded photo; the full classify of a 4000x3000 JPEG
 preprocess, predict) is timed on one validation photo enlarged to that size.
 
     python bench/photos.py                                   # validation split, weights/, bench/results
-    python bench/photos.py --split train --out /tmp/bench    # the split the parameters were tuned on
+    python bench/photos.py --split selection --model outputs/x --out /tmp/bench   # where choices are made
+
+The photo protocol (docs/decision_log.md): every choice is made on `selection`, a seeded part of the
+train split (training.data.photo_selection_split); `validation` is read once per shipped model and
+its strict accuracy reported with a Wilson 95% interval.
 
 Writes <out>/photos.json and photos.md (photos_train.* for --split train). --mappings adds the
 accuracy of other intensity mappings inside the same masks.
@@ -43,6 +47,9 @@ from imaging import segment  # noqa: E402
 from _looks import load_rgb, routed, run_timed, segmented_look, threshold_look  # noqa: E402
 from dashboard.uploads import open_image  # noqa: E402
 from model import CLASS_NAMES, load_model  # noqa: E402
+from training.data import PHOTO_FIT, PHOTO_REPORT, PHOTO_SELECTION  # noqa: E402
+from training.data import load_photos as photo_paths  # noqa: E402
+from training.evaluate import wilson_interval  # noqa: E402
 
 UPPER = ("T-shirt/top", "Pullover", "Coat", "Shirt")
 FOOTWEAR = ("Sandal", "Sneaker", "Ankle boot")
@@ -63,7 +70,8 @@ LARGE_JPEG_SIZE = (4000, 3000)
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--photos", default="/work/shared/data/clothing_photos", help="the clothing_photos folder")
-    p.add_argument("--split", default="validation", choices=("validation", "train"))
+    p.add_argument("--split", default=PHOTO_REPORT, choices=(PHOTO_REPORT, PHOTO_SELECTION, PHOTO_FIT, "train"),
+                   help="selection/fit: the parts of train carved by training.data.photo_selection_split")
     p.add_argument("--model", default="weights", help="model folder")
     p.add_argument("--out", default=str(common.RESULTS), help="results folder")
     p.add_argument("--jpeg-repeats", type=int, default=20, help="timed classifies of the 4000x3000 JPEG")
@@ -74,9 +82,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def load_photos(root: Path, split: str) -> list[tuple[str, Path, Image.Image]]:
     """(folder, path, decoded RGB image) for every photo of the split, folders in the README's order."""
+    paths = photo_paths(root, split, (*FOLDERS, *OUT_OF_CLASSES))
     photos = []
     for folder in (*FOLDERS, *OUT_OF_CLASSES):
-        for path in sorted((root / split / folder).glob("*.jpg")):
+        for path in (p for p, f in paths if f == folder and p.suffix == ".jpg"):
             with Image.open(path) as img:
                 photos.append((folder, path, img.convert("RGB")))
     if not photos:
@@ -101,8 +110,9 @@ def scores(folders: list[str], preds: list[str]) -> dict:
             row |= {"strict": float(np.mean([x in strict for x in p])), "coarse": float(np.mean([x in coarse for x in p]))}
         out[folder] = row
     scored = [(f, pred) for f, pred in zip(folders, preds) if f in FOLDERS]
-    out["all seven"] = {"n": len(scored),
-                        "strict": float(np.mean([pred in FOLDERS[f][0] for f, pred in scored])),
+    strict = sum(pred in FOLDERS[f][0] for f, pred in scored)
+    out["all seven"] = {"n": len(scored), "strict": strict / len(scored),
+                        "strict_ci95": list(wilson_interval(strict, len(scored))),
                         "coarse": float(np.mean([pred in FOLDERS[f][1] for f, pred in scored]))}
     return out
 
@@ -189,6 +199,8 @@ def markdown(res: dict, info: dict) -> str:
         + ". Strict and coarse accuracy as defined in the "
         "photos' README (hat, shorts and skirt are outside the ten classes: most frequent predictions only).",
         common.md_table(["folder", "n", "strict old %", "strict new %", "coarse old %", "coarse new %"], rows),
+        "Strict accuracy of the served path over the seven folders: {:.1%} (Wilson 95% interval {:.1%}-{:.1%}).".format(
+            new["all seven"]["strict"], *new["all seven"]["strict_ci95"]),
         common.md_table(["folder", "n", "old: top predictions", "new: top predictions"], others),
         "Time per photo: CPU time of this process (robust to other work on a shared machine) and wall time, "
         "median; the 4000x3000 JPEG classify is decode + preprocess + predict.",
@@ -228,7 +240,7 @@ def main(argv=None) -> int:
     if cli.mappings:
         res["mappings"] = compare_mappings(model, folders, images)
     md = markdown(res, info)
-    name = "photos" if cli.split == "validation" else f"photos_{cli.split}"
+    name = "photos" if cli.split == PHOTO_REPORT else f"photos_{cli.split}"
     json_path, md_path = common.write_results(cli.out, name, {"info": info, **res}, md)
     print(md)
     print(f"[photos] wrote {json_path} and {md_path}")

@@ -51,6 +51,9 @@ GRABCUT_ITERATIONS = 2
 SEED_BG_DISTANCE = 20.0
 MIN_SEED_PIXELS = 16           # fewer probable-foreground pixels than this: nothing to cut
 OPEN_RADIUS = 1                # px at WORK_SIDE: removes strokes up to ~2 px wide (hanger wire)
+# A second component at least this share of the largest one's area is kept too (a pair of shoes
+# seen from above, two halves of a garment split by a shadow); None: the largest component only.
+PAIR_SHARE: float | None = None
 MIN_MASK_SHARE = 0.01          # a cut smaller than this is no garment: fall back to colour distance
 FALLBACK_DISTANCE = 12.0       # the fallback's CIELAB distance from the border's median colour
 RECTANGLE_FILL = 0.9           # a kept region filling its box this much is a backdrop, not a garment
@@ -194,15 +197,18 @@ def _colour_distance_mask(small: np.ndarray) -> np.ndarray:
 
 
 def _clean(mask: np.ndarray) -> np.ndarray:
-    """Opening, the largest 8-connected component, holes filled."""
+    """Opening, the largest 8-connected component (and those near its size, with PAIR_SHARE), holes filled."""
     if OPEN_RADIUS:
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * OPEN_RADIUS + 1,) * 2)
         mask = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, kernel)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     if n <= 1:
         return np.zeros(mask.shape, bool)
-    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    return _fill_holes(labels == largest)
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    if PAIR_SHARE is not None:
+        kept = 1 + np.flatnonzero(areas >= PAIR_SHARE * areas.max())
+        return _fill_holes(np.isin(labels, kept))
+    return _fill_holes(labels == 1 + int(np.argmax(areas)))
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:

@@ -241,3 +241,23 @@ def test_degenerate_inputs_give_a_valid_look(image):
 def test_wrong_shape_is_refused():
     with pytest.raises(ValueError, match="RGB"):
         segment.photo_look(np.zeros((10, 10, 4), np.float32))
+
+
+def _pair_photo(second: float) -> np.ndarray:
+    """Two dark shoes side by side on a light floor: the right one `second` times the left's width."""
+    rgb = np.full((160, 200, 3), 0.85, np.float32)
+    rgb[50:110, 30:90] = (0.2, 0.15, 0.1)
+    rgb[50:110, 110:110 + round(60 * second)] = (0.2, 0.15, 0.1)
+    return rgb
+
+
+def test_a_pair_is_kept_whole_only_with_pair_share(monkeypatch):
+    """Today's cut keeps the largest component (one shoe of a pair); with PAIR_SHARE it keeps every
+    component at least that share of the largest, and still drops specks far smaller."""
+    one = segment.garment_mask(_pair_photo(0.9))
+    assert one[80, 60] and not one[80, 140]
+    monkeypatch.setattr(segment, "PAIR_SHARE", 0.5)
+    both = segment.garment_mask(_pair_photo(0.9))
+    assert both[80, 60] and both[80, 140]
+    speck = segment.garment_mask(_pair_photo(0.2))          # a second object a fifth the size: dropped
+    assert speck[80, 60] and not speck[80, 115]
