@@ -32,6 +32,7 @@ from explain.render import share
 from model import FashionCNN, WeightsError, count_parameters
 from modelrepo.folder import OpenedModel, open_model
 from modelrepo.ood import OODDetector
+from modelrepo import verdict
 from imaging.preprocess import normalize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,8 +47,8 @@ TOP_CLASSES = 3                        # classes listed in a prediction
 CURVE_STEPS = 14
 
 
-GUESS = ("This does not look like the garments the model was trained on: the class below is a "
-         "guess, and the maps explain a guess.")
+GUESS = ("This does not look like the garments the model knows, neither its training images nor garment "
+         "photos: it is probably not a garment. The class below is a guess, and the maps explain a guess.")
 
 
 @dataclass
@@ -55,8 +56,10 @@ class Assessment:
     """A prediction with what a visitor needs to weigh it."""
     probs: np.ndarray                 # (num_classes,) as served
     ood_score: float | None           # higher = further from the training data; None without a detector
-    in_distribution: bool | None      # None without a detector
+    in_distribution: bool | None      # not "not-a-garment"; None without a detector
     confidence: str                   # the calibrated confidence, or the out-of-distribution verdict, in words
+    kind: str | None = None           # verdict.KINDS: fashion-mnist-like, garment-photo, not-a-garment
+    ood_threshold: float | None = None   # the threshold of the detector that judged (the photo one for a photo)
 
 
 class RequestError(ValueError):
@@ -150,14 +153,28 @@ class Service:
         self.serving = copy.deepcopy(self.model).optimize_for_inference_()
         self.batcher = Batcher(lambda x: self._forward(self.serving, x))
         self.photo_model = self.model.for_photos()
+        self.verdict, self.verdict_error = self._load_verdict(loaded)
+        # A segmented photo is judged by the photo detector, fitted on garment photos; without
+        # one (older weights), by the Fashion-MNIST detector as before.
+        self.photo_detector = self.verdict.detector if self.verdict is not None else self.detector
         self.photo_serving, self.photo_batcher = self.serving, self.batcher
         if self.photo_model is not self.model:
             self.photo_serving = copy.deepcopy(self.photo_model).optimize_for_inference_()
-            self.photo_batcher = Batcher(lambda x: self._forward(self.photo_serving, x))
+        if self.photo_serving is not self.serving or self.photo_detector is not self.detector:
+            self.photo_batcher = Batcher(lambda x: self._forward(self.photo_serving, x, self.photo_detector))
         self.artefacts = load_artefacts(loaded.folder, short_path)
         self.labels = list(self.model.label_names)
         self._explain_lock = threading.Lock()
         self.on_use = lambda: None        # called after each use of the network (the idle trimmer)
+
+    def _load_verdict(self, loaded: LoadedModel) -> tuple[verdict.Verdict | None, str | None]:
+        """The photo verdict beside the weights, or None and why (the weights still serve)."""
+        if not (loaded.folder / verdict.VERDICT_META).exists():
+            return None, "no photo verdict in the model folder"
+        try:
+            return verdict.Verdict.load(loaded.folder, self.model), None
+        except verdict.VerdictError as e:
+            return None, str(e)[:300]
 
     @contextmanager
     def _turn(self):
@@ -170,13 +187,13 @@ class Service:
         return normalize(look, cfg.mean, cfg.std)[None, None]      # (1, 1, 28, 28)
 
     @torch.inference_mode()
-    def _forward(self, serving: FashionCNN, x: torch.Tensor) -> list[tuple[np.ndarray, float | None]]:
+    def _forward(self, serving: FashionCNN, x: torch.Tensor, detector=None) -> list[tuple[np.ndarray, float | None]]:
         """(probabilities, OOD score or None) per image of a batch, from one pass of a serving copy.
 
         Every prediction carries its score: in a batch the detector costs little, and one path
         means /classify and /analyse can never disagree on the probabilities.
         """
-        detector = self.detector
+        detector = self.detector if detector is None else detector
         if detector is None:
             return [(p, None) for p in serving.predict_proba(x).numpy()]
         probs, scores = detector.predict(serving, x)
@@ -202,38 +219,47 @@ class Service:
 
     def assess(self, look: np.ndarray, photo: bool = False) -> Assessment:
         """Probabilities, the out-of-distribution score and verdict, and the confidence in words."""
-        return self._assessment(*self._predict(look, photo))
+        return self._assessment(*self._predict(look, photo), photo)
 
     async def assess_async(self, look: np.ndarray, photo: bool = False) -> Assessment:
         """`assess` for a coroutine."""
-        return self._assessment(*(await self._predict_async(look, photo)))
+        return self._assessment(*(await self._predict_async(look, photo)), photo)
 
-    def _assessment(self, probs: np.ndarray, score: float | None) -> Assessment:
-        detector = self.detector
+    def _assessment(self, probs: np.ndarray, score: float | None, photo: bool = False) -> Assessment:
+        detector = self.photo_detector if photo else self.detector
         if detector is None or score is None:
-            return Assessment(probs, None, None, self.confidence_sentence(probs))
-        inside = not bool(detector.flag(torch.tensor([score]))[0])
-        return Assessment(probs, score, inside, self.confidence_sentence(probs) if inside else GUESS)
+            return Assessment(probs, None, None, self.confidence_sentence(probs, photo))
+        flagged = bool(detector.flag(torch.tensor([score]))[0])
+        return Assessment(probs, score, not flagged, GUESS if flagged else self.confidence_sentence(probs, photo),
+                          verdict.kind(photo, flagged), detector.threshold)
 
-    def confidence_sentence(self, probs: np.ndarray) -> str:
-        """How often the model was right on test images at this confidence (the reliability bins)."""
+    def confidence_sentence(self, probs: np.ndarray, photo: bool = False) -> str:
+        """How often the model was right at this confidence: on test images (the reliability bins of
+        evaluation/metrics.json), or for a photo on held-out garment photos (verdict.json's bins)."""
         top = float(probs.max())
+        name = self.labels[int(probs.argmax())]
+        if photo:
+            hit = self.verdict.reliability(top) if self.verdict is not None else None
+            if hit is None or hit["count"] < 20:
+                return (f"{name} at {top:.0%}, from a photo: the model is less sure on photos than on the images "
+                        "it was trained on, and too few held-out photos were this confident to say how often that is right.")
+            return (f"{name} at {top:.0%}, from a photo: the model is less sure on photos. At this confidence "
+                    f"({hit['lo']:.0%}-{hit['hi']:.0%}) it was right on {hit['accuracy']:.0%} of {hit['count']:,} "
+                    "held-out garment photos.")
         bins = ((self.artefacts.metrics or {}).get("calibration") or {}).get("bins") or []
         hit = next((b for b in bins if b["lo"] < top <= b["hi"]), None)
-        name = self.labels[int(probs.argmax())]
         if hit is None or hit["count"] < 20:
             return f"{name} at {top:.0%}: too few test images were this confident to say how often that is right."
         return (f"{name} at {top:.0%}: at this confidence ({hit['lo']:.0%}-{hit['hi']:.0%}) the model was right on "
                 f"{hit['accuracy']:.0%} of {hit['count']:,} test images.")
 
     def analysis(self, a: Assessment) -> dict:
-        """The /analyse answer from an assessment: label, probabilities, out-of-distribution verdict
-        and confidence."""
-        detector = self.detector
+        """The /analyse answer from an assessment: label, probabilities, the verdict (`kind`, and
+        `in_distribution`: not "not-a-garment"), the score and threshold of the detector that judged,
+        and the confidence in words."""
         return {"label": self.labels[int(a.probs.argmax())], "probabilities": self.confidences(a.probs),
-                "in_distribution": a.in_distribution, "ood_score": a.ood_score,
-                "ood_threshold": detector.threshold if detector is not None else None,
-                "confidence": a.confidence}
+                "in_distribution": a.in_distribution, "kind": a.kind, "ood_score": a.ood_score,
+                "ood_threshold": a.ood_threshold, "confidence": a.confidence}
 
     def confidences(self, probs: np.ndarray) -> dict[str, float]:
         return {name: float(p) for name, p in zip(self.labels, probs)}
@@ -293,4 +319,6 @@ class Service:
                 "test_accuracy": m.get("accuracy"), "ece": (m.get("calibration") or {}).get("ece"),
                 "methods": list(explain.METHODS), "missing_artefacts": self.artefacts.problems,
                 "ood": ({"score": self.detector.score_name, "threshold": self.detector.threshold}
-                        if self.detector is not None else {"unavailable": self.loaded.detector_error or "no detector"})}
+                        if self.detector is not None else {"unavailable": self.loaded.detector_error or "no detector"}),
+                "photo_verdict": ({"score": self.verdict.detector.score_name, "threshold": self.verdict.detector.threshold}
+                                  if self.verdict is not None else {"unavailable": self.verdict_error})}

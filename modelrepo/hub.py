@@ -15,14 +15,15 @@ from pathlib import Path
 
 from model import CONFIG_FILE, WEIGHTS_FILE
 from modelrepo.ood import DETECTOR_FILE, META_FILE
+from modelrepo.verdict import VERDICT_FILES
 
 HUB_DATASET = "zalando-datasets/fashion_mnist"
 LICENSE = "mit"
 TAGS = ["fashion-mnist", "image-classification", "captum"]
 LIBRARY_NAME, PIPELINE_TAG = "pytorch", "image-classification"   # the model card's metadata
-# What a served model needs from its repo (the out-of-distribution detector when it has one), and
-# what the dashboard shows when present.
-MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, META_FILE, DETECTOR_FILE)
+# What a served model needs from its repo (the out-of-distribution detector and the photo verdict
+# when it has them), and what the dashboard shows when present.
+MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, META_FILE, DETECTOR_FILE, *VERDICT_FILES)
 ARTEFACT_PATTERNS = ("training_history.json", "evaluation/*")
 DEFAULT_TIMEOUT_S = 20.0
 

@@ -20,7 +20,7 @@ from dashboard.service import GUESS
 
 SLICE = REPO / "tests" / "data" / "fashion_mnist"
 PHOTOS = REPO / "examples" / "photos"
-KEYS = {"label", "probabilities", "in_distribution", "ood_score", "ood_threshold", "confidence"}
+KEYS = {"label", "probabilities", "in_distribution", "kind", "ood_score", "ood_threshold", "confidence"}
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,224 @@
+"""The three-way verdict (modelrepo/verdict.py) on every reported set, in process, routed as the app routes each image.
+
+Each image goes through `preprocess.look_and_mask`; a segmented photo is answered by the photo
+network (`for_photos()`) and judged by the photo detector (verdict.safetensors), anything else by
+the network as trained and the Fashion-MNIST detector (ood.safetensors). Its verdict is
+`verdict.kind`: fashion-mnist-like, garment-photo or not-a-garment. bench/ood_http.py checks that
+the running app's /analyse gives the same verdicts.
+
+The photo detector and its threshold were fitted and chosen on the photo *train* split only
+(training/fit_verdict.py: fit part and selection part). The in-class photos of the validation split
+are read here once, for the bar, and reported with a 95% Wilson interval.
+
+    python bench/verdict.py                                   # every set
+    python bench/verdict.py --limit 200 --results-dir /tmp/bench   # a quicker look
+
+Writes <results-dir>/verdict.json and verdict.md (default bench/results/).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as common  # noqa: E402  (puts the repository root on sys.path)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from imaging.preprocess import look_and_mask  # noqa: E402
+from modelrepo import ood, verdict  # noqa: E402
+from modelrepo.folder import open_model  # noqa: E402
+from ood_sets import PER_FAMILY, PHOTO_CLASSES, PHOTO_OUTSIDE, constants, photos, sketches, uniform_noise  # noqa: E402
+from training.data import load_images  # noqa: E402
+from training.evaluate import wilson_interval  # noqa: E402
+
+DATA = common.REPO.parent / "shared" / "data"
+NATURAL = common.REPO / "tests" / "data" / "natural"
+FMNIST, MNIST, NOISE, CONSTANT = "Fashion-MNIST test", "MNIST test digits", "uniform noise", "constant images"
+NATURAL_SET = "natural non-garment photos (tests/data/natural)"
+IN_CLASS, OUTSIDE = "photos, seven in-class folders (validation)", "photos: hat/shorts/skirt (validation)"
+DRAWN = "garment drawings (tests/drawings.py)"
+# Issue 30's bars on the share called not-a-garment: (at most, at least).
+BARS = {IN_CLASS: (0.10, None), MNIST: (None, 0.97), NOISE: (None, 1.0), CONSTANT: (None, 1.0),
+        NATURAL_SET: (None, 0.90), FMNIST: (0.05, None)}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default=str(common.REPO / "weights"), help="model folder (with ood.* and verdict.*)")
+    p.add_argument("--fashion-mnist", default=str(DATA / "fashion_mnist"))
+    p.add_argument("--mnist", default=str(DATA / "mnist"))
+    p.add_argument("--photos", default=str(DATA / "clothing_photos"))
+    p.add_argument("--results-dir", default=str(common.RESULTS))
+    p.add_argument("--per-family", type=int, default=PER_FAMILY, help="images of uniform noise; sketches: a tenth")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic sets (stream 1, as bench/ood.py)")
+    p.add_argument("--limit", type=int, default=0, help="only the first N images of each set (0: all)")
+    return p.parse_args(argv)
+
+
+def natural_photos(folder: Path = NATURAL) -> list[tuple[Image.Image, str]]:
+    """The committed non-garment photos (their README names source and licence), as RGB."""
+    out = []
+    for path in sorted(folder.glob("*")):
+        if path.suffix in (".jpg", ".png"):
+            with Image.open(path) as img:
+                out.append((img.convert("RGB"), path.stem))
+    return out
+
+
+def reported_sets(args) -> dict[str, list]:
+    """Every set by name, as images for the serving path; the in-class validation photos are (image, folder)."""
+    from datasets import load_dataset
+    rng = np.random.default_rng([args.seed, 1])
+    sets = {FMNIST: list(load_images(args.fashion_mnist, "test")[2]),
+            MNIST: [np.asarray(im.convert("L")) for im in load_dataset(str(args.mnist), split="test")["image"]],
+            NOISE: uniform_noise(args.per_family, rng), CONSTANT: constants(min(args.per_family, 256)),
+            NATURAL_SET: [img for img, _ in natural_photos()]}
+    sets |= {f"sketches: {k}": v for k, v in sketches(args.per_family // 10, rng).items()}
+    sys.path.insert(0, str(common.REPO / "tests"))
+    from drawings import drawings
+    sets[DRAWN] = [img for _, _, img in drawings()]
+    sets[OUTSIDE] = [img for img, _ in photos(args.photos, "validation", PHOTO_OUTSIDE)]
+    sets[IN_CLASS] = photos(args.photos, "validation", PHOTO_CLASSES)
+    return {k: v[:args.limit or None] for k, v in sets.items()}
+
+
+@torch.no_grad()
+def served_verdicts(model, detector, photo_verdict, images) -> dict:
+    """What the app answers for each image: routed (photo or not), probabilities (N, C) of the network
+    that answers it, the score of the detector that judges it, and the verdict `kind`."""
+    seen = [look_and_mask(img) for img in images]
+    x = ood.as_input(model, torch.from_numpy(np.stack([s.look for s in seen])))
+    photo = torch.tensor([s.photo for s in seen])
+    probs, scores, flagged = torch.empty(len(x), model.config.num_classes), torch.empty(len(x)), torch.empty(len(x), dtype=torch.bool)
+    for route, network, judge in ((False, model, detector), (True, model.for_photos(), photo_verdict.detector)):
+        idx = (photo == route).nonzero()[:, 0]
+        for part in idx.split(1000):
+            if len(part):
+                probs[part], scores[part] = judge.predict(network, x[part])
+                flagged[part] = judge.flag(scores[part])
+    kinds = [verdict.kind(bool(p), bool(f)) for p, f in zip(photo, flagged)]
+    return {"photo": photo, "probs": probs, "scores": scores, "kinds": kinds}
+
+
+def kind_row(kinds: list[str]) -> dict:
+    n = len(kinds)
+    k = sum(v == verdict.NOT_A_GARMENT for v in kinds)
+    lo, hi = wilson_interval(k, n)
+    return {"n": n, "not_a_garment": k / n, "not_a_garment_ci95": [lo, hi],
+            "kinds": {v: sum(x == v for x in kinds) / n for v in verdict.KINDS}}
+
+
+def in_class_rows(model, result: dict, folders: list[str], photo_verdict) -> dict:
+    """Per folder not-a-garment; strict accuracy of the photos called garment photos; the shipped
+    reliability bins against what the validation photos show in each."""
+    names = [model.label_names[i] for i in result["probs"].argmax(1).tolist()]
+    right = torch.tensor([n in PHOTO_CLASSES[f] for n, f in zip(names, folders)])
+    garment = torch.tensor([k != verdict.NOT_A_GARMENT for k in result["kinds"]])
+    photo_garment = garment & result["photo"]
+    top = result["probs"].amax(1)
+    bins = []
+    for b in photo_verdict.bins:
+        inside = photo_garment & (top > b["lo"]) & (top <= b["hi"])
+        n = int(inside.sum())
+        bins.append({"lo": b["lo"], "hi": b["hi"], "selection_accuracy": b["accuracy"], "selection_count": b["count"],
+                     "validation_accuracy": float(right[inside].double().mean()) if n else None, "validation_count": n})
+    per_folder = {f: kind_row([k for k, g in zip(result["kinds"], folders) if g == f]) for f in PHOTO_CLASSES}
+    return {"per_folder": per_folder, "strict_accuracy_all": float(right.double().mean()),
+            "strict_accuracy_garment": float(right[garment].double().mean()) if garment.any() else None,
+            "routed_as_photos": float(result["photo"].double().mean()), "reliability": bins}
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    opened = open_model(args.model)
+    model, detector = opened.model, opened.detector
+    if detector is None:
+        raise SystemExit(f"{args.model}: no usable Fashion-MNIST detector ({opened.detector_error})")
+    photo_verdict = verdict.Verdict.load(args.model, model)
+    sets = reported_sets(args)
+    rows, extra = {}, {}
+    for name, images in sets.items():
+        folders = None
+        if name == IN_CLASS:
+            images, folders = [img for img, _ in images], [f for _, f in images]
+        result = served_verdicts(model, detector, photo_verdict, images)
+        rows[name] = kind_row(result["kinds"]) | {"routed_as_photos": float(result["photo"].double().mean())}
+        if name == NATURAL_SET:
+            extra["natural_per_image"] = {n: k for (_, n), k in zip(natural_photos(), result["kinds"])}
+        if folders:
+            extra["in_class"] = in_class_rows(model, result, folders, photo_verdict)
+        print(f"[verdict] {name:50s} n {rows[name]['n']:>6,} not-a-garment {rows[name]['not_a_garment']:.3f}", flush=True)
+    report = {"command": common.command_line("bench/verdict.py"), "model": common.model_note(Path(args.model)),
+              "machine": common.machine_info(), "limit": args.limit, "seed": args.seed,
+              "detectors": {"fashion_mnist": {"score": detector.score_name, "threshold": detector.threshold},
+                            "photo": {"score": photo_verdict.detector.score_name,
+                                      "threshold": photo_verdict.detector.threshold,
+                                      "protocol": photo_verdict.meta.get("protocol")}},
+              "bars": {k: {"at_most": lo, "at_least": hi} for k, (lo, hi) in BARS.items()},
+              "sets": rows, **extra}
+    common.write_results(args.results_dir, "verdict", report, markdown(report))
+    print(markdown(report))
+
+
+def pct(v: float | None) -> str:
+    return "" if v is None else f"{100 * v:.1f}%"
+
+
+def bar_text(bar: dict | None) -> str:
+    if not bar:
+        return ""
+    return f"<= {pct(bar['at_most'])}" if bar["at_most"] is not None else f">= {pct(bar['at_least'])}"
+
+
+def met(row: dict, bar: dict | None) -> str:
+    if not bar:
+        return ""
+    v = row["not_a_garment"]
+    ok = v <= bar["at_most"] if bar["at_most"] is not None else v >= bar["at_least"]
+    return "yes" if ok else "**no**"
+
+
+def markdown(r: dict) -> str:
+    photo = r["detectors"]["photo"]
+    proto = photo.get("protocol") or {}
+    lines = ["# The three-way verdict: fashion-mnist-like, garment-photo, not-a-garment", "",
+             f"Model: {r['model']}. Command: `{r['command']}`. Machine: {r['machine']['cpu_model']}, "
+             f"{r['machine']['cpu_count']} cores, torch {r['machine']['torch']}.", "",
+             f"Non-photos are judged by the Fashion-MNIST detector ({r['detectors']['fashion_mnist']['score']}, threshold "
+             f"{r['detectors']['fashion_mnist']['threshold']:.6g}); segmented photos by the photo detector "
+             f"({photo['score']}, threshold {photo['threshold']:.6g}: the {proto.get('keep', 0):.0%} quantile of "
+             f"{proto.get('selection_photos', '?')} held-out selection photos of the train split; Gaussians fitted on "
+             f"{proto.get('fit_photos', '?')} fit photos, covariance {proto.get('covariance', '?')}). Validation photos "
+             "are read once, here. Interval: 95% Wilson.", ""]
+    rows = []
+    for name, s in r["sets"].items():
+        bar = r["bars"].get(name)
+        lo, hi = s["not_a_garment_ci95"]
+        rows.append([name, f"{s['n']:,}", pct(s["routed_as_photos"]), pct(s["kinds"][verdict.FASHION_MNIST_LIKE]),
+                     pct(s["kinds"][verdict.GARMENT_PHOTO]), f"{pct(s['not_a_garment'])} ({pct(lo)} to {pct(hi)})",
+                     bar_text(bar), met(s, bar)])
+    lines.append(common.md_table(["set", "images", "routed as photos", "fashion-mnist-like", "garment-photo",
+                                  "not-a-garment (95% CI)", "bar", "met"], rows))
+    ic = r.get("in_class")
+    if ic:
+        lines += ["", "In-class validation photos called not-a-garment, per folder: "
+                  + ", ".join(f"{f} {pct(v['not_a_garment'])} of {v['n']}" for f, v in ic["per_folder"].items())
+                  + f". Strict accuracy: {pct(ic['strict_accuracy_all'])} of all, {pct(ic['strict_accuracy_garment'])} "
+                  "of those called a garment.", "",
+                  "The confidence sentence of a garment photo (bins of the top probability, counted on the selection "
+                  "photos called garment photos) against the validation photos called garment photos:", "",
+                  common.md_table(["top probability", "selection: right (photos)", "validation: right (photos)"],
+                                  [[f"{b['lo']:.0%}-{b['hi']:.0%}", f"{pct(b['selection_accuracy'])} ({b['selection_count']})",
+                                    f"{pct(b['validation_accuracy'])} ({b['validation_count']})"] for b in ic["reliability"]])]
+    if "natural_per_image" in r:
+        lines += ["", "Natural photos, per image: " + ", ".join(f"{n} {k}" for n, k in r["natural_per_image"].items()) + "."]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

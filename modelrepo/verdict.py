@@ -1,0 +1,189 @@
+"""The three-way verdict on an input: a garment like the training images, a garment photo, or not a garment.
+
+The Fashion-MNIST detector (modelrepo/ood.py) was fitted on the training images; it judges every
+input the app does not route as a photo (Fashion-MNIST-like images, drawings). A segmented photo is
+judged instead by the photo detector kept here (`PhotoDetector`): Gaussians of the photo network's
+features (`FashionCNN.for_photos`, its pooled stages plus `ood.look_stats`) of garment photos, one
+per photo folder, with a threshold set on held-out photos. Photos of garments differ from
+Fashion-MNIST far more than Fashion-MNIST images differ from each other, so the Fashion-MNIST
+threshold calls most of them "unlike the training data"; the photo detector asks only whether a photo
+is like the garment photos.
+
+    >>> from modelrepo.verdict import Verdict
+    >>> verdict = Verdict.load("weights", model)                # None-free: raises VerdictError if absent
+    >>> probs, score = verdict.detector.predict(model.for_photos(), x)
+    >>> verdict.kind(photo=True, flagged=verdict.detector.flag(score))     # "garment-photo" or "not-a-garment"
+    >>> verdict.reliability(0.83)                               # how often photos this confident were right
+
+Two files beside the weights: `verdict.safetensors` (means, whiten, log_prior) and `verdict.json`
+(the folders, the threshold, the reliability bins of held-out photos, the protocol, the weights'
+sha256). training/fit_verdict.py writes them. This module imports model and modelrepo only.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from model import WEIGHTS_FILE, FashionCNN
+from modelrepo.ood import LOOK_STATS, density_input, file_sha256, log_density
+
+FASHION_MNIST_LIKE, GARMENT_PHOTO, NOT_A_GARMENT = "fashion-mnist-like", "garment-photo", "not-a-garment"
+KINDS = (FASHION_MNIST_LIKE, GARMENT_PHOTO, NOT_A_GARMENT)
+VERDICT_TENSORS, VERDICT_META = "verdict.safetensors", "verdict.json"
+VERDICT_FILES = (VERDICT_META, VERDICT_TENSORS)
+FORMAT_VERSION = 1
+# The photo features: every pooled stage and the look's statistics (ood.py's "gda-layers+look"):
+# a segmented scene or texture can pool like a garment at the last stage while its look (ink, edges,
+# inside texture) is unlike a garment's.
+FEATURES = "gda-layers+look"
+TENSOR_FIELDS = ("means", "whiten", "log_prior")
+
+
+class VerdictError(ValueError):
+    """The verdict files are missing, damaged or do not fit the model; the message says which and why."""
+
+
+def kind(photo: bool, flagged: bool) -> str:
+    """The verdict of an input from its route (a segmented photo or not) and its detector's flag."""
+    if flagged:
+        return NOT_A_GARMENT
+    return GARMENT_PHOTO if photo else FASHION_MNIST_LIKE
+
+
+@dataclass
+class PhotoDetector:
+    """Gaussians (one per photo folder) of the photo network's features; scores above `threshold` are flagged.
+
+    means (G, D), whiten (K, D, D) with K = 1 (one covariance shared) or G, log_prior (G,).
+    Same calls as ood.OODDetector, so the service serves either alike.
+    """
+    means: torch.Tensor
+    whiten: torch.Tensor
+    log_prior: torch.Tensor
+    threshold: float = math.inf
+    score_name: str = f"photo {FEATURES}"
+
+    @torch.no_grad()
+    def score_views(self, model: FashionCNN, views: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Scores (B,), minus the log density, from served_features (V, B, F) and the normalised input x (B, 1, 28, 28)."""
+        return -log_density(density_input(model, FEATURES, views, x), self.means, self.whiten, self.log_prior)
+
+    @torch.no_grad()
+    def score(self, model: FashionCNN, x: torch.Tensor) -> torch.Tensor:
+        return self.score_views(model, model.served_features(x), x)
+
+    @torch.no_grad()
+    def predict(self, model: FashionCNN, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(served probabilities (B, C), scores (B,)) from one forward pass of `model` (the photo network)."""
+        views = model.served_features(x)
+        return model.served_proba(views), self.score_views(model, views, x)
+
+    def flag(self, scores: torch.Tensor) -> torch.Tensor:
+        """True where a photo is unlike the garment photos: not a garment."""
+        return scores > self.threshold
+
+
+@dataclass
+class Verdict:
+    """The photo detector and how often held-out photos were right at each confidence."""
+    detector: PhotoDetector
+    folders: list[str]                      # the photo folder of each Gaussian
+    bins: list[dict] = field(default_factory=list)   # {lo, hi, count, right, accuracy} of held-out garment photos
+    meta: dict = field(default_factory=dict)          # the rest of verdict.json (protocol, sources)
+
+    kind = staticmethod(kind)
+
+    def reliability(self, top: float) -> dict | None:
+        """The bin (lo, hi] that holds a top probability, or None."""
+        return next((b for b in self.bins if b["lo"] < top <= b["hi"]), None)
+
+    def save(self, folder: str | Path, weights: str | Path | None = None) -> None:
+        """Write verdict.safetensors and verdict.json; the json records the sha256 of `weights`
+        (default: the folder's model.safetensors)."""
+        from safetensors.torch import save_file
+        d = self.detector
+        if not math.isfinite(d.threshold):
+            raise VerdictError("the photo detector has no threshold yet")
+        folder = Path(folder)
+        weights = Path(weights) if weights else folder / WEIGHTS_FILE
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {k: getattr(d, k).contiguous() for k in TENSOR_FIELDS}
+        save_file(tensors, str(folder / VERDICT_TENSORS))
+        meta = {**self.meta, "format_version": FORMAT_VERSION, "features": FEATURES, "threshold": d.threshold,
+                "higher_is_not_a_garment": True, "folders": self.folders, "reliability_bins": self.bins,
+                "shapes": {k: list(v.shape) for k, v in tensors.items()},
+                "weights_sha256": file_sha256(weights) if weights.is_file() else None}
+        (folder / VERDICT_META).write_text(json.dumps(meta, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: str | Path, model: FashionCNN | None = None) -> "Verdict":
+        """Read what `save` wrote; with `model`, check that the Gaussians fit its features.
+
+        Raises:
+            VerdictError: a missing or unreadable file, misshapen or non-finite statistics, or
+                statistics of other weights (when the folder holds model.safetensors).
+        """
+        folder = Path(folder)
+        meta = _read_meta(folder / VERDICT_META)
+        tensors = _read_tensors(folder / VERDICT_TENSORS, meta)
+        recorded, weights = meta.get("weights_sha256"), folder / WEIGHTS_FILE
+        if recorded and weights.is_file() and file_sha256(weights) != recorded:
+            raise VerdictError(f"{folder / VERDICT_META}: fitted for other weights than {weights}: "
+                               "refit with python -m training.fit_verdict")
+        detector = PhotoDetector(threshold=float(meta["threshold"]), **{k: v.float().clone() for k, v in tensors.items()})
+        if model is not None:
+            widths = model.config.widths
+            if detector.means.shape[1] != sum(widths) + LOOK_STATS:
+                raise VerdictError(f"{folder / VERDICT_TENSORS}: {detector.means.shape[1]} features, this model has "
+                                   f"{sum(widths) + LOOK_STATS}: fitted for other weights?")
+        rest = {k: v for k, v in meta.items() if k not in ("folders", "reliability_bins", "shapes", "threshold")}
+        return cls(detector, list(meta["folders"]), list(meta["reliability_bins"]), rest)
+
+
+def _read_meta(path: Path) -> dict:
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise VerdictError(f"{path}: missing: no photo verdict in this folder "
+                           "(python -m training.fit_verdict fits one)") from None
+    except (OSError, ValueError) as e:
+        raise VerdictError(f"{path}: not readable JSON ({e})") from None
+    need = {"threshold", "folders", "reliability_bins", "shapes", "features"}
+    if not isinstance(meta, dict) or not need <= set(meta):
+        raise VerdictError(f"{path}: expected an object with {sorted(need)}")
+    if meta.get("format_version") != FORMAT_VERSION or meta["features"] != FEATURES:
+        raise VerdictError(f"{path}: format {meta.get('format_version')!r} of {meta['features']!r} features; "
+                           f"this code reads {FORMAT_VERSION} of {FEATURES!r}")
+    t = meta["threshold"]
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
+        raise VerdictError(f"{path}: threshold {t!r} is not a finite number")
+    for b in meta["reliability_bins"]:
+        if not (isinstance(b, dict) and {"lo", "hi", "count", "accuracy"} <= set(b)):
+            raise VerdictError(f"{path}: a reliability bin needs lo, hi, count and accuracy, got {b!r}"[:300])
+    return meta
+
+
+def _read_tensors(path: Path, meta: dict) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+    try:
+        tensors = load_file(str(path))
+    except FileNotFoundError:
+        raise VerdictError(f"{path}: missing ({VERDICT_META} is there, the statistics it describes are not)") from None
+    except Exception as e:  # safetensors raises several types for truncated or garbled files
+        raise VerdictError(f"{path}: not a readable safetensors file ({e})"[:400]) from None
+    if set(tensors) != set(TENSOR_FIELDS):
+        raise VerdictError(f"{path}: needs tensors {list(TENSOR_FIELDS)}, has {sorted(tensors)}")
+    for k, v in tensors.items():
+        if list(v.shape) != meta["shapes"].get(k) or not v.is_floating_point() or not torch.isfinite(v).all():
+            raise VerdictError(f"{path}: {k} is not {meta['shapes'].get(k)} finite floating-point values")
+    g, d = tensors["means"].shape
+    if tensors["whiten"].shape[0] not in (1, g) or tuple(tensors["whiten"].shape[1:]) != (d, d) \
+            or list(tensors["log_prior"].shape) != [g] or len(meta["folders"]) != g:
+        raise VerdictError(f"{path}: shapes {meta['shapes']} do not fit {g} folders of {d} features")
+    if not (tensors["whiten"].diagonal(dim1=-2, dim2=-1) > 0).all() or tensors["whiten"].triu(1).any():
+        raise VerdictError(f"{path}: whiten is not a whitening factor (lower triangular, positive diagonal)")
+    return tensors

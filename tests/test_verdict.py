@@ -1,0 +1,156 @@
+"""The three-way verdict: fashion-mnist-like, garment-photo, not-a-garment (modelrepo/verdict.py).
+
+- The rule, the files (written, read back, refused when damaged or fitted for other weights) and the
+  shipped verdict beside the committed weights.
+- Through the real app: a Fashion-MNIST test image is fashion-mnist-like; the committed garment photos
+  (examples/photos) are garment photos, with a confidence sentence from held-out photos; an MNIST
+  digit, uniform noise and the committed natural photos (tests/data/natural) are not garments.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from gradio_client import handle_file
+from PIL import Image
+
+from helpers import REPO
+from model import load_model
+from modelrepo import ood
+from modelrepo.verdict import (FASHION_MNIST_LIKE, GARMENT_PHOTO, KINDS, NOT_A_GARMENT, VERDICT_META,
+                               VERDICT_TENSORS, PhotoDetector, Verdict, VerdictError, kind)
+from training.data import PHOTO_FOLDERS
+from training.fit_verdict import fit_detector, reliability_bins
+
+WEIGHTS = REPO / "weights"
+PHOTOS = REPO / "examples" / "photos"
+NATURAL = REPO / "tests" / "data" / "natural"
+SLICE = REPO / "tests" / "data" / "fashion_mnist"
+
+
+def test_the_verdict_follows_the_route_and_the_flag():
+    assert kind(photo=False, flagged=False) == FASHION_MNIST_LIKE
+    assert kind(photo=True, flagged=False) == GARMENT_PHOTO
+    assert kind(photo=False, flagged=True) == kind(photo=True, flagged=True) == NOT_A_GARMENT
+    assert set(KINDS) == {FASHION_MNIST_LIKE, GARMENT_PHOTO, NOT_A_GARMENT}
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model(WEIGHTS)
+
+
+@pytest.fixture
+def small_verdict(model, tmp_path) -> tuple[Verdict, torch.Tensor, Path]:
+    """A verdict fitted on Fashion-MNIST slice looks grouped in two, written to a folder of its own."""
+    from training.data import load_images
+    looks, labels, _ = load_images(str(SLICE), "test")
+    x = ood.as_input(model, looks)
+    detector = fit_detector(model, x, (labels >= 5).long(), 2, tied=True)
+    detector.threshold = ood.threshold_at(detector.score(model, x), 0.9)
+    top = model.predict_proba(x).amax(1)
+    v = Verdict(detector, ["low", "high"], reliability_bins(top, torch.ones(len(x), dtype=torch.bool)), {"protocol": {}})
+    v.save(tmp_path, weights=WEIGHTS / "model.safetensors")
+    return v, x, tmp_path
+
+
+def test_a_saved_verdict_reads_back_with_the_same_scores(model, small_verdict):
+    v, x, folder = small_verdict
+    back = Verdict.load(folder, model)
+    assert torch.equal(back.detector.score(model, x), v.detector.score(model, x))
+    assert back.detector.threshold == v.detector.threshold and back.folders == ["low", "high"]
+    flagged = back.detector.flag(back.detector.score(model, x)).double().mean()
+    assert 0.05 < flagged < 0.2                               # the 0.9 quantile: about a tenth above it
+    assert back.reliability(0.999)["hi"] == 1.0 and back.reliability(0.0) is None
+
+
+@pytest.mark.parametrize("damage", ["no tensors", "garbled tensors", "no json", "nan threshold", "other weights",
+                                    "other width"])
+def test_a_damaged_verdict_is_refused_with_the_reason(model, small_verdict, damage):
+    _, _, folder = small_verdict
+    meta = json.loads((folder / VERDICT_META).read_text())
+    if damage == "no tensors":
+        (folder / VERDICT_TENSORS).unlink()
+    elif damage == "garbled tensors":
+        (folder / VERDICT_TENSORS).write_bytes(b"\x00" * 64)
+    elif damage == "no json":
+        (folder / VERDICT_META).unlink()
+    elif damage == "nan threshold":
+        (folder / VERDICT_META).write_text(json.dumps(meta | {"threshold": math.nan}))
+    elif damage == "other weights":
+        shutil.copy(WEIGHTS / "model.safetensors", folder / "model.safetensors")
+        (folder / VERDICT_META).write_text(json.dumps(meta | {"weights_sha256": "0" * 64}))
+    else:
+        from safetensors.torch import load_file, save_file
+        t = load_file(str(folder / VERDICT_TENSORS))
+        d = t["means"].shape[1] - 1
+        t = {"means": t["means"][:, :d].contiguous(), "whiten": t["whiten"][:, :d, :d].contiguous(),
+             "log_prior": t["log_prior"]}
+        save_file(t, str(folder / VERDICT_TENSORS))
+        (folder / VERDICT_META).write_text(json.dumps(meta | {"shapes": {k: list(v.shape) for k, v in t.items()}}))
+    with pytest.raises(VerdictError, match=str(folder)):
+        Verdict.load(folder, model)
+
+
+def test_the_committed_weights_carry_a_verdict_fitted_on_train_photos_only(model):
+    v = Verdict.load(WEIGHTS, model)
+    assert isinstance(v.detector, PhotoDetector) and math.isfinite(v.detector.threshold)
+    protocol = v.meta["protocol"]
+    assert protocol["split"] == "train" and "validation" not in json.dumps(protocol)
+    assert set(v.folders) == {f for f, m in PHOTO_FOLDERS.items() if m.strict}
+    assert sum(b["count"] for b in v.bins) > 100 and all(b["accuracy"] is None or 0 <= b["accuracy"] <= 1 for b in v.bins)
+
+
+# ---------------------------------------------------------------------------------------------
+# Through the real app
+# ---------------------------------------------------------------------------------------------
+
+def analyse(client, image, folder: Path, name: str) -> dict:
+    path = folder / name
+    if not isinstance(image, Path):
+        Image.fromarray(image).save(path)
+        image = path
+    return client.predict(handle_file(str(image)), api_name="/analyse")
+
+
+def test_the_three_verdicts_through_the_app(client, tmp_path):
+    from training.data import load_images
+    raw = load_images(str(SLICE), "test")[2]
+    digits = np.load(REPO / "tests" / "data" / "mnist_digits.npz")
+    digits = digits[digits.files[0]]
+    rng = np.random.default_rng(0)
+    info = client.predict(api_name="/model_info")
+    photo_threshold = info["photo_verdict"]["threshold"]
+
+    fashion = [analyse(client, raw[i], tmp_path, f"f{i}.png") for i in range(10)]
+    assert sum(a["kind"] == FASHION_MNIST_LIKE for a in fashion) >= 9, [a["kind"] for a in fashion]
+    assert all("test images" in a["confidence"] for a in fashion if a["kind"] == FASHION_MNIST_LIKE)
+
+    garments = [p for p in sorted(PHOTOS.glob("*.jpg")) if PHOTO_FOLDERS[p.stem.split("-", 1)[1]].strict]
+    photos = [analyse(client, p, tmp_path, p.name) for p in garments]
+    assert sum(a["kind"] == GARMENT_PHOTO for a in photos) >= len(garments) - 1, [a["kind"] for a in photos]
+    for a in photos:
+        assert a["in_distribution"] == (a["kind"] != NOT_A_GARMENT)
+        assert a["ood_threshold"] == photo_threshold           # judged by the photo detector
+        if a["kind"] == GARMENT_PHOTO:
+            assert "less sure on photos" in a["confidence"] and "photos" in a["confidence"].split("less sure")[1]
+
+    others = {"digit": [analyse(client, digits[i], tmp_path, f"d{i}.png") for i in range(5)],
+              "noise": [analyse(client, rng.integers(0, 256, (64, 64), dtype=np.uint8), tmp_path, f"n{i}.png")
+                        for i in range(5)],
+              "natural": [analyse(client, p, tmp_path, p.name) for p in sorted(NATURAL.glob("*.*")) if p.suffix != ".md"]}
+    for name in ("digit", "noise"):
+        assert all(a["kind"] == NOT_A_GARMENT for a in others[name]), (name, [a["kind"] for a in others[name]])
+    for a in others["digit"] + others["noise"] + others["natural"]:
+        assert a["kind"] in KINDS and a["in_distribution"] == (a["kind"] != NOT_A_GARMENT)
+        if a["kind"] == NOT_A_GARMENT:
+            assert "probably not a garment" in a["confidence"]
+    # Issue 30's bar is 90% of natural photos; the shipped verdict calls 13 of these 21 not a garment
+    # (bench/results/verdict.md): a regression guard, not the bar.
+    natural = [a["kind"] for a in others["natural"]]
+    assert sum(k == NOT_A_GARMENT for k in natural) >= 0.6 * len(natural), natural
