@@ -135,6 +135,10 @@ class Views:
                  "Insertion AUC ↑": _num(r.get("insertion_auc"), "{:.3f}"),
                  "Randomisation ρ ↓": _num(r.get("randomisation_rho"), "{:.2f}"),
                  "Passes randomisation": {True: "yes", False: "no"}.get(r.get("randomisation_passes"), "–"),
+                 "Class ρ ↓": _num(r.get("class_rho"), "{:.2f}"),
+                 "Passes class check": {True: "yes", False: "no"}.get(r.get("class_passes"), "–"),
+                 "ROAD MoRF ↓": _num(r.get("road_morf_auc"), "{:.3f}"),
+                 "ROAD LeRF ↑": _num(r.get("road_lerf_auc"), "{:.3f}"),
                  "Infidelity ↓": _num(r.get("infidelity"), "{:.4f}"),
                  "Sensitivity ↓": _num(r.get("sensitivity"), "{:.3f}"),
                  "Latency (ms)": _num(r.get("latency_ms"), "{:.1f}")} for name, r in methods.items()]
@@ -178,10 +182,24 @@ class Views:
         for name, r in table.items():
             beats = (r.get("deletion_auc") is not None and r["deletion_auc"] < base["deletion_auc"]
                      and r.get("insertion_auc") is not None and r["insertion_auc"] > base["insertion_auc"])
-            (earn if beats and r.get("randomisation_passes") else fail).append(name)
+            # A method measured by the class check must pass it (older trust files lack it).
+            class_ok = r.get("class_passes", True) is not False
+            (earn if beats and r.get("randomisation_passes") and class_ok else fail).append(name)
         return (f"**Earn belief here:** {', '.join(earn) or 'none'} — better than removing pixels in random "
-                f"order on both curves, and their maps change when the weights are randomised. "
+                f"order on both curves, their maps change when the weights are randomised and differ between "
+                f"the predicted and the runner-up class. "
                 f"**Not on this evidence:** {', '.join(fail) or 'none'}.")
+
+
+    def agreement_frame(self, measure: str = "spearman") -> pd.DataFrame | None:
+        """trust.json's mean pairwise agreement of the methods over the test sample, one row per method
+        (measure: "spearman" or "top10_overlap")."""
+        agree = (self.art.trust or {}).get("agreement") or {}
+        names, matrix = agree.get("methods"), agree.get(measure)
+        if not names or not matrix or len(matrix) != len(names):
+            return None
+        return pd.DataFrame([{"Method": a, **{b: _num(v, "{:.2f}") for b, v in zip(names, row)}}
+                             for a, row in zip(names, matrix)])
 
 
     def trust_markdown(self) -> str:
@@ -197,7 +215,13 @@ class Views:
                 f"blank image. *{RANDOM_ORDER}* is the baseline a method must beat. **Randomisation ρ** "
                 f"(lower is better): rank correlation between a method's map and its map once the network's "
                 f"weights are re-initialised layer by layer (Adebayo et al. 2018); a map that survives "
-                f"randomisation is not explaining the model. Latency: median per map when measured.\n\n"
+                f"randomisation is not explaining the model. **Class ρ** (lower is better): rank correlation "
+                f"between the map for the predicted class and for the runner-up; a map that barely changes "
+                f"does not say which class it explains. **ROAD** (Rong et al. 2022): the same removal with "
+                f"pixels filled from their neighbours, so the removed region's shape does not give the class "
+                f"away (MoRF: most relevant first, lower is better; LeRF: least relevant first, higher is "
+                f"better). Rank correlations count the garment's pixels only. Latency: median per map when "
+                f"measured.\n\n"
                 + self.trust_verdict())
 
 

@@ -29,9 +29,9 @@ INK = 0.05            # a look pixel above this is garment (the Fashion-MNIST lo
 TOP_SHARE = 0.10      # the top-10% of pixels compared by `top_overlap`
 MIN_GARMENT_PIXELS = 20   # fewer garment pixels than this: rank agreement over the whole image
 # Below this mean pairwise rho the maps are called in disagreement: rho^2 < 0.09, the methods'
-# rankings share under a tenth of their variance. On the committed test slice's correctly
-# classified images the mean rho of the dashboard's default four methods lies above it for most
-# images (bench/results/agreement.md reports the share), so the warning is the exception it should be.
+# rankings of the garment's pixels share under a tenth of their variance, too little to read any one
+# map as "the" explanation. trust.json's agreement matrix (explain/trust.py) gives the pairwise means
+# over the test sample, against which this line can be judged.
 DISAGREE_RHO = 0.3
 
 

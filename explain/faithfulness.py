@@ -215,7 +215,8 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 def randomisation_test(model: nn.Module, x, target: int, methods: list[str] | None = None,
                        seed: int = 0, *, steps: list | None = None,
-                       trained_maps: dict[str, np.ndarray] | None = None) -> dict[str, list[float]]:
+                       trained_maps: dict[str, np.ndarray] | None = None,
+                       pixels: np.ndarray | None = None) -> dict[str, list[float]]:
     """Rank correlation of |map| on the trained model vs on cascading randomised copies.
 
     |a| is compared (Adebayo et al.'s "absolute value" variant): a map that only flips sign is
@@ -225,6 +226,8 @@ def randomisation_test(model: nn.Module, x, target: int, methods: list[str] | No
     Args:
         steps: `randomised_models(model, seed)`, when the caller reuses them over many images.
         trained_maps: {method: map on the trained model}, when the caller already has them.
+        pixels: a flat boolean mask of the pixels compared (the garment's: the black background's
+            tied near-zero values would otherwise count as kept rank order); default all.
     Returns:
         {method: [rho after randomising the top 1, 2, ... layers]} (see `cascade_layers`).
     """
@@ -233,9 +236,10 @@ def randomisation_test(model: nn.Module, x, target: int, methods: list[str] | No
     steps = randomised_models(model, seed) if steps is None else steps
     trained_maps = trained_maps or {}
     result = {}
+    keep = slice(None) if pixels is None else np.asarray(pixels, bool).ravel()
     for method in methods:
         trained = trained_maps.get(method)
-        trained = np.abs(explain(model, x, method, target) if trained is None else trained)
-        result[method] = [spearman(trained, np.abs(explain(random_model, x, method, target)))
+        trained = np.abs(explain(model, x, method, target) if trained is None else trained).ravel()[keep]
+        result[method] = [spearman(trained, np.abs(explain(random_model, x, method, target)).ravel()[keep])
                           for _, random_model in steps]
     return result

@@ -130,9 +130,31 @@ def test_trust_verdict_sorts_every_method_by_the_evidence(views, trust):
     for name in trust["methods"]:
         r = trust[name]
         earns = (r["deletion_auc"] < base["deletion_auc"] and r["insertion_auc"] > base["insertion_auc"]
-                 and r["randomisation_passes"])
+                 and r["randomisation_passes"] and r.get("class_passes", True))
         assert name in (earn_part if earns else fail_part), name
     assert views.trust_markdown().startswith(f"Measured over **{trust['n_images']}** test images")
+
+
+def test_a_method_that_fails_the_class_check_does_not_earn_belief(tmp_path):
+    """Guided Backprop's map barely depends on the class: a trust file that says so moves it (and any
+    method) to 'not on this evidence', whatever its curves and randomisation say."""
+    def class_blind(folder: Path) -> None:
+        path = folder / "evaluation" / "trust.json"
+        t = json.loads(path.read_text())
+        for name in t["methods"]:
+            t[name].update(class_rho=0.2, class_passes=True, road_morf_auc=0.3, road_lerf_auc=0.6)
+        t["Grad-CAM"].update(class_rho=0.99, class_passes=False)
+        t["agreement"] = {"methods": ["Saliency", "Grad-CAM"], "spearman": [[1.0, 0.25], [0.25, 1.0]],
+                          "top10_overlap": [[1.0, 0.5], [0.5, 1.0]]}
+        path.write_text(json.dumps(t))
+    views, _ = served(tmp_path, class_blind)
+    earn, fail = views.trust_verdict().split("**Not on this evidence:**")
+    assert "Grad-CAM" in fail and "Grad-CAM" not in earn
+    row = views.trust_table().set_index("Method").loc["Grad-CAM"]
+    assert row["Class ρ ↓"] == "0.99" and row["Passes class check"] == "no" and row["ROAD LeRF ↑"] == "0.600"
+    matrix = views.agreement_frame().set_index("Method")
+    assert matrix.loc["Saliency", "Grad-CAM"] == "0.25" and matrix.loc["Grad-CAM", "Grad-CAM"] == "1.00"
+    assert views.agreement_frame("top10_overlap").set_index("Method").loc["Grad-CAM", "Saliency"] == "0.50"
 
 
 # --- Model -------------------------------------------------------------------------------------
