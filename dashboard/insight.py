@@ -23,12 +23,12 @@ import time
 import numpy as np
 import torch
 
-from dashboard.service import RequestError, Service, checked_methods
+from dashboard.service import RequestError, Service, checked_methods, view_image
 from explain import explain as explain_one
 from explain.agreement import agreement, localisation, mask_on_look
 from explain.contrast import CONTRAST_METHODS, contrast_map
 from explain.neighbours import DEFAULT_K, MAX_K, NeighbourIndex, NeighbourIndexError, embed
-from explain.render import share
+from explain.render import common_scale, render_overlay, share
 from explain.road import road_many
 
 DEFAULT_CONTRAST_METHODS = ("Integrated Gradients", "Occlusion")
@@ -141,3 +141,31 @@ class Insight:
                          f"of the image): {inside}.")
         return " ".join(line for line in lines if line)
 
+
+
+# ---------------------------------------------------------------------------------------------
+# What the page shows (images and captions; app.py places them)
+# ---------------------------------------------------------------------------------------------
+
+def neighbour_gallery(answer: dict, size: int = 84) -> list[tuple[np.ndarray, str]]:
+    """`Insight.neighbours`' answer as gallery items: each training image, its label and distance."""
+    from PIL import Image
+    items = []
+    for n in answer["neighbours"]:
+        look = np.asarray(Image.open(io.BytesIO(base64.b64decode(n["image"].split(",", 1)[1]))))
+        items.append((view_image(look / 255.0, size), f"{n['label']} (distance {n['distance']:.3f}, train #{n['train_index']})"))
+    return items
+
+
+def contrast_gallery(result: dict, look: np.ndarray) -> list[tuple[np.ndarray, str]]:
+    """The contrast maps of `Insight.explain`'s result over the look, on one diverging scale."""
+    c = result["contrast"]
+    maps = {m: np.asarray(v, np.float32) for m, v in c["maps"].items()}
+    scale = common_scale(list(maps.values()))
+    return [(render_overlay(look, a, scale, signed=True), f"{m}: {c['title']} (red: for {c['a']}, blue: for {c['b']})")
+            for m, a in maps.items()]
+
+
+def consensus_image(result: dict, look: np.ndarray) -> np.ndarray:
+    """The consensus map (mean rank of |a| over the methods, in [0, 1]) over the look."""
+    return render_overlay(look, np.asarray(result["consensus"], np.float32), 1.0, signed=False)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from dashboard.insight import Insight
+from dashboard.insight import Insight, consensus_image, contrast_gallery, neighbour_gallery
 from dashboard.service import RequestError, Service, load_weights
 from explain.neighbours import DEFAULT_K, INDEX_FILE
 from helpers import REPO
@@ -50,6 +50,9 @@ def test_neighbours_of_a_test_image_are_json_with_images_and_class_distances(ins
     assert image.size == (28, 28) and np.asarray(image).max() > 0
     assert min(answer["class_distances"].values()) == pytest.approx(found[0]["distance"], abs=1e-4)
     assert set(answer["class_distances"]) == set(insight.service.labels)
+    gallery = neighbour_gallery(answer)
+    assert len(gallery) == DEFAULT_K and gallery[0][0].shape == (84, 84)
+    assert gallery[0][1].startswith(found[0]["label"]) and f"train #{found[0]['train_index']}" in gallery[0][1]
 
 
 def test_a_photo_is_compared_through_the_photo_network(insight):
@@ -75,6 +78,10 @@ def test_explain_answers_contrast_agreement_road_and_localisation(insight, test_
     for name, loc in out["localisation"].items():
         assert 0 <= loc["inside"] <= 1 and 0 < loc["mask_area"] < 1, name
     assert "inside the garment mask" in insight.summary(out)
+    gallery = contrast_gallery(out, seen.look)
+    assert [caption.split(":")[0] for _, caption in gallery] == ["Integrated Gradients", "Occlusion"]
+    assert all(img.shape == (224, 224, 3) and img.dtype == np.uint8 for img, _ in gallery)
+    assert consensus_image(out, seen.look).shape == (224, 224, 3)
     # A chosen pair, swapped: the contrast maps are negated.
     ab = insight.explain(looks[1], ["Occlusion"], pair=["Shirt", "T-shirt/top"])["contrast"]
     ba = insight.explain(looks[1], ["Occlusion"], pair=["T-shirt/top", "Shirt"])["contrast"]
