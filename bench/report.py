@@ -1,6 +1,7 @@
 """The README's results table, generated from the artefacts so that no measured figure is typed.
 
-Reads weights/evaluation/metrics.json and ood.json and bench/results/*.json, and rewrites the
+Reads weights/evaluation/metrics.json and ood.json and bench/results/*.json (verdict.json,
+ood_http.json, ...), and rewrites the
 block between the `results:start` and `results:end` markers of README.md. A missing artefact
 leaves its row out.
 
@@ -75,14 +76,31 @@ def ood_rows(o: dict) -> list[str]:
     if inside:
         rows.append(f"| In-class phone photos flagged | {pct(inside['flagged'])} of {inside['n']}; strict accuracy on "
                     f"the unflagged {pct(inside['accuracy_unflagged'])}, on the flagged {pct(inside['accuracy_flagged'])} |")
+    return rows
+
+
+def verdict_rows() -> list[str]:
+    """The three-way verdict (bench/verdict.py) against issue 30's bars, and the same through the app."""
+    rows = []
+    v = read(common.RESULTS / "verdict.json")
+    if v:
+        def cell(name, s):
+            lo, hi = s["not_a_garment_ci95"]
+            bar = v["bars"].get(name)
+            aim = ("" if not bar else f", bar {'<=' if bar['at_most'] is not None else '>='} "
+                   f"{pct(bar['at_most'] if bar['at_most'] is not None else bar['at_least'], 0)}")
+            return f"{name} {pct(s['not_a_garment'])} ({pct(lo)} to {pct(hi)}, n={s['n']:,}{aim})"
+        rows.append("| Three-way verdict (fashion-mnist-like / garment-photo / not-a-garment; photo threshold set on "
+                    "held-out train photos, validation read once) | called not-a-garment (95% Wilson interval): "
+                    + "; ".join(cell(name, s) for name, s in v["sets"].items()) + " |")
     http = read(common.RESULTS / "ood_http.json")
-    if http:
+    if http and "kinds_http" in next(iter(http["sets"].values()), {}):
         sent = sum(s["n"] for s in http["sets"].values())
         agree = sum(s["agreement"] * s["n"] for s in http["sets"].values()) / sent
-        rows.append(f"| The same through the app's /analyse over HTTP ({sent:,} PNG uploads"
-                    f"{', first ' + str(http['limit']) + ' per set' if http['limit'] else ''}) | verdict equal to the "
-                    f"detector's in process for {pct(agree, 2)}; not passed (flagged or refused as blank): "
-                    + "; ".join(f"{k} {pct(s['not_passed_http'])}" for k, s in http["sets"].items()) + " |")
+        rows.append(f"| The verdict through the app's /analyse over HTTP ({sent:,} PNG uploads"
+                    f"{', first ' + str(http['limit']) + ' per set' if http['limit'] else ''}) | `kind` equal to the "
+                    f"verdict in process for {pct(agree, 2)}; not-a-garment (or refused as blank): "
+                    + "; ".join(f"{k} {pct(s['kinds_http']['not-a-garment'])}" for k, s in http["sets"].items()) + " |")
     return rows
 
 
@@ -124,9 +142,12 @@ def serving_rows() -> list[str]:
     """The app under load (bench/load.py, lean HTTP client): throughput, p95, server CPU, memory."""
     rows = []
     runs = {name: read(common.RESULTS / f"{name}.json") for name in
-            ("load_classify", "load_mixed", "load_crowd", "load_one_classify", "load_one_explain")}
-    for name, what in (("load_classify", "/classify only"), ("load_mixed", "mixed: 40% /explain with two methods"),
-                       ("load_crowd", "mixed, a crowd")):
+            ("load_classify_api", "load_classify", "load_classify_gradio_client", "load_mixed", "load_crowd",
+             "load_one_classify", "load_one_explain")}
+    for name, what in (("load_classify_api", "POST /api/v1/classify (the inference API)"),
+                       ("load_classify", "/classify only (Gradio's REST API)"),
+                       ("load_classify_gradio_client", "/classify through gradio_client"),
+                       ("load_mixed", "mixed: 40% /explain with two methods"), ("load_crowd", "mixed, a crowd")):
         r = runs[name]
         if r:
             a, mem = r["stats"]["all"], r["memory"]
@@ -151,6 +172,7 @@ def results_block() -> str:
     ood = read(EVALUATION / "ood.json")
     if ood:
         rows += ood_rows(ood)
+    rows += verdict_rows()
     rows += bench_rows()
     rows += serving_rows()
     command = (metrics or {}).get("command")
