@@ -154,3 +154,24 @@ def test_the_three_verdicts_through_the_app(client, tmp_path):
     # (bench/results/verdict.md): a regression guard, not the bar.
     natural = [a["kind"] for a in others["natural"]]
     assert sum(k == NOT_A_GARMENT for k in natural) >= 0.6 * len(natural), natural
+
+
+def test_weights_without_a_verdict_judge_photos_with_the_fashion_mnist_detector(tmp_path):
+    """Older weights (no verdict.* files) still serve: a photo is judged as before, by the
+    Fashion-MNIST detector, and still gets a photo's kind and sentence."""
+    from dashboard.service import Service, load_weights
+    from imaging.preprocess import look_and_mask
+    for f in WEIGHTS.iterdir():
+        if f.is_file() and f.name not in (VERDICT_META, VERDICT_TENSORS):
+            shutil.copy(f, tmp_path / f.name)
+    service = Service(load_weights(str(tmp_path)))
+    assert service.verdict is None and "no photo verdict" in service.verdict_error
+    assert service.photo_detector is service.detector
+    garment = next(p for p in sorted(PHOTOS.glob("*.jpg")) if PHOTO_FOLDERS[p.stem.split("-", 1)[1]].strict)
+    with Image.open(garment) as img:
+        seen = look_and_mask(img.convert("RGB"))
+    a = service.assess(seen.look, photo=seen.photo)
+    assert seen.photo and a.ood_threshold == service.detector.threshold
+    assert a.kind in (GARMENT_PHOTO, NOT_A_GARMENT) and a.in_distribution == (a.kind == GARMENT_PHOTO)
+    if a.kind == GARMENT_PHOTO:
+        assert "too few held-out photos" in a.confidence
