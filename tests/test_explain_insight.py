@@ -111,3 +111,19 @@ def test_weights_without_an_index_still_serve_and_say_why(tmp_path, test_slice):
     answer = insight.neighbours(looks[0])
     assert answer["neighbours"] == [] and "missing" in answer["unavailable"]
     assert insight.explain(looks[0], ["Saliency"])["label"]
+
+
+def test_the_page_section_gets_a_value_for_each_component(insight, test_slice):
+    import gradio as gr
+    from dashboard.insight_panel import class_distances_markdown, insight_section, insight_values
+    looks, _ = test_slice
+    with gr.Blocks():
+        components = insight_section("t")
+    values = insight_values(insight, (looks[0], False), ["Saliency", "Occlusion"])
+    assert len(values) == len(components) == 5
+    gallery, distances, contrast, agreement_text, consensus = values
+    assert len(gallery) == 6 and distances.startswith("Distance to the nearest") and len(contrast) == 2
+    assert agreement_text and consensus.shape == (224, 224, 3)
+    assert insight_values(insight, None, ["Saliency"]) == [[], "", [], "", None]
+    assert "Unknown method" in insight_values(insight, (looks[0], False), ["Magic"])[3]
+    assert class_distances_markdown({"unavailable": "missing"}).endswith("missing")
