@@ -138,6 +138,21 @@ def bench_rows() -> list[str]:
     return rows
 
 
+def explanation_rows() -> list[str]:
+    """The nearest-training-images index (bench/neighbours.py): size, k-NN accuracy, lookup time."""
+    rows = []
+    nb = read(common.RESULTS / "neighbours.json")
+    if nb:
+        test = nb["test"]
+        k1, k5 = test["shipped k=1"], test["shipped k=5"]
+        latency = (read(common.RESULTS / "neighbours_latency.json") or nb)["latency"]
+        rows.append(f"| Nearest training images ({nb['size']['images']:,} in the index, "
+                    f"{common.mib(nb['size']['index_bytes']):.1f} MiB; bench/neighbours.py) | test k-NN accuracy "
+                    f"k=1 {pct(k1['accuracy'], 2)} ({pct(k1['ci95'][0], 2)} to {pct(k1['ci95'][1], 2)}), k=5 "
+                    f"{pct(k5['accuracy'], 2)}; search median {latency['search_only_ms']['median_ms']:.1f} ms |")
+    return rows
+
+
 def serving_rows() -> list[str]:
     """The app under load (bench/load.py, lean HTTP client): throughput, p95, server CPU, memory."""
     rows = []
@@ -174,6 +189,7 @@ def results_block() -> str:
         rows += ood_rows(ood)
     rows += verdict_rows()
     rows += bench_rows()
+    rows += explanation_rows()
     rows += serving_rows()
     command = (metrics or {}).get("command")
     verb = "fine-tuned (its start: docs/results.md)" if is_fine_tune(command) else "trained"
