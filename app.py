@@ -15,8 +15,9 @@ weights cannot be used, the committed weights/ are served and the page says why.
 API (gradio_client), every image is an uploaded file (`handle_file(path)`):
     /classify(image) -> {"label": top class, "confidences": [top 3 {label, confidence}]}
     /classify_sketch(sketch) -> the same, for a Sketchpad value {"composite": file}
-    /analyse(image) -> {"label", "probabilities": {class: p}, "in_distribution", "ood_score",
-        "ood_threshold", "confidence": the calibrated confidence or the out-of-distribution verdict}
+    /analyse(image) -> {"label", "probabilities": {class: p}, "kind": "fashion-mnist-like" | "garment-photo" |
+        "not-a-garment", "in_distribution": kind is not "not-a-garment", "ood_score", "ood_threshold" (of the
+        detector that judged: the photo one for a photo), "confidence": how often such answers were right, or the verdict}
     /explain(image, methods: list[str], target: "predicted class" | class name)
         -> (model view image, label value, gallery [{image, caption}], scores dict)
     /model_info() -> {"source", "folder", "fallback", "parameters", "test_accuracy", ...}
@@ -62,6 +63,11 @@ MAP_COLUMNS, MAP_ROW_PX = 4, 200       # attribution gallery layout
 PREDICT_WORKERS, EXPLAIN_WORKERS = 16, 4
 QUEUE_SIZE = 512
 BLANK_PAGE = np.full((280, 280, 4), 255, np.uint8)   # the Draw tab's canvas: white, opaque
+BLANK_SKETCH = {"background": BLANK_PAGE, "layers": [], "composite": BLANK_PAGE}
+# Gradio's brush size is a radius: 7 draws 14 px strokes on the 280 px canvas, the thick pen that
+# imaging/strokes.py was tuned on (tests/drawings.py); at 14, strokes 28 px wide closed the gap
+# between a pair of trousers' legs (tests/test_draw_browser.py).
+BRUSH_RADIUS = 7
 PHOTO_EXAMPLES = Path(__file__).resolve().parent / "examples" / "photos"   # small CC0 phone photos
 
 
@@ -299,13 +305,13 @@ def explain_tab():
                                      sources=["upload", "clipboard"], height=260, elem_id="upload")
                 with gr.Tab("Draw", id="draw"):
                     gr.Markdown("Draw the garment's outline or fill it with the brush, then *Classify drawing*.")
-                    # A white page as the starting value: Gradio's editor opens with no tool chosen
-                    # ("select the draw tool to start") unless it starts with a background, and then
-                    # it selects the brush, so a first stroke draws.
+                    # A white page as the value: Gradio's editor opens with no tool chosen ("select
+                    # the draw tool to start") unless it has a background, and then it selects the
+                    # brush, so a first stroke draws. Clearing it removes the page: it is put back.
                     sketch = gr.Sketchpad(label="Draw a garment", type="numpy", image_mode="RGBA",
-                                          value={"background": BLANK_PAGE, "layers": [], "composite": BLANK_PAGE},
+                                          value=BLANK_SKETCH,
                                           canvas_size=BLANK_PAGE.shape[1::-1], height=300, elem_id="sketch",
-                                          brush=gr.Brush(default_size=14, colors=["#000000"], color_mode="fixed"))
+                                          brush=gr.Brush(default_size=BRUSH_RADIUS, colors=["#000000"], color_mode="fixed"))
                     draw_btn = gr.Button("Classify drawing", variant="primary")
             status = gr.Markdown("", elem_id="status")
             if example_files:
@@ -378,6 +384,7 @@ def build_demo() -> gr.Blocks:
         draw_btn.click(lambda v: ui_decode(v, sketch=True), sketch, [look_state, kept, status], preprocess=False,
                        **private, **predicting).then(ui_analyse, [look_state, methods, target], outputs,
                                                      **private, **explaining)
+        sketch.clear(lambda: BLANK_SKETCH, None, sketch, queue=False, **private)
         for control in (methods, target):
             control.input(ui_analyse, [look_state, methods, target], outputs, **private, **explaining)
         # Mistakes view.
