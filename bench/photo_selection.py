@@ -36,7 +36,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", nargs="+", required=True, metavar="NAME=FOLDER", help="model folders trained on `fit`")
     p.add_argument("--pair-share", nargs="+", default=["none"], help="segment.PAIR_SHARE values ('none': today's)")
     p.add_argument("--out", default=str(common.RESULTS), help="results folder")
+    p.add_argument("--looks-cache", default=None,
+                   help="a folder: each setting's looks are saved there and read back on the next run (segmenting "
+                        "the photos is most of the time)")
     return p.parse_args(argv)
+
+
+def selection_looks(photos: str, share: str, cache: str | None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """The selection part's looks, right classes and folders with segment.PAIR_SHARE set to `share`."""
+    path = Path(cache) / f"selection-pair-{share}.pt" if cache else None
+    if path is not None and path.is_file():
+        saved = torch.load(path, weights_only=True)
+        return saved["looks"], saved["allowed"], saved["folders"]
+    segment.PAIR_SHARE = None if share == "none" else float(share)
+    looks, allowed, folders = load_photo_looks(photos, PHOTO_SELECTION)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"looks": looks, "allowed": allowed, "folders": folders}, path)
+    return looks, allowed, folders
 
 
 def score(model, looks: torch.Tensor, allowed: torch.Tensor, folders: list[str]) -> dict:
@@ -67,8 +84,7 @@ def main(argv=None) -> int:
     loaded = {name: load_model(folder) for name, folder in models.items()}
     res = {}
     for share in cli.pair_share:
-        segment.PAIR_SHARE = None if share == "none" else float(share)
-        looks, allowed, folders = load_photo_looks(cli.photos, PHOTO_SELECTION)
+        looks, allowed, folders = selection_looks(cli.photos, share, cli.looks_cache)
         res[share] = {name: score(model, looks, allowed, folders) for name, model in loaded.items()}
         print(share, {n: round(r["strict"], 4) for n, r in res[share].items()}, flush=True)
     md = markdown(res, info)
