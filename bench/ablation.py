@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from training import evaluate  # noqa: E402
-import train  # noqa: E402
+from training.config import cpu_has_fast_bf16  # noqa: E402
 from training.data import load_images, split_train_val  # noqa: E402
 from model import count_parameters, load_model  # noqa: E402
 from recipes import NO_TRICKS, QuickstartMLP, Recipe, TwoConvCNN, fit, images_per_s  # noqa: E402
@@ -230,7 +230,7 @@ def main(argv=None) -> int:
     info = {"machine": common.machine_info(), "dataset": cli.dataset, "weights": common.rel(cli.weights),
             "weights_test_accuracy": shipped_acc, "budget_minutes": cli.budget_minutes, "seeds": cli.seeds,
             "mlp_epochs": cli.mlp_epochs, "val_size": cli.val_size, "test_n": len(split["test"][1]),
-            "train_precision": "bf16 autocast" if train.cpu_has_fast_bf16(torch.device("cpu")) else "float32",
+            "train_precision": "bf16 autocast" if cpu_has_fast_bf16(torch.device("cpu")) else "float32",
             "command": common.command_line("bench/ablation.py"), "complete": False}
     data = {"info": info, "runs": [], "summary": [], "mlp_grid": {}, "mcnemar": []}
 

@@ -1,28 +1,20 @@
-"""Fit the out-of-distribution detector on the committed weights, choose its score on validation, evaluate it.
+"""Measure the out-of-distribution detector of a model folder on the reported sets; write bench/results/ only.
 
-Protocol (ood.py has the scores and their sources):
-1. Statistics are fitted on the Fashion-MNIST training split minus validation (55,000 images);
-   the validation split is `split_train_val(60000, 5000, seed=0)`'s second part.
-2. Every candidate score is compared on validation: the 5,000 validation images against an OOD
-   *proxy* made of families that are none of the evaluation sets below (smoothed noise blobs,
-   gratings and checkerboards, smooth shading; validation images turned into edge maps,
-   patch-shuffled and rotated by 90 degrees). The score with the highest mean AUROC over the proxy
-   families is chosen, unless a simpler one (earlier in ood.SCORES) is behind it by no more than
-   the proxy's sampling noise (a paired bootstrap over validation and proxy images).
-3. Its threshold is the 95% quantile of the validation scores (95% of validation passes). The
-   detector is written to --out (ood.safetensors + ood.json) and read back from there.
-4. Only then is it evaluated on the reported sets: Fashion-MNIST test, MNIST test (10,000),
-   uniform noise, constant images, gradients (28 px, and 256 px for the segmentation path),
-   visitor-style sketches (digits, circles, scribbles drawn dark on white at 280x280), photos of
-   hats/shorts/skirts (photo train split), and the in-class photos (photo validation split, the
-   seven folders with a class). bench/ood_http.py sends the same sets through the running app.
+The detector is fitted, and its score chosen on validation, by `train.py --fit-ood`
+(training/fit_ood.py, whose docstring has the protocol); its record of that choice,
+<model>/evaluation/ood.json, is quoted in the report. This script only measures what was written:
+the chosen detector on Fashion-MNIST test, MNIST test (10,000), uniform noise, constant images,
+gradients (28 px, and 256 px for the segmentation path), visitor-style sketches (digits, circles,
+scribbles drawn dark on white at 280x280), photos of hats/shorts/skirts (photo train split), and
+the in-class photos (photo validation split, the seven folders with a class); then its latency.
+bench/ood_http.py sends the same sets through the running app.
 
-    python bench/ood.py                                   # weights/ -> weights/ood.*, weights/evaluation/ood.json, bench/results/ood.md
-    python bench/ood.py --out /tmp/ood --results-dir /tmp/bench   # a trial run that leaves weights/ alone
-    python bench/ood.py --train-limit 5000                # quicker (statistics from 5,000 training images)
+    python bench/ood.py                                   # weights/ -> bench/results/ood.json + ood.md
+    python bench/ood.py --model /tmp/refit --results-dir /tmp/bench   # another folder's detector
+    python bench/ood.py --all-candidates                  # + every candidate score refitted in memory, for reference
+    python bench/ood.py --latency-only                    # re-time the detector (e.g. on a quiet machine)
 
-Writes <out>/ood.safetensors, <out>/ood.json, <out>/evaluation/ood.json and
-<results-dir>/ood.json + ood.md.
+Writes <results-dir>/ood.json + ood.md; never writes into the model folder.
 """
 from __future__ import annotations
 
@@ -36,14 +28,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402  (puts the repository root on sys.path)
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from modelrepo import ood  # noqa: E402
-from ood_sets import PER_FAMILY, PHOTO_CLASSES, evaluation_sets, photos, proxy_families, served_scores  # noqa: E402
+from modelrepo import artefacts, ood  # noqa: E402
+from ood_sets import PER_FAMILY, PHOTO_CLASSES, evaluation_sets, photos, served_scores  # noqa: E402
 from model import CLASS_NAMES, load_model  # noqa: E402
 
-from training.data import load_images, load_photo_looks, split_train_val  # noqa: E402
+from training.config import DataConfig, OODConfig  # noqa: E402
+from training.data import load_images  # noqa: E402
+from training.fit_ood import auroc, fit_candidates, fpr_at_95_tpr  # noqa: E402
 from imaging.preprocess import fashion_look  # noqa: E402
 
 DATA = common.REPO.parent / "shared" / "data"
@@ -53,47 +46,26 @@ TARGETS = {"fmnist_test_flagged_max": 0.06, "mnist_flagged_min": 0.97, "mnist_au
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default=str(common.REPO / "weights"), help="model folder")
-    p.add_argument("--out", default=None, help="where the detector is written (default: the model folder)")
+    p.add_argument("--model", default=str(common.REPO / "weights"), help="model folder with its detector")
     p.add_argument("--fashion-mnist", default=str(DATA / "fashion_mnist"))
     p.add_argument("--mnist", default=str(DATA / "mnist"))
     p.add_argument("--photos", default=str(DATA / "clothing_photos"))
     p.add_argument("--results-dir", default=str(common.RESULTS))
-    p.add_argument("--keep", type=float, default=0.95, help="fraction of validation images under the threshold")
-    p.add_argument("--per-family", type=int, default=PER_FAMILY, help="images per proxy family and synthetic set")
-    p.add_argument("--train-limit", type=int, default=0, help="fit on only this many training images (0: all)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the proxy, the synthetic sets and the bootstrap")
-    p.add_argument("--bootstrap", type=int, default=200, help="paired bootstrap resamples for the choice's tie rule")
-    p.add_argument("--no-photo-fit", dest="photo_fit", action="store_false",
-                   help="fit on Fashion-MNIST alone, not also on the in-class photos of the photo train split "
-                        "(which the shipped weights were trained on)")
+    p.add_argument("--per-family", type=int, default=PER_FAMILY, help="images per synthetic set")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic sets")
+    p.add_argument("--all-candidates", action="store_true",
+                   help="also refit every candidate score in memory (as train.py --fit-ood does, on --fashion-mnist "
+                        "and --photos' train split) and report their AUROCs beside the shipped one's, for reference")
     p.add_argument("--repeats", type=int, default=300, help="timed calls for the latency figures")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--latency-only", action="store_true",
-                   help="re-time the detector in --out and rewrite the reports' latency section (e.g. on a quiet machine)")
-    args = p.parse_args(argv)
-    args.out = Path(args.out or args.model)
-    return args
+                   help="re-time the detector and rewrite the reports' latency section (e.g. on a quiet machine)")
+    return p.parse_args(argv)
 
 
 # ---------------------------------------------------------------------------------------------
 # Metrics
 # ---------------------------------------------------------------------------------------------
-
-def auroc(in_scores: torch.Tensor, out_scores: torch.Tensor) -> float:
-    """Probability that an OOD image scores above an in-distribution one (ties count half)."""
-    a, b = in_scores.double().numpy(), out_scores.double().numpy()
-    values = np.concatenate([a, b])
-    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
-    mid_rank = np.cumsum(counts) - (counts - 1) / 2                  # average rank of each tied value
-    rank_sum = mid_rank[inverse[len(a):]].sum()
-    return float((rank_sum - len(b) * (len(b) + 1) / 2) / (len(a) * len(b)))
-
-
-def fpr_at_95_tpr(in_scores: torch.Tensor, out_scores: torch.Tensor) -> float:
-    """Fraction of OOD images that pass at the threshold passing 95% of the in-distribution ones."""
-    return float((out_scores <= torch.quantile(in_scores.double(), 0.95)).double().mean())
-
 
 def flagged(detector: ood.OODDetector, scores: torch.Tensor) -> float:
     return float(detector.flag(scores).double().mean())
@@ -102,29 +74,6 @@ def flagged(detector: ood.OODDetector, scores: torch.Tensor) -> float:
 # ---------------------------------------------------------------------------------------------
 # Steps
 # ---------------------------------------------------------------------------------------------
-
-def compare_on_validation(model, train_views, train_x, train_labels, val_looks, proxy) -> tuple[dict, dict, dict]:
-    """Every candidate fitted on the same training features; AUROC / FPR@95 against each proxy family.
-
-    Returns the table, the detectors and each candidate's scores {"validation": (N,), family: (n,)}.
-    """
-    val_x = ood.as_input(model, val_looks)
-    val_views = ood.views_in_batches(model, val_x)
-    proxy_inputs = {k: ood.as_input(model, v) for k, v in proxy.items()}
-    proxy_views = {k: ood.views_in_batches(model, x) for k, x in proxy_inputs.items()}
-    table, detectors, scores = {}, {}, {}
-    for name in ood.SCORES:
-        det = ood.fit_statistics(model, train_views, train_x, train_labels, name)
-        s = {"validation": det.score_views(model, val_views, val_x)}
-        s |= {k: det.score_views(model, proxy_views[k], proxy_inputs[k]) for k in proxy}
-        rows = {k: {"auroc": auroc(s["validation"], s[k]), "fpr_at_95_tpr": fpr_at_95_tpr(s["validation"], s[k])}
-                for k in proxy}
-        table[name] = {"families": rows, "mean_auroc": float(np.mean([r["auroc"] for r in rows.values()])),
-                       "min_auroc": min(r["auroc"] for r in rows.values())}
-        detectors[name], scores[name] = det, s
-        print(f"[ood] {name:12s} mean proxy AUROC {table[name]['mean_auroc']:.4f}", flush=True)
-    return table, detectors, scores
-
 
 def photo_risk(detector, model, photos_val) -> dict:
     """Flagged fraction and strict accuracy (all, unflagged, flagged) of the in-class validation photos."""
@@ -174,35 +123,6 @@ def timing(detector, model_dir: str, sample: torch.Tensor, repeats: int) -> dict
     return t
 
 
-def choose(table: dict, scores: dict, resamples: int, rng: np.random.Generator) -> tuple[str, dict]:
-    """The score with the highest mean proxy AUROC, or the simplest (first in ood.SCORES) of those tied with it.
-
-    A score is tied with the best when the best's lead over it is within the proxy's sampling noise:
-    the 2.5% quantile of the lead over `resamples` paired bootstrap resamples (the same validation
-    and proxy images drawn for every score) is at or below 0. Returns the choice and each simpler
-    score's lead interval [2.5%, 97.5%].
-    """
-    best = max(table, key=lambda n: table[n]["mean_auroc"])
-    simpler = [n for n in ood.SCORES[:ood.SCORES.index(best)] if n in table]
-    leads = paired_bootstrap_leads(scores, best, simpler, resamples, rng)
-    intervals = {n: [float(q) for q in np.quantile(leads[n], [0.025, 0.975])] for n in simpler}
-    return next((n for n in simpler if intervals[n][0] <= 0), best), intervals
-
-
-def paired_bootstrap_leads(scores: dict, best: str, others: list[str], resamples: int,
-                           rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Mean proxy AUROC of `best` minus that of each other score, per resample (resamples,)."""
-    sizes = {k: len(v) for k, v in scores[best].items()}
-    leads = {n: np.empty(resamples) for n in others}
-    for i in range(resamples):
-        picks = {k: torch.from_numpy(rng.integers(0, n, n)) for k, n in sizes.items()}
-        mean = {n: np.mean([auroc(scores[n]["validation"][picks["validation"]], scores[n][k][picks[k]])
-                            for k in picks if k != "validation"]) for n in [best, *others]}
-        for n in others:
-            leads[n][i] = mean[best] - mean[n]
-    return leads
-
-
 def evaluate(model, detectors: dict, chosen: str, test_x, test_labels, sets: dict, photos_val) -> dict:
     """The chosen detector on every reported set; the other candidates' AUROCs alongside, for reference."""
     test_views = ood.views_in_batches(model, test_x)
@@ -241,64 +161,45 @@ def main(argv=None) -> None:
     model = load_model(args.model)
     if args.latency_only:
         return retime(args, model)
-    looks, labels, raw = load_images(args.fashion_mnist, "train")
-    train_idx, val_idx = split_train_val(len(looks), 5000, seed=0)
-    if args.train_limit:
-        train_idx = train_idx[:args.train_limit]
-    print(f"[ood] features of {len(train_idx)} training images ...", flush=True)
-    train_x, train_labels = ood.as_input(model, looks[train_idx]), labels[train_idx]
-    n_photos = 0
-    if args.photo_fit:
-        # The weights were trained on these photos too: they are in distribution by construction.
-        # Each is fitted under the class the model gives it among its folder's classes.
-        # Their features come from the network that answers photos (the photo BatchNorm, if any).
-        photo_looks, allowed, _ = load_photo_looks(args.photos, "train")
-        photo_net = model.for_photos()
-        photo_x = ood.as_input(model, photo_looks)
-        photo_labels = photo_net.predict_proba(photo_x).masked_fill(~allowed, -1.0).argmax(1)
-        train_views = torch.cat([ood.views_in_batches(model, train_x), ood.views_in_batches(photo_net, photo_x)], 1)
-        train_x, train_labels = torch.cat([train_x, photo_x]), torch.cat([train_labels, photo_labels])
-        n_photos = len(photo_x)
-    else:
-        train_views = ood.views_in_batches(model, train_x)
-    proxy = proxy_families(raw[val_idx.numpy()], args.per_family, args.seed)
-    table, detectors, scores = compare_on_validation(model, train_views, train_x, train_labels, looks[val_idx], proxy)
-    chosen, leads = choose(table, scores, args.bootstrap, np.random.default_rng(args.seed))
-    detectors[chosen].threshold = ood.threshold_at(scores[chosen]["validation"], args.keep)
-    detectors[chosen].save(args.out, weights=Path(args.model) / "model.safetensors")
-    detectors[chosen] = ood.OODDetector.load(args.out, model)        # evaluate what was written
-    print(f"[ood] chose {chosen!r}, threshold {detectors[chosen].threshold:.4g}; wrote {args.out}", flush=True)
-
+    detector = ood.OODDetector.load(args.model, model)
+    record = fit_record(Path(args.model))
+    chosen = detector.score_name
+    detectors = {chosen: detector}
+    if args.all_candidates:       # refitted in memory for the reference table; the shipped one is what is measured
+        data = DataConfig(dataset=args.fashion_mnist, photo_train=args.photos, seed=record["protocol"]["seed"])
+        others = fit_candidates(model, data, OODConfig(proxy_size=args.per_family))[0]
+        detectors = {n: (detector if n == chosen else d) for n, d in others.items()}
     test_looks, test_labels, _ = load_images(args.fashion_mnist, "test")
     sets = evaluation_sets(args.mnist, args.photos, args.per_family, args.seed)
     photos_val = photos(args.photos, "validation", PHOTO_CLASSES)
     evaluation = evaluate(model, detectors, chosen, ood.as_input(model, test_looks), test_labels, sets, photos_val)
-    latency = timing(detectors[chosen], args.model, ood.as_input(model, test_looks[:1]), args.repeats)
+    latency = timing(detector, args.model, ood.as_input(model, test_looks[:1]), args.repeats)
     report = {"command": common.command_line("bench/ood.py"), "model": common.model_note(Path(args.model)),
-              "detector_folder": common.rel(args.out), "machine": common.machine_info(),
-              "preprocessing": preprocessing,
-              "protocol": {"fit_images": len(train_idx), "photo_fit_images": n_photos,
-                           "validation_images": len(val_idx), "keep": args.keep,
-                           "proxy_families": {k: len(v) for k, v in proxy.items()}, "seed": args.seed,
-                           "bootstrap_resamples": args.bootstrap, "lead_of_best_ci95": leads},
-              "validation": table, "chosen": chosen, "threshold": detectors[chosen].threshold,
-              "evaluation": evaluation, "latency": latency, "targets": TARGETS}
-    (args.out / "evaluation").mkdir(parents=True, exist_ok=True)
-    (args.out / "evaluation" / "ood.json").write_text(json.dumps(report, indent=2) + "\n")
+              "detector_folder": common.rel(args.model), "fitted_by": record.get("command"),
+              "machine": common.machine_info(), "preprocessing": preprocessing,
+              "protocol": record["protocol"], "validation": record["validation"], "chosen": chosen,
+              "threshold": detector.threshold, "evaluation": evaluation, "latency": latency, "targets": TARGETS}
     common.write_results(args.results_dir, "ood", report, markdown(report))
     print(markdown(report))
 
 
+def fit_record(folder: Path) -> dict:
+    """The detector's record of how it was fitted and chosen (train.py --fit-ood writes it)."""
+    path = folder / artefacts.EVALUATION / artefacts.OOD
+    if not path.is_file():
+        raise SystemExit(f"{path}: missing; fit the detector with train.py --fit-ood --model {folder}")
+    return json.loads(path.read_text())
+
+
 def retime(args, model) -> None:
-    """Measure the latency again for the detector in --out and rewrite the reports with it."""
-    path = args.out / "evaluation" / "ood.json"
+    """Measure the latency again for the detector of --model and rewrite the reports with it."""
+    path = Path(args.results_dir) / "ood.json"
     report = json.loads(path.read_text())
-    detector = ood.OODDetector.load(args.out, model)
+    detector = ood.OODDetector.load(args.model, model)
     test_looks = load_images(args.fashion_mnist, "test")[0][:1]
     report["latency"] = timing(detector, args.model, ood.as_input(model, test_looks), args.repeats)
     report["latency"]["command"] = common.command_line("bench/ood.py")
     report["latency"]["load_average_1min_before"] = common.machine_info()["load_average_1_5_15min"][0]
-    path.write_text(json.dumps(report, indent=2) + "\n")
     common.write_results(args.results_dir, "ood", report, markdown(report))
     print(markdown(report).split("## Latency")[1].split("## For reference")[0])
 
@@ -319,7 +220,9 @@ def markdown(r: dict) -> str:
     ev, chosen, lat = r["evaluation"], r["chosen"], r["latency"]
     fams = list(next(iter(r["validation"].values()))["families"])
     lines = ["# Out-of-distribution detection", "",
-             f"Model: {r['model']}; detector in `{r['detector_folder']}/ood.safetensors` + `ood.json`. "
+             f"Model: {r['model']}; detector in `{r['detector_folder']}/ood.safetensors` + `ood.json`"
+             + (f", fitted by `{r['fitted_by']}`. " if r.get("fitted_by") else ". ")
+             +
              f"Command: `{r['command']}`. Machine: {r['machine']['cpu_model']}, {r['machine']['cpu_count']} cores, "
              f"torch {r['machine']['torch']}. Preprocessing files (sha256 prefixes): "
              + ", ".join(f"{k} {v}" for k, v in r["preprocessing"].items()) + ".", "",
@@ -381,12 +284,14 @@ def markdown(r: dict) -> str:
               f"(1 min) {lat.get('load_average_1min_before', r['machine']['load_average_1_5_15min'][0]):.2f} before "
               f"timing, {lat['load_average_1min_after']:.2f} after ({r['machine']['cpu_count']} cores: above ~0.5 means "
               "other work shared the CPU, and medians then measure the contention more than the code)"
-              + (f". Timed by `{lat['command']}`." if "command" in lat else "."), "",
-              "## For reference: every candidate on the evaluation sets (AUROC)", "",
-              "Computed after the choice above and not used for it.", ""]
-    names = list(ev["sets"])
-    rows = [[n, *[f"{ev['all_candidates_auroc'][n][s]:.4f}" for s in names]] for n in r["validation"]]
-    lines += [common.md_table(["score", *names], rows)]
+              + (f". Timed by `{lat['command']}`." if "command" in lat else "."), ""]
+    candidates = [n for n in r["validation"] if n in ev["all_candidates_auroc"]]
+    if len(candidates) > 1:       # bench/ood.py --all-candidates
+        names = list(ev["sets"])
+        rows = [[n, *[f"{ev['all_candidates_auroc'][n][s]:.4f}" for s in names]] for n in candidates]
+        lines += ["## For reference: every candidate on the evaluation sets (AUROC)", "",
+                  "Computed after the choice above and not used for it.", "",
+                  common.md_table(["score", *names], rows)]
     return "\n".join(lines)
 
 

@@ -48,6 +48,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from training import evaluate  # noqa: E402
 import train  # noqa: E402
+from training.config import cpu_has_fast_bf16, setup_runtime  # noqa: E402
 from training.data import load_images  # noqa: E402
 from model import count_parameters, load_model  # noqa: E402
 from imaging.preprocess import normalize  # noqa: E402
@@ -153,13 +154,13 @@ def fit(recipe: Recipe, cli, data, out_dir: Path, seed: int) -> tuple[nn.Module,
              "--seed", str(seed), "--no-progress"]
     if cli.threads:
         argv += ["--threads", str(cli.threads)]
-    args = train.parse_args(argv)
-    ctx = train.setup_device(args)
-    torch.manual_seed(args.seed)                                       # same init for every run of a recipe
+    cfg = train.parse_config(argv)
+    runtime = setup_runtime(cfg.runtime)
+    torch.manual_seed(cfg.data.seed)                                   # same init for every run of a recipe
     model = recipe.build() if recipe.build else None
     print(f"[{Path(sys.argv[0]).stem}] {recipe.name}: python train.py {shlex.join(argv)}", flush=True)
-    model, history, val_acc, seconds = train.train(args, ctx, model=model, data=data)
-    return model, history, val_acc, seconds, argv
+    run = train.train(cfg, runtime, model=model, data=data)
+    return run.model, run.history, run.val_accuracy, run.seconds, argv
 
 
 def images_per_s(history: list[dict]) -> float:
@@ -309,7 +310,7 @@ def main(argv=None) -> int:
     if not rows:
         print("[recipes] nothing to report", file=sys.stderr)
         return 1
-    amx = train.cpu_has_fast_bf16(torch.device("cpu"))
+    amx = cpu_has_fast_bf16(torch.device("cpu"))
     info = {"train_precision": "bf16 autocast (train.py --amp auto: this CPU has bf16 units)" if amx else "float32",
             "machine": common.machine_info(), "dataset": cli.dataset, "val_size": cli.val_size, "seed": cli.seed,
             "inference_repeats": cli.inference_repeats, "command": common.command_line("bench/recipes.py"),

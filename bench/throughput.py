@@ -1,7 +1,7 @@
 """Training throughput of FashionCNN on this machine: float32 against bf16 autocast, memory layouts, widths.
 
 The reason train.py's `--amp auto` turns bf16 autocast on for CPUs with bf16 units (AMX or AVX512-BF16): this script
-times train.py's own training step (`train.train_step` with `train.make_optimizer` and the default
+times train.py's own training step (`training.loop.train_step` with `train.make_optimizer` and the default
 options: forward, label-smoothed loss, backward, Nesterov SGD step) on random batches for each
 setting, in one process, and writes bench/results/throughput.md. A second table times stage
 widths (`--widths`) in train.py's setting: what a wider network costs per epoch.
@@ -22,6 +22,8 @@ import _common as common  # noqa: E402  (puts the repository root on sys.path)
 import torch  # noqa: E402
 
 import train  # noqa: E402
+from training.config import OptimConfig, cpu_has_fast_bf16  # noqa: E402
+from training.loop import train_step  # noqa: E402
 from model import FashionCNN, count_parameters  # noqa: E402
 
 WIDTHS = [(32, 64, 128), (16, 64, 192), (32, 64, 192), (48, 96, 192)]
@@ -32,16 +34,16 @@ SETTINGS = [("float32", False, False), ("float32, channels-last", False, True),
 def images_per_s(bf16: bool, channels_last: bool, batch: int, steps: int, widths=(32, 64, 128)) -> float:
     """Median images/s over `steps` training steps (after 3 warm-up steps)."""
     torch.manual_seed(0)
-    args = train.parse_args([])                                    # train.py's defaults
+    optim = OptimConfig()                                          # train.py's defaults
     model = FashionCNN(widths=widths).train()
     x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
     if channels_last:
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-    optimizer = train.make_optimizer(model, args)
+    optimizer = train.make_optimizer(model, optim)
     times = []
     for i in range(steps + 3):
         start = time.perf_counter()
-        train.train_step(model, x, y, optimizer, args.label_smoothing, bf16)
+        train_step(model, x, y, optimizer, optim.label_smoothing, bf16)
         if i >= 3:
             times.append(time.perf_counter() - start)
     return batch / sorted(times)[len(times) // 2]
@@ -53,7 +55,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=20, help="timed steps per setting")
     p.add_argument("--results-dir", default=str(common.RESULTS))
     cli = p.parse_args(argv)
-    info = {"machine": common.machine_info(), "amx_bf16": train.cpu_has_fast_bf16(torch.device("cpu")),
+    info = {"machine": common.machine_info(), "amx_bf16": cpu_has_fast_bf16(torch.device("cpu")),
             "batch_size": cli.batch_size, "steps": cli.steps, "command": common.command_line("bench/throughput.py")}
     rows = []
     for name, bf16, cl in SETTINGS:
@@ -74,7 +76,7 @@ def main(argv=None) -> int:
 
 {common.md_table(["setting", "images/s (median step)", "vs float32"], table)}
 
-One training step as train.py runs it (`train.train_step`: forward, label-smoothed cross-entropy, backward, Nesterov SGD),
+One training step as train.py runs it (`training.loop.train_step`: forward, label-smoothed cross-entropy, backward, Nesterov SGD),
 on random batches; median of {cli.steps} steps after 3 warm-up steps. Augmentation, EMA and validation
 are not included (train.py's per-epoch images/s in training_history.json include them).
 

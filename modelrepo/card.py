@@ -1,61 +1,78 @@
 """What a trained model's folder (a Hub model repo) says about itself: the model card, and the
 writing of the folder at the end of a training run.
 
-train.py calls `save`; the weights and config.json come from the Hub mixin, the card from
-`model_card`, which reads evaluation/metrics.json's figures and the options of the run.
+train.py calls `save`; the weights and config.json come from model.save_model, the card from
+`model_card`, which reads evaluation/metrics.json's figures and what the run's options say of the
+model's origin (`Origin`: modelrepo sits below training/, so the card takes plain values, not the
+run's configuration).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from modelrepo.hub import HUB_DATASET, LIBRARY_NAME, LICENSE, PIPELINE_TAG, TAGS
 from model import count_parameters, save_model
 
 
-def temperature_source(args) -> str:
+@dataclass(frozen=True)
+class Origin:
+    """What the card says about where a model came from: the options of the run that made it
+    (train.py builds it from its RunConfig)."""
+    init_from: str | None             # the weights a fine-tune started from; None: trained from scratch
+    photo_norms: bool                 # only photo BatchNorm layers were trained
+    fmnist_share: float               # with photo_norms: the share of Fashion-MNIST images in each batch
+    wise: tuple[float, ...]           # the WiSE-FT weights tried
+    temperature: float                # the temperature given on the command line (0: none given)
+    val_size: int                     # training images held out for validation (0: the final fit)
+    photo_train: str | None           # phone photos were mixed into training
+
+
+def temperature_source(temperature: float, val_size: int) -> str:
     """Where the stored temperature comes from; the training log and the model card both say it."""
-    if args.temperature:
+    if temperature:
         return "set with --temperature"
-    return "none fitted: no validation split" if args.val_size == 0 else "fitted on validation"
+    return "none fitted: no validation split" if val_size == 0 else "fitted on validation"
 
 
-def start_note(args, wise: dict | None = None) -> str | None:
+def start_note(origin: Origin, wise: dict | None = None) -> str | None:
     """What a fine-tune started from, as the model card says it; None for a network trained from scratch.
 
-    `wise`: metrics.json's record of the averaging weight chosen on validation, when --wise named several.
+    `wise`: metrics.json's record of the averaging weight chosen on validation, when several were tried.
     """
-    if not args.init_from:
+    if not origin.init_from:
         return None
-    if args.photo_norms:
-        mix = f" ({args.fmnist_share:.0%} of each batch Fashion-MNIST images)" if args.fmnist_share else ""
-        return (f"the weights in `{args.init_from}`, of which only BatchNorm layers of its own for segmented photos "
+    if origin.photo_norms:
+        mix = f" ({origin.fmnist_share:.0%} of each batch Fashion-MNIST images)" if origin.fmnist_share else ""
+        return (f"the weights in `{origin.init_from}`, of which only BatchNorm layers of its own for segmented photos "
                 f"were trained, on segmented photos{mix}: every other input gets the start's answer")
-    a = wise["chosen"]["wise"] if wise else args.wise[0]
-    tried = ", ".join(f"{w:g}" for w in args.wise)
-    how = f"; the weight chosen on validation among {tried}" if len(args.wise) > 1 else ""
+    a = wise["chosen"]["wise"] if wise else origin.wise[0]
+    tried = ", ".join(f"{w:g}" for w in origin.wise)
+    how = f"; the weight chosen on validation among {tried}" if len(origin.wise) > 1 else ""
     averaged = f", then averaged with them ({1 - a:g} start + {a:g} fine-tuned, WiSE-FT{how})"
-    return f"the weights in `{args.init_from}`" + (averaged if a < 1 or how else "")
+    return f"the weights in `{origin.init_from}`" + (averaged if a < 1 or how else "")
 
 
-def save(out: Path, model, metrics: dict, args, command: str, train_seconds: float | None) -> None:
+def save(out: Path, model, metrics: dict, origin: Origin, command: str, train_seconds: float | None) -> None:
     """config.json + model.safetensors, then the README.md model card."""
     save_model(model, out)
-    (out / "README.md").write_text(card(model, metrics, args, command, train_seconds))
+    (out / "README.md").write_text(card(model, metrics, origin, command, train_seconds))
 
 
-def card(model, metrics: dict, args, command: str, train_seconds: float | None) -> str:
+def card(model, metrics: dict, origin: Origin, command: str, train_seconds: float | None) -> str:
     """The model card of a training run: `model_card` with what the run's options say.
 
-    `args` are train.py's options; a shipped card can be written again from its metrics.json, whose
-    "command" holds them: `train.parse_args(shlex.split(metrics["command"])[2:])`.
+    A shipped card can be written again from its metrics.json, whose "command" holds the options:
+    `train.card_origin(train.parse_config(shlex.split(metrics["command"])[2:]))`.
     """
     val = metrics.get("val_accuracy")
     validation = f"{val:.2%}" if val is not None else "n/a"
-    if args.val_size == 0:
+    if origin.val_size == 0:
         validation = ("none held out: the recipe was chosen on validation, then retrained on all training images "
                       "(last epoch kept)")
-    return model_card(model.config, count_parameters(model), metrics, command, validation, temperature_source(args),
-                      train_seconds, start_note(args, metrics.get("wise")), photos_trained=bool(args.photo_train))
+    return model_card(model.config, count_parameters(model), metrics, command, validation,
+                      temperature_source(origin.temperature, origin.val_size), train_seconds,
+                      start_note(origin, metrics.get("wise")), photos_trained=bool(origin.photo_train))
 
 
 def _card_metadata(metrics: dict) -> str:

@@ -3,8 +3,9 @@
 This module owns the features the scores read (`features`: the penultimate vector; `FashionCNN.served_features`:
 the pooled output of every stage, per served view), the candidate scores (`SCORES`), the fitted
 detector (`OODDetector`: statistics, threshold, score name) and its two files next to the weights,
-`ood.safetensors` (tensors) and `ood.json` (score name, threshold, shapes). bench/ood.py fits it,
-chooses the score on validation and evaluates it. It imports nothing from training or UI code.
+`ood.safetensors` (tensors) and `ood.json` (score name, threshold, shapes). `train.py --fit-ood`
+(training/fit_ood.py) fits it and chooses the score on validation; bench/ood.py measures it. It
+imports nothing from training or UI code.
 
     >>> from model import load_model
     >>> from imaging.preprocess import preprocess
@@ -272,14 +273,14 @@ def _check_weights(folder: Path, meta: dict) -> None:
     recorded, weights = meta.get("weights_sha256"), folder / WEIGHTS_FILE
     if recorded and weights.is_file() and file_sha256(weights) != recorded:
         raise OODError(f"{folder / META_FILE}: fitted for other weights than {weights} (sha256 differs): "
-                       "refit with bench/ood.py")
+                       "refit with train.py --fit-ood")
 
 
 def _read_meta(path: Path) -> dict:
     try:
         meta = json.loads(path.read_text())
     except FileNotFoundError:
-        raise OODError(f"{path}: missing: no OOD detector in this folder (bench/ood.py fits one)") from None
+        raise OODError(f"{path}: missing: no OOD detector in this folder (train.py --fit-ood fits one)") from None
     except (OSError, ValueError) as e:
         raise OODError(f"{path}: not readable JSON ({e})") from None
     if not isinstance(meta, dict) or not {"score", "threshold", "shapes"} <= set(meta):

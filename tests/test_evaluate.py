@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -71,3 +73,15 @@ def test_paired_t_p_refuses_a_single_pair_and_reads_constant_differences():
     with pytest.raises(ValueError, match="at least 2"):
         evaluate.paired_t_p([0.5])
     assert evaluate.paired_t_p([0.0, 0.0]) == 1.0 and evaluate.paired_t_p([0.2, 0.2]) == 0.0
+
+
+def test_the_evaluate_command_writes_evaluation_and_prints_the_accuracy(tmp_path):
+    """`python -m training.evaluate`, as the README runs it: evaluation/ in --out, the last line the accuracy."""
+    proc = subprocess.run([sys.executable, "-m", "training.evaluate", "--model", str(WEIGHTS), "--dataset", str(SLICE),
+                           "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    written = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())
+    looks, labels, _ = load_images(str(SLICE), "test")
+    accuracy = (evaluate.predict_probs(load_model(WEIGHTS), looks).argmax(1) == labels).float().mean().item()
+    assert written["n"] == 200 and written["accuracy"] == pytest.approx(accuracy)
+    assert proc.stdout.strip().splitlines()[-1] == f"test_accuracy={accuracy:.4f}"

@@ -19,15 +19,8 @@ from model import FashionCNN, load_model, save_model
 from modelrepo.folder import open_model, save_folder
 from modelrepo.ood import OODDetector, OODError
 
-# The data helpers are moving out of train.py and model.py (data.py, preprocess.py): either layout works.
-try:
-    from training.data import load_images
-except ImportError:
-    from train import load_images
-try:
-    from imaging.preprocess import fashion_look
-except ImportError:
-    from model import fashion_look
+from training.data import load_images
+from imaging.preprocess import fashion_look
 
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = REPO / "weights"

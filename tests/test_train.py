@@ -1,11 +1,11 @@
 """train.py end to end on the shipped real slice: the output folder is a complete Hub model repo,
 it loads back through the Hub code path with identical predictions, and pushing fails cleanly.
+The photo-adaptation runs are in test_adapt.py, the options in test_train_options.py, the OOD
+detector's fit in test_fit_ood.py.
 
     pytest tests/test_train.py
 """
-import copy
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -15,51 +15,23 @@ import numpy as np
 import pytest
 import torch
 
-from training import adapt
 from training import evaluate
 from modelrepo import hub
 from modelrepo import card as model_repo
 import train
+from training.config import ModelOptions, setup_runtime
 from training.data import load_images, split_train_val
 from model import CLASS_NAMES, load_model
 from modelrepo.folder import open_model
 from imaging.preprocess import normalize
-
-ROOT = Path(__file__).resolve().parents[1]
-SLICE = str(ROOT / "tests/data/fashion_mnist")
-FAKE_TOKEN = "hf_FAKEtokenForTests0123456789abcdef"
-EXPECTED = ["README.md", "config.json", "model.safetensors", "training_history.json",
-            "evaluation/metrics.json", "evaluation/confusion_matrix.png", "evaluation/reliability.png",
-            "evaluation/training_curves.png", "evaluation/misclassified.npz", "evaluation/samples.npz",
-            "evaluation/trust.json"]
-
-
-def run_cli(*args, env=None, check=True) -> subprocess.CompletedProcess:
-    env = {**os.environ, **(env or {})}
-    proc = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
-    if check:
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
-
-
-def offline_env(tmp: Path) -> dict:
-    """No token, no saved login, no reachable Hub."""
-    env = {"HF_HOME": str(tmp / "hf_home"), "HF_HUB_CACHE": str(tmp / "hub"), "HF_ENDPOINT": "http://127.0.0.1:9"}
-    os.environ.pop("HF_TOKEN", None)
-    return env
-
-
-TRAINED_EPOCHS = 3
+from training_support import (EXPECTED, FAKE_TOKEN, ROOT, SLICE, TRAINED_EPOCHS, RecordingApi, offline_env,
+                              run_cli, train_slice)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("run") / "model"
-    proc = run_cli("--dataset", SLICE, "--epochs", str(TRAINED_EPOCHS), "--val-size", "100", "--batch-size", "64",
-                   "--out", str(out), "--seed", "1", "--no-progress", "--trust-images", "2",
-                   env=offline_env(out.parent) | {"HF_TOKEN": ""})
-    return out, proc
+    return out, train_slice(out)
 
 
 def test_output_folder_is_a_complete_model_repo(trained):
@@ -142,9 +114,9 @@ def test_model_card_has_hub_metadata(trained):
 def test_a_fine_tune_card_says_what_it_started_from_and_how_long_it_tuned(trained):
     out, _ = trained
     m = json.loads((out / "evaluation/metrics.json").read_text())
-    args = train.parse_args(["--dataset", SLICE, "--init-from", "someone/start", "--wise", "0.5"])
+    cfg = train.parse_config(["--dataset", SLICE, "--init-from", "someone/start", "--wise", "0.5"])
     card = model_repo.model_card(load_model(out).config, 1, m, "python train.py", "v", "t", 180.0,
-                                 model_repo.start_note(args))
+                                 model_repo.start_note(train.card_origin(cfg)))
     assert "fine-tuned with\n`train.py` of the project's repository from the weights in `someone/start`" in card
     assert "(0.5 start + 0.5 fine-tuned, WiSE-FT)" in card and "from\nscratch" not in card
     assert "3.0 min on" in card and "of fine-tuning, after the starting weights' own training" in card
@@ -196,9 +168,9 @@ def test_validation_split_is_seeded_and_disjoint():
 
 
 def test_augment_keeps_shape_and_changes_images():
-    args = train.parse_args(["--out", "x"])
+    options = train.parse_config(["--out", "x"]).augment
     x = torch.randn(16, 1, 28, 28)
-    y = train.augment(x, args, torch.Generator().manual_seed(0), background=-0.81)
+    y = train.augment(x, options, torch.Generator().manual_seed(0), background=-0.81)
     assert y.shape == x.shape and torch.isfinite(y).all() and not torch.equal(x, y)
 
 
@@ -232,7 +204,7 @@ def test_torchrun_data_parallel_on_cpu(tmp_path):
     # give exactly the accuracy the run printed.
     trained = load_model(out)
     torch.manual_seed(0)
-    initial = train.build_model(train.parse_args(["--out", "x"]))
+    initial = train.build_model(ModelOptions())
     start = dict(initial.named_parameters())
     assert any(not torch.equal(p, start[name]) for name, p in trained.named_parameters())
     looks, labels, _ = load_images(SLICE, "test")
@@ -271,22 +243,6 @@ def test_push_to_unreachable_hub_fails_cleanly_without_leaking_the_token(trained
     assert FAKE_TOKEN.encode() not in written
 
 
-class RecordingApi:
-    """Stand-in for the upload calls only (the Hub cannot be reached here): records what would go up,
-    selecting files with huggingface_hub's own pattern filter, as upload_folder does."""
-
-    def __init__(self):
-        self.calls, self.files = [], []
-
-    def create_repo(self, repo_id, **kw):
-        self.calls.append(("create_repo", repo_id, kw))
-
-    def upload_folder(self, folder_path, repo_id, ignore_patterns=None, **kw):
-        from huggingface_hub.utils import filter_repo_objects
-        paths = [str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file()]
-        self.files = sorted(filter_repo_objects(paths, ignore_patterns=ignore_patterns))
-        self.calls.append(("upload_folder", repo_id, kw))
-        return "https://huggingface.co/someone/fashion-cnn/commit/abc"
 
 
 def test_push_uploads_the_complete_repo_and_no_secrets(trained, tmp_path, monkeypatch):
@@ -323,15 +279,15 @@ def test_temperature_fit_follows_the_logit_scale():
 
 def test_time_budget_ends_the_schedule_at_zero_within_the_budget(tmp_path):
     # 50 epochs asked, 4 seconds allowed: the one-cycle schedule follows the clock and ends at lr 0.
-    args = train.parse_args(["--dataset", SLICE, "--epochs", "50", "--budget-minutes", str(4 / 60), "--val-size", "100",
-                             "--batch-size", "32", "--out", str(tmp_path / "b"), "--no-progress", "--trust-images", "0"])
-    ctx = train.setup_device(args)
-    _, history, _, seconds = train.train(args, ctx)
+    cfg = train.parse_config(["--dataset", SLICE, "--epochs", "50", "--budget-minutes", str(4 / 60), "--val-size", "100",
+                              "--batch-size", "32", "--out", str(tmp_path / "b"), "--no-progress", "--trust-images", "0"])
+    run = train.train(cfg, setup_runtime(cfg.runtime))
+    history, seconds = run.history, run.seconds
     assert len(history) < 50
     assert history[-1]["schedule_progress"] == 1.0
     assert seconds < 4 + 10                      # the budget plus at most one validation pass
-    lrs = [train.lr_at(p * 100, 100, args.lr, args.warmup) for p in (0.0, args.warmup, 1.0)]
-    assert lrs == [0.0, args.lr, 0.0]
+    lr, warmup = cfg.optim.lr, cfg.schedule.warmup
+    assert [train.lr_at(p * 100, 100, lr, warmup) for p in (0.0, warmup, 1.0)] == [0.0, lr, 0.0]
 
 
 def test_a_validation_split_larger_than_the_data_is_a_clear_error(tmp_path):
@@ -365,270 +321,9 @@ def test_a_negative_temperature_is_refused(tmp_path):
 
 def test_final_fit_keeps_the_weights_of_the_last_step(tmp_path):
     # Without EMA the kept weights must be the trained network's own, as it stands after the last step.
-    args = train.parse_args(["--dataset", SLICE, "--epochs", "3", "--val-size", "0", "--ema", "0", "--batch-size", "100",
-                             "--out", str(tmp_path / "f"), "--no-progress", "--trust-images", "0"])
-    ctx = train.setup_device(args)
-    final, history, val_acc, _ = train.train(args, ctx)
-    assert val_acc is None and len(history) == 3
-    last = {k: v.float() for k, v in ctx["raw_model"].state_dict().items()}
-    assert all(torch.equal(v, last[k]) for k, v in final.state_dict().items())
-
-
-@pytest.fixture(scope="module")
-def photo_folder(tmp_path_factory) -> Path:
-    """A clothing_photos layout (<split>/<folder>/*.jpg) of the committed example photos, each
-    in both splits: one in each of the seven mapped folders, and a hat, which has no class."""
-    root = tmp_path_factory.mktemp("photos")
-    for path in sorted((ROOT / "examples" / "photos").glob("*.jpg")):
-        folder = path.stem.split("-", 1)[1]
-        for split in ("train", "validation"):
-            (root / split / folder).mkdir(parents=True, exist_ok=True)
-            shutil.copy(path, root / split / folder / path.name)
-    return root
-
-
-def test_joint_training_mixes_photos_in_and_reports_them(photo_folder, tmp_path):
-    out = tmp_path / "model"
-    run_cli("--dataset", SLICE, "--epochs", "1", "--val-size", "100", "--batch-size", "64", "--out", str(out),
-            "--no-progress", "--trust-images", "0", "--photo-train", str(photo_folder), "--photos", str(photo_folder),
-            "--photo-share", "0.25", env=offline_env(tmp_path))
-    photos = json.loads((out / "evaluation/metrics.json").read_text())["photos"]
-    assert photos["n"] == 7 and photos["split"] == "validation"                # the hat is left out
-    assert set(photos["per_folder"]) == {"dress", "longsleeve", "outwear", "pants", "shirt", "shoes", "t-shirt"}
-    weighted = sum(f["strict"] * f["n"] for f in photos["per_folder"].values()) / photos["n"]
-    assert photos["strict_accuracy"] == pytest.approx(weighted)
-    assert sum(sum(row.values()) for row in photos["confusion"].values()) == 7
-    epoch = json.loads((out / "training_history.json").read_text())[0]
-    # 400 training images left by the hold-out: 6 full batches of 64, each with 16 photos (a quarter) added
-    assert epoch["images"] == 6 * (64 + 16)
-    assert epoch["photo_val_strict"] == pytest.approx(photos["strict_accuracy"], abs=1e-6)
-    card = (out / "README.md").read_text()
-    assert f"{photos['strict_accuracy']:.1%} / {photos['coarse_accuracy']:.1%} (n=7)" in card
-    assert "and on segmented phone photos of garments of those classes." in card
-
-
-def test_photos_are_read_upright_as_the_app_shows_them(tmp_path):
-    """A phone stores a photo on its side with EXIF Orientation 6 ("rotate 90 clockwise to view"):
-    training and the photo metrics must see what the app's visitor sees."""
-    from PIL import Image
-
-    from training.data import load_photo_looks
-    folder = tmp_path / "validation" / "pants"
-    folder.mkdir(parents=True)
-    with Image.open(ROOT / "examples" / "photos" / "0098b991-pants.jpg") as img:
-        upright = img.convert("RGB")
-    upright.save(folder / "a_upright.jpg", quality=95)
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    upright.rotate(90, expand=True).save(folder / "b_tagged.jpg", quality=95, exif=exif.tobytes())
-    upright.rotate(90, expand=True).save(folder / "c_untagged.jpg", quality=95)
-    looks = load_photo_looks(tmp_path, "validation")[0].numpy()
-    assert np.abs(looks[1] - looks[0]).mean() < 0.02                   # the same look, up to JPEG rounding
-    assert np.abs(looks[2] - looks[0]).mean() > 5 * np.abs(looks[1] - looks[0]).mean()   # the tag made it
-
-
-def test_wise_keeps_the_average_of_the_start_and_the_fine_tune(trained, tmp_path):
-    """--wise a (WiSE-FT): the kept weights are (1 - a) * start + a * what the same fine-tune ends with;
-    BatchNorm statistics are averaged too; integer buffers (BatchNorm's batch counts) are the fine-tune's."""
-    start = trained[0]
-    common = ["--dataset", SLICE, "--init-from", str(start), "--epochs", "1", "--val-size", "0", "--temperature", "0.7",
-              "--ema", "0", "--amp", "off", "--batch-size", "100", "--no-progress", "--trust-images", "0"]
-    finals = []
-    for a in ("1", "0.25"):
-        args = train.parse_args([*common, "--wise", a, "--out", str(tmp_path / a)])
-        finals.append(train.train(args, train.setup_device(args))[0].state_dict())
-    tuned, wise = finals
-    begin = load_model(start).state_dict()
-    moved = [k for k, v in tuned.items() if v.is_floating_point() and not torch.equal(v, begin[k])]
-    assert any(k.endswith("running_mean") for k in moved) and any(k.endswith("weight") for k in moved)
-    for k, v in wise.items():
-        expected = 0.75 * begin[k] + 0.25 * tuned[k] if v.is_floating_point() else tuned[k]
-        torch.testing.assert_close(v, expected.to(v.dtype), rtol=1e-5, atol=1e-6)
-
-
-def test_wise_needs_a_start_weights_in_range_and_validation_to_choose(tmp_path):
-    for extra in (["--wise", "0.5"], ["--wise", "1.5", "--init-from", "weights"], ["--wise", "0.5", "2"]):
-        proc = run_cli("--dataset", SLICE, *extra, "--out", str(tmp_path / "m"), check=False)
-        assert proc.returncode == 2 and "--wise takes weights in [0, 1] and needs --init-from" in proc.stderr
-    proc = run_cli("--dataset", SLICE, "--init-from", "weights", "--wise", "0.5", "1", "--val-size", "0",
-                   "--out", str(tmp_path / "m"), check=False)
-    assert proc.returncode == 2 and "several --wise weights are chosen on validation" in proc.stderr
-
-
-def test_wise_chooses_its_weight_on_validation_by_the_photo_bars_then_accuracy(trained, photo_folder, monkeypatch):
-    """choose_wise between a trained start and an untrained network (the average's accuracy falls as a
-    grows): every score in its table is that average's own, and the choice follows its rule."""
-    from training.data import load_photo_looks
-    from model import FashionCNN, config_dict
-    start = load_model(trained[0])
-    torch.manual_seed(0)
-    untrained = FashionCNN(**config_dict(start))
-    xv, yv = load_images(SLICE, "test")[:2]
-    photos = load_photo_looks(photo_folder, "validation")
-    kept, table = adapt.choose_wise(start, untrained, [0.0, 0.5, 1.0], xv, yv)
-    rows = table["candidates"]
-    assert [r["wise"] for r in rows] == [0.0, 0.5, 1.0]
-    for r in rows:
-        alone = adapt.weight_average(start, copy.deepcopy(untrained), r["wise"])
-        assert r["val_accuracy"] == (evaluate.predict_probs(alone, xv).argmax(1) == yv).float().mean().item()
-    assert rows[0]["val_accuracy"] > rows[2]["val_accuracy"] + 0.1           # trained vs untrained
-    assert table["chosen"]["wise"] == 0.0                                   # no photos: validation accuracy alone
-    assert all(torch.equal(v, start.state_dict()[k]) for k, v in kept.state_dict().items() if v.is_floating_point())
-
-    monkeypatch.setattr(evaluate, "PHOTO_STRICT_BAR", 1.01)                  # no weight can meet the bars
-    rows = adapt.choose_wise(start, untrained, [0.0, 0.5, 1.0], xv, yv, photos)[1]["candidates"]
-    assert not any(r["meets_photo_bars"] for r in rows) and all(len(r["photo_val_per_folder"]) == 7 for r in rows)
-    chosen = adapt.choose_wise(start, untrained, [0.0, 0.5, 1.0], xv, yv, photos)[1]["chosen"]
-    assert chosen["photo_val_strict"] == max(r["photo_val_strict"] for r in rows)
-    monkeypatch.setattr(evaluate, "PHOTO_STRICT_BAR", 0.0)
-    monkeypatch.setattr(evaluate, "PHOTO_FOLDER_BAR", -1.0)                  # every weight meets them
-    chosen = adapt.choose_wise(start, untrained, [0.0, 0.5, 1.0], xv, yv, photos)[1]["chosen"]
-    assert chosen["wise"] == 0.0 and chosen["meets_photo_bars"]
-
-
-def test_several_wise_weights_keep_the_chosen_average_and_say_so(trained, tmp_path):
-    """metrics.json records the table and reports the kept average's validation accuracy; the card
-    names the chosen weight and the ones it was chosen among."""
-    out = tmp_path / "m"
-    run_cli("--dataset", SLICE, "--init-from", str(trained[0]), "--epochs", "1", "--val-size", "100",
-            "--batch-size", "64", "--wise", "0.5", "1", "--out", str(out), "--no-progress", "--trust-images", "0",
-            env=offline_env(tmp_path))
-    m = json.loads((out / "evaluation/metrics.json").read_text())
-    chosen = m["wise"]["chosen"]
-    assert [r["wise"] for r in m["wise"]["candidates"]] == [0.5, 1.0]
-    assert chosen["val_accuracy"] == max(r["val_accuracy"] for r in m["wise"]["candidates"])
-    assert m["val_accuracy"] == chosen["val_accuracy"]
-    card = (out / "README.md").read_text()
-    a = chosen["wise"]
-    assert f"({1 - a:g} start + {a:g} fine-tuned, WiSE-FT; the weight chosen on validation among 0.5, 1)" in card
-
-
-def test_photo_norms_train_only_the_photo_batchnorm(trained, photo_folder, tmp_path):
-    """--photo-norms: every tensor of the start is kept exactly (so every Fashion-MNIST answer is the
-    start's); the photo BatchNorm layers start as copies of the network's own and move; the photo
-    metrics are those of for_photos()."""
-    start, out = trained[0], tmp_path / "pn"
-    run_cli("--dataset", SLICE, "--init-from", str(start), "--photo-norms", "--photo-train", str(photo_folder),
-            "--photos", str(photo_folder), "--epochs", "3", "--batch-size", "4", "--lr", "0.05", "--out", str(out),
-            "--no-progress", "--trust-images", "0", env=offline_env(tmp_path))
-    begin, tuned = load_model(start), load_model(out)
-    assert tuned.config.photo_norms and not begin.config.photo_norms
-    before, after = begin.state_dict(), tuned.state_dict()
-    assert all(torch.equal(after[k], v) for k, v in before.items())
-    own = [n for n, m in begin.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    assert len(own) == len(tuned.photo_norms)
-    moved = [i for i, n in enumerate(own)
-             if not torch.equal(after[f"photo_norms.{i}.running_mean"], before[f"{n}.running_mean"])]
-    assert len(moved) == len(own)                          # every photo layer saw the photos' statistics
-    m, m0 = (json.loads((d / "evaluation/metrics.json").read_text()) for d in (out, start))
-    assert m["confusion_matrix"] == m0["confusion_matrix"]
-    from training.data import load_photo_looks
-    looks, allowed, _ = load_photo_looks(photo_folder, "validation")
-    hits = allowed.gather(1, evaluate.predict_probs(tuned.for_photos(), looks).argmax(1, keepdim=True))
-    assert m["photos"]["strict_accuracy"] == pytest.approx(hits.float().mean().item())
-    assert "only BatchNorm layers of its own for segmented photos were trained, on segmented photos:" in (
-        out / "README.md").read_text()
-
-
-def test_fmnist_share_mixes_held_in_fashion_mnist_images_into_the_photo_batches(trained, photo_folder, tmp_path,
-                                                                                monkeypatch):
-    """--fmnist-share 0.5: half of each photo-norm batch is Fashion-MNIST training images, never one
-    of the validation split; the other half photos (seen before augmentation, as the batch is built)."""
-    from training.data import load_photo_looks
-    args = train.parse_args(["--dataset", SLICE, "--init-from", str(trained[0]), "--photo-norms", "--photo-train",
-                             str(photo_folder), "--epochs", "3", "--batch-size", "4", "--val-size", "100",
-                             "--fmnist-share", "0.5", "--amp", "off", "--no-progress", "--out", str(tmp_path / "mix")])
-    seen, real = [], adapt.augment
-    monkeypatch.setattr(adapt, "augment", lambda x, *a: (seen.append(x.clone()), real(x, *a))[1])
-    adapt.train_photo_norms(args, train.setup_device(args))
-    all_looks = load_images(SLICE, "train")[0]
-    train_idx, val_idx = split_train_val(len(all_looks), 100, args.seed)
-    norm = lambda looks: normalize(looks[:, None]).flatten(1)          # noqa: E731  (as adapt normalises)
-    photos = norm(load_photo_looks(photo_folder, "train")[0])
-    held_in, held_out = norm(all_looks[train_idx]), norm(all_looks[val_idx])
-
-    def found(row, pool) -> bool:
-        return bool((pool - row).abs().amax(1).lt(1e-6).any())
-
-    assert len(seen) == 3 and all(len(x) == 4 for x in seen)
-    for x in seen:
-        rows = x.flatten(1)
-        assert all(found(r, photos) for r in rows[:2]) and all(found(r, held_in) for r in rows[2:])
-        assert not any(found(r, held_out) for r in rows)
-
-
-def test_photo_norms_need_a_start_and_photos(tmp_path):
-    for extra in (["--photo-norms", "--photo-train", "p"], ["--photo-norms", "--init-from", "weights"],
-                  ["--photo-norms", "--init-from", "weights", "--photo-train", "p", "--wise", "0.5"]):
-        proc = run_cli("--dataset", SLICE, *extra, "--out", str(tmp_path / "m"), check=False)
-        assert proc.returncode == 2 and "--photo-norms needs --init-from and --photo-train" in proc.stderr
-
-
-# --- the other options, each observed where it acts ---------------------------------------------
-
-class EpochSpy:
-    """Wraps train.train_one_epoch: records the optimiser, device context and log of each epoch
-    (found among its arguments by type, whatever their order)."""
-
-    def __init__(self, real):
-        self.real, self.epochs = real, []
-
-    def __call__(self, *args, **kwargs):
-        log, step = self.real(*args, **kwargs)
-        values = [*args, *kwargs.values()]
-        optimizer = next(a for a in values if isinstance(a, torch.optim.Optimizer))
-        ctx = next(a for a in values if isinstance(a, dict) and "raw_model" in a)
-        self.epochs.append({"optimizer": optimizer, "ctx": dict(ctx), "model": ctx["raw_model"],
-                            "lrs": [g["lr"] for g in optimizer.param_groups], "log": log})
-        return log, step
-
-
-def test_options_reach_the_run(tmp_path, monkeypatch, capsys):
-    """One tiny run of train.main with every non-default option; each is checked where it acts."""
-    spy = EpochSpy(train.train_one_epoch)
-    monkeypatch.setattr(train, "train_one_epoch", spy)
-    api = RecordingApi()
-    real_push = hub.push_to_hub
-    monkeypatch.setattr(hub, "push_to_hub", lambda folder, repo_id, private=False: real_push(folder, repo_id, private,
-                                                                                              api=api))
-    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
-    out = tmp_path / "opts"
-    code = train.main(["--dataset", SLICE, "--epochs", "3", "--max-minutes", "0.0001", "--train-limit", "200",
-                       "--val-size", "100", "--batch-size", "50", "--optimizer", "adam", "--lr", "0.003",
-                       "--schedule", "constant", "--amp", "off", "--device", "cpu", "--tta", "0",
-                       "--channels-last", "0", "--trust-images", "0", "--no-progress", "--out", str(out),
-                       "--push-to-hub", "someone/fashion-cnn", "--private"])
-    stdout = capsys.readouterr().out
-    assert code == 0
-    # --max-minutes: 3 epochs asked, the first already passes the limit: one epoch, and it says so.
-    assert len(spy.epochs) == 1 and "stopping after epoch 1" in stdout
-    epoch = spy.epochs[0]
-    assert epoch["log"]["images"] == 200                                       # --train-limit 200 (400 without)
-    assert isinstance(epoch["optimizer"], torch.optim.Adam)                    # --optimizer adam
-    assert epoch["lrs"] == [0.003, 0.003] and epoch["log"]["lr_end"] == 0.003  # --schedule constant: no decay
-    assert epoch["ctx"]["amp"] is False                                        # --amp off
-    assert epoch["ctx"]["device"] == torch.device("cpu")                       # --device cpu
-    convs = [p for p in epoch["model"].parameters() if p.ndim == 4 and p.shape[1] > 1]
-    assert convs and not any(p.is_contiguous(memory_format=torch.channels_last) for p in convs)   # --channels-last 0
-    config = json.loads((out / "config.json").read_text())
-    assert config["flip_tta"] is False                                          # --tta 0
-    metrics = json.loads((out / "evaluation/metrics.json").read_text())
-    assert metrics["train_bf16_autocast"] is False and metrics["hardware"].startswith("CPU")
-    assert not (out / "evaluation/trust.json").exists()                          # --trust-images 0
-    # --private reaches the Hub call that creates the repo.
-    assert api.calls[0] == ("create_repo", "someone/fashion-cnn", {"repo_type": "model", "private": True,
-                                                                   "exist_ok": True})
-    assert "pushed" in stdout and FAKE_TOKEN not in stdout
-
-
-def test_defaults_differ_from_the_options_checked_above(tmp_path):
-    """The counterparts: without those options the same run would have looked different."""
-    args = train.parse_args(["--dataset", SLICE, "--out", str(tmp_path)])
-    assert (args.optimizer, args.schedule, args.tta, args.channels_last, args.private) == ("sgd", "onecycle", 1, 1,
-                                                                                        False)
-    model = train.build_model(args)
-    assert isinstance(train.make_optimizer(model, args), torch.optim.SGD) and model.config.flip_tta
-    assert train.lr_at(100, 100, args.lr, args.warmup) == 0.0                  # one-cycle ends at 0
-    on = train.setup_device(train.parse_args(["--out", "x", "--amp", "on"]))
-    assert on["amp"] is True and on["device"] == torch.device("cpu")
-    assert train.setup_device(train.parse_args(["--out", "x", "--amp", "off"]))["amp"] is False
+    cfg = train.parse_config(["--dataset", SLICE, "--epochs", "3", "--val-size", "0", "--ema", "0", "--batch-size", "100",
+                              "--out", str(tmp_path / "f"), "--no-progress", "--trust-images", "0"])
+    run = train.train(cfg, setup_runtime(cfg.runtime))
+    assert run.val_accuracy is None and len(run.history) == 3
+    last = {k: v.float() for k, v in run.trained.state_dict().items()}
+    assert all(torch.equal(v, last[k]) for k, v in run.model.state_dict().items())

@@ -6,7 +6,8 @@ product shots that take the photo path too); the convolutions, the classifier an
 BatchNorm stay the start's. So every input that does not go through the photo segmentation (every
 Fashion-MNIST image, drawings, anything already light on black) gets exactly the start's answer,
 and photos are answered by the same network with their own statistics (`FashionCNN.for_photos`).
-train.py runs this for `--photo-norms`.
+train.py runs this for `--photo-norms`, through the
+base run's epoch loop (training/loop.py) with batches of photos.
 
 WiSE-FT (`weight_average`, `choose_wise`): after a fine-tune of the whole network, its weights
 averaged with the start's (train.py --wise).
@@ -14,18 +15,16 @@ averaged with the start's (train.py --wise).
 from __future__ import annotations
 
 import copy
-import json
-import time
+from dataclasses import replace
 
 import torch
 from torch import nn
 
-from training.augment import augment, photo_like
-from training.loop import lr_at, schedule_progress, train_step
+from model import FashionCNN, config_dict, load_model
+from training.config import DataConfig, RunConfig, Runtime
 from training.data import load_images, load_photo_looks, split_train_val
 from training.evaluate import meets_photo_bars, predict_probs, strict_by_folder, strict_hits
-from model import FashionCNN, config_dict, load_model
-from imaging.preprocess import normalize
+from training.loop import Batches, Clock, Recipe, RunResult, record_epoch, train_one_epoch
 
 
 def with_photo_norms(start: FashionCNN) -> FashionCNN:
@@ -37,79 +36,61 @@ def with_photo_norms(start: FashionCNN) -> FashionCNN:
     return model
 
 
-def fmnist_share_of(args, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+def fmnist_share_of(data: DataConfig, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Fashion-MNIST training looks (N, 28, 28) and their classes as sets (N, C) bool, the validation
     split left out: the photo path also meets product shots on a plain ground, which segment to
     nearly the Fashion-MNIST look, so the photo BatchNorm sees those too (--fmnist-share)."""
-    looks, labels = load_images(args.dataset, "train")[:2]
-    train_idx, _ = split_train_val(len(looks), args.val_size, args.seed)
+    looks, labels = load_images(data.dataset, "train")[:2]
+    train_idx, _ = split_train_val(len(looks), data.val_size, data.seed)
     return looks[train_idx], torch.nn.functional.one_hot(labels[train_idx], num_classes).bool()
 
 
-def train_photo_norms(args, ctx) -> tuple[FashionCNN, list[dict], None, float]:
-    """Train the photo BatchNorm layers of args.init_from on args.photo_train's photos.
+def photo_batches(model: FashionCNN, data: DataConfig) -> Batches:
+    """The photo-norm batches: segmented photos of data.photo_train, with data.fmnist_share of each
+    batch Fashion-MNIST training images in their place."""
+    looks, allowed, _ = load_photo_looks(data.photo_train, "train")
+    fmnist = fmnist_share_of(data, allowed.shape[1]) if data.fmnist_share else None
+    return Batches(looks, allowed, norm=(model.config.mean, model.config.std), extra=fmnist,
+                   share=data.fmnist_share, in_place=True)
 
-    Same schedule as train.py (one-cycle, --budget-minutes), SGD on the BatchNorm scales and
-    shifts only, no weight decay (there is nothing to shrink but the layers' own scales).
-    Returns train.train's tuple: the model (CPU, eval), history, no validation accuracy (the
-    Fashion-MNIST answers are the start's), seconds.
+
+def train_photo_norms(cfg: RunConfig, runtime: Runtime) -> RunResult:
+    """Train the photo BatchNorm layers of cfg.model.init_from on cfg.data.photo_train's photos.
+
+    The base run's epoch loop and schedule (one-cycle, --budget-minutes), SGD on the BatchNorm
+    scales and shifts only, no weight decay (there is nothing to shrink but the layers' own
+    scales), no EMA. Returns no validation accuracy (the Fashion-MNIST answers are the start's);
+    the last epoch is kept.
     """
-    model = with_photo_norms(load_model(args.init_from))
-    looks, allowed, _ = load_photo_looks(args.photo_train, "train")
-    fmnist = fmnist_share_of(args, allowed.shape[1]) if args.fmnist_share else None
-    photo_val = load_photo_looks(args.photos, "validation") if args.photos else None
-    torch.manual_seed(args.seed)
-    view = model.for_photos().to(ctx["device"])
+    if runtime.world > 1:
+        raise ValueError("--photo-norms needs a single process: it has no data-parallel path")
+    model = with_photo_norms(load_model(cfg.model.init_from))
+    batches = photo_batches(model, cfg.data)
+    photo_val = load_photo_looks(cfg.data.photos, "validation") if cfg.data.photos else None
+    torch.manual_seed(cfg.data.seed)
+    view = model.for_photos().to(runtime.device)
     tuned = [p for bn in view.norms() for p in bn.parameters()]
     for p in view.parameters():
         p.requires_grad_(False)
     for p in tuned:
         p.requires_grad_(True)
-    optimizer = torch.optim.SGD(tuned, lr=args.lr, momentum=args.momentum, nesterov=args.momentum > 0)
-    norm = (model.config.mean, model.config.std)
-    background = float(normalize(0.0, *norm))
-    steps_per_epoch = max(1, len(looks) // args.batch_size)
-    total = steps_per_epoch * args.epochs
-    history, step, ctx["t_start"] = [], 0, time.perf_counter()
-    for epoch in range(1, args.epochs + 1):
-        view.train()
-        gen = torch.Generator().manual_seed(args.seed * 1000 + epoch)
-        perm, t0, seen, loss_sum, correct = torch.randperm(len(looks), generator=gen), time.perf_counter(), 0, 0.0, 0
-        for i in range(steps_per_epoch):
-            progress = schedule_progress(step, total, args, ctx)
-            if progress >= 1 and seen:
-                break
-            idx = perm[i * args.batch_size:(i + 1) * args.batch_size]
-            batch_looks, yb = looks[idx], allowed[idx]
-            if fmnist is not None:      # that share of the batch: Fashion-MNIST images in place of photos
-                k = round(len(idx) * args.fmnist_share)
-                pick = torch.randint(0, len(fmnist[0]), (k,), generator=gen)
-                batch_looks, yb = torch.cat([batch_looks[k:], fmnist[0][pick]]), torch.cat([yb[k:], fmnist[1][pick]])
-            xb = augment(normalize(batch_looks[:, None], *norm).to(ctx["device"]), args, gen, background)
-            xb = photo_like(xb, args.photo_aug, gen, background) if args.photo_aug else xb
-            yb = yb.to(ctx["device"])
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(progress * total, total, args.lr, args.warmup)
-            loss, logits = train_step(view, xb, yb, optimizer, args.label_smoothing, ctx["amp"])
-            step, seen = step + 1, seen + len(idx)
-            loss_sum += loss.item() * len(idx)
-            correct += yb.gather(1, logits.argmax(1, keepdim=True)).sum().item()
-        seconds = time.perf_counter() - t0
-        log = {"epoch": epoch, "images": seen, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
-               "lr_end": optimizer.param_groups[0]["lr"], "seconds": seconds,
-               "schedule_progress": schedule_progress(step, total, args, ctx), "images_per_s": seen / seconds}
+    optim = cfg.optim
+    optimizer = torch.optim.SGD(tuned, lr=optim.lr, momentum=optim.momentum, nesterov=optim.momentum > 0)
+    # Always one-cycle, and in the memory layout the layers were built in: the photo-norm recipe.
+    schedule = replace(cfg.schedule, kind="onecycle")
+    recipe = Recipe(optim, cfg.augment, cfg.data.seed, replace(runtime, channels_last=False), schedule.epochs)
+    clock = Clock(schedule, max(1, len(batches) // optim.batch_size) * schedule.epochs)
+    history = []
+    for epoch in range(1, schedule.epochs + 1):
+        log = train_one_epoch(view, batches, optimizer, clock, epoch, recipe)
         if photo_val is not None:   # reported, not chosen on: the last epoch is kept
             log["photo_val_strict"] = strict_hits(view.eval(), *photo_val[:2])[1].float().mean().item()
-        log["elapsed_s"] = time.perf_counter() - ctx["t_start"]
-        history.append(log)
-        print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in log.items()}), flush=True)
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "training_history.json").write_text(json.dumps(history, indent=2))
+        record_epoch(history, log, clock, cfg.output.out, runtime)
         if log["schedule_progress"] >= 1:
             break
     for photo, bn in zip(model.photo_norms, view.cpu().norms()):
         photo.load_state_dict(bn.state_dict())
-    return model.eval(), history, None, time.perf_counter() - ctx["t_start"]
+    return RunResult(model.eval(), history, None, clock.elapsed(), trained=model)
 
 
 def weight_average(start: nn.Module, tuned: nn.Module, a: float) -> nn.Module:

@@ -4,8 +4,8 @@ The test set is read once, for the report; choices (checkpoint, temperature) are
 validation by train.py with the functions here. `--photos` adds real phone photos (strict and
 coarse accuracy per folder, as defined in the photo set's README).
 
-    python evaluate.py --model weights --dataset ../shared/data/fashion_mnist
-    python evaluate.py --model weights --dataset ../shared/data/fashion_mnist --photos ../shared/data/clothing_photos
+    python -m training.evaluate --model weights --dataset ../shared/data/fashion_mnist
+    python -m training.evaluate --model weights --dataset ../shared/data/fashion_mnist --photos ../shared/data/clothing_photos
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from modelrepo import artefacts
-from training.data import COARSE_GROUPS, HUB_DATASET, PHOTO_FOLDERS, load_images, load_photo_looks
+from training.config import EVAL_OUT, DataConfig
+from training.data import COARSE_GROUPS, PHOTO_FOLDERS, load_images, load_photo_looks
 from model import CLASS_NAMES, FashionCNN, WeightsError, config_dict
 from modelrepo.folder import open_model
 from imaging.preprocess import normalize
@@ -260,20 +261,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="a local folder or a Hub repo id")
-    p.add_argument("--dataset", default=HUB_DATASET, help="Hub dataset id or a local folder in the same layout")
-    p.add_argument("--out", type=Path, default=Path("outputs/eval"), help="folder for evaluation/")
+    p.add_argument("--dataset", default=DataConfig.dataset, help="Hub dataset id or a local folder in the same layout")
+    p.add_argument("--out", type=Path, default=EVAL_OUT, help="folder for evaluation/")
     p.add_argument("--photos", default=None, help="a clothing_photos folder: adds real-photo accuracy")
     p.add_argument("--device", default="cpu")
     return p.parse_args(argv)
 
 
-def evaluate_folder(model: FashionCNN, args, extra: dict, history: list[dict] | None = None) -> dict:
-    """Test-set metrics (and photo metrics with --photos) written to args.out/evaluation/."""
-    looks, labels, raw = load_images(args.dataset, "test")   # the test set: once, for the report
-    args.out.mkdir(parents=True, exist_ok=True)
-    if getattr(args, "photos", None):
-        extra = extra | {"photos": photo_metrics(model.cpu(), args.photos)}
-    return write_evaluation(args.out, model, looks, labels, raw, history or [], extra, args.device)
+def evaluate_folder(model: FashionCNN, data: DataConfig, out: Path, device: torch.device | str, extra: dict,
+                    history: list[dict] | None = None) -> dict:
+    """Test-set metrics (and photo metrics when data.photos names a photo set) written to out/evaluation/."""
+    looks, labels, raw = load_images(data.dataset, "test")   # the test set: once, for the report
+    out.mkdir(parents=True, exist_ok=True)
+    if data.photos:
+        extra = extra | {"photos": photo_metrics(model.cpu(), data.photos)}
+    return write_evaluation(out, model, looks, labels, raw, history or [], extra, device)
 
 
 def main(argv=None) -> int:
@@ -283,7 +285,8 @@ def main(argv=None) -> int:
     except WeightsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    metrics = evaluate_folder(model, args, {"model_source": str(args.model)})
+    data = DataConfig(dataset=args.dataset, photos=args.photos)
+    metrics = evaluate_folder(model, data, args.out, args.device, {"model_source": str(args.model)})
     if "photos" in metrics:
         photos = metrics["photos"]
         print(f"photo_strict_accuracy={photos['strict_accuracy']:.4f} photo_coarse_accuracy={photos['coarse_accuracy']:.4f}")

@@ -1,19 +1,26 @@
-"""The training loop shared by every run: one epoch over Fashion-MNIST (with photos mixed in, for a
-joint run) and its pieces: the one-cycle schedule under a step count or a time budget, the step,
-the EMA of the weights.
+"""The one training loop: `train_one_epoch` runs every epoch of every run, the base run over
+Fashion-MNIST (photos mixed in, for a joint run; train.py) and the photo BatchNorm layers over
+photos (Fashion-MNIST mixed in; adapt.py). What differs between them is where the batches come
+from (`Batches`). Its pieces: the one-cycle schedule under a step count or a time budget
+(`Clock`), the step, the EMA of the weights, and the per-epoch record (`record_epoch`).
 """
 from __future__ import annotations
 
 import copy
+import json
 import sys
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from imaging.preprocess import normalize
+from modelrepo import artefacts
 from training.augment import augment, photo_like
+from training.config import AugmentConfig, OptimConfig, Runtime, Schedule
 
 
 class EMA:
@@ -45,16 +52,26 @@ def lr_at(step: int, total: int, peak: float, warmup: float) -> float:
     return peak * step / w if step < w else peak * max(0.0, (total - step) / max(1, total - w))
 
 
-def schedule_progress(step: int, total_steps: int, args, ctx) -> float:
-    """Fraction of the schedule done: by steps, or by wall time under --budget-minutes if that is further.
+class Clock:
+    """Where a run is in its schedule: steps taken, and, under a time budget, wall time spent."""
 
-    A time budget rather than an epoch count is what "train in under an hour on this machine"
-    means; the learning rate still reaches 0 at the end, which an epoch cut-off would not give.
-    """
-    done = step / total_steps
-    if args.budget_minutes:
-        done = max(done, (time.perf_counter() - ctx["t_start"]) / (args.budget_minutes * 60))
-    return min(1.0, done)
+    def __init__(self, schedule: Schedule, total_steps: int):
+        self.schedule, self.total_steps, self.step = schedule, total_steps, 0
+        self.t_start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t_start
+
+    def progress(self) -> float:
+        """Fraction of the schedule done: by steps, or by wall time under a budget if that is further.
+
+        A time budget rather than an epoch count is what "train in under an hour on this machine"
+        means; the learning rate still reaches 0 at the end, which an epoch cut-off would not give.
+        """
+        done = self.step / self.total_steps
+        if self.schedule.budget_minutes:
+            done = max(done, self.elapsed() / (self.schedule.budget_minutes * 60))
+        return min(1.0, done)
 
 
 def set_cross_entropy(logits: torch.Tensor, allowed: torch.Tensor, label_smoothing: float) -> torch.Tensor:
@@ -81,61 +98,119 @@ def train_step(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, optimizer: 
     return loss, logits
 
 
-def batch(x, y, idx, photos, args, gen, ctx) -> tuple[torch.Tensor, torch.Tensor]:
-    """Looks x[idx] (and, with `photos`, a share of segmented photos) -> augmented normalised
-    images and targets: classes (B,), or sets of right classes (B, C) when photos are mixed in."""
-    raw = ctx["raw_model"]
-    norm = (raw.config.mean, raw.config.std) if hasattr(raw, "config") else ()
-    looks, targets = x[idx], y[idx]
-    if photos is not None:
-        photo_looks, allowed = photos
-        # Added to the batch, not in place of its images: every epoch still sees all of Fashion-MNIST.
-        pick = torch.randint(0, len(photo_looks), (max(1, round(len(idx) * args.photo_share)),), generator=gen)
-        looks = torch.cat([looks, photo_looks[pick]])
-        targets = torch.cat([F.one_hot(targets, allowed.shape[1]).bool(), allowed[pick]])
-    background = float(normalize(0.0, *norm))
-    xb = augment(normalize(looks[:, None], *norm).to(ctx["device"]), args, gen, background)
-    if args.photo_aug:
-        xb = photo_like(xb, args.photo_aug, gen, background)
-    return xb, targets.to(ctx["device"])
+@dataclass
+class Batches:
+    """Where an epoch's batches come from: `looks` (N, 28, 28) in [0, 1] in a random order, with
+    `targets` a class (N,) or a set of right classes (N, C) bool per look, and optionally a second
+    pool `extra` (looks (P, 28, 28), right classes (P, C) bool) drawn at random for a `share` of
+    each batch: added to it, or, with `in_place`, in place of that share of its looks."""
+    looks: torch.Tensor
+    targets: torch.Tensor
+    norm: tuple = ()                    # (mean, std) of the network's input; () for normalize's defaults
+    extra: tuple[torch.Tensor, torch.Tensor] | None = None
+    share: float = 0.0
+    in_place: bool = False
+
+    def __len__(self) -> int:
+        return len(self.looks)
+
+    def draw(self, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Looks (B, 28, 28) and targets of the batch `idx`; sets (B, C) bool when a pool is mixed in."""
+        looks, targets = self.looks[idx], self.targets[idx]
+        if self.extra is None:
+            return looks, targets
+        pool, allowed = self.extra
+        if targets.ndim == 1:
+            targets = F.one_hot(targets, allowed.shape[1]).bool()
+        if self.in_place:
+            k = round(len(idx) * self.share)
+            pick = torch.randint(0, len(pool), (k,), generator=gen)
+            return torch.cat([looks[k:], pool[pick]]), torch.cat([targets[k:], allowed[pick]])
+        # Added to the batch, not in place of its images: every epoch still sees all of `looks`.
+        pick = torch.randint(0, len(pool), (max(1, round(len(idx) * self.share)),), generator=gen)
+        return torch.cat([looks, pool[pick]]), torch.cat([targets, allowed[pick]])
 
 
-def train_one_epoch(model, ema, x, y, optimizer, args, epoch, step, total_steps, ctx,
-                    photos=None) -> tuple[dict, int]:
-    """One pass over (x, y) in random order; returns the epoch's log entry and the global step.
+def augmented(batches: Batches, idx, gen, aug: AugmentConfig, runtime: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch `idx` -> augmented normalised images (B, 1, 28, 28) on the device, and its targets."""
+    looks, targets = batches.draw(idx, gen)
+    background = float(normalize(0.0, *batches.norm))
+    xb = augment(normalize(looks[:, None], *batches.norm).to(runtime.device), aug, gen, background)
+    if aug.photo_aug:
+        xb = photo_like(xb, aug.photo_aug, gen, background)
+    if runtime.channels_last:
+        xb = xb.contiguous(memory_format=torch.channels_last)
+    return xb, targets.to(runtime.device)
 
-    `photos`: (looks (P, 28, 28), right classes (P, C) bool) mixed into every batch."""
+
+@dataclass
+class Recipe:
+    """What one epoch needs to know besides the data: the optimiser's settings, the augmentation,
+    the seed of its draws, the device."""
+    optim: OptimConfig
+    augment: AugmentConfig
+    seed: int
+    runtime: Runtime
+    epochs: int = field(default=1)      # for the progress bar's "epoch i/n" only
+
+
+def train_one_epoch(model: nn.Module, batches: Batches, optimizer: torch.optim.Optimizer, clock: Clock,
+                    epoch: int, recipe: Recipe, ema: EMA | None = None) -> dict:
+    """One pass over `batches` in random order, the learning rate set by `clock`; returns the epoch's log entry.
+
+    `model` may be a DistributedDataParallel wrapper: each rank takes its own shard of the order,
+    and the EMA follows the wrapped network."""
     from tqdm import tqdm
+    rt, optim, schedule = recipe.runtime, recipe.optim, clock.schedule
     model.train()
-    gen = torch.Generator().manual_seed(args.seed * 1000 + epoch)
-    perm = torch.randperm(len(x), generator=gen)
-    perm = perm[ctx["rank"]::ctx["world"]]                  # each DDP rank takes its own shard
-    n_batches = len(perm) // args.batch_size or 1
-    bar = tqdm(range(n_batches), desc=f"epoch {epoch}/{args.epochs}", disable=args.no_progress or ctx["rank"] != 0,
+    gen = torch.Generator().manual_seed(recipe.seed * 1000 + epoch)
+    perm = torch.randperm(len(batches), generator=gen)
+    perm = perm[rt.rank::rt.world]                          # each DDP rank takes its own shard
+    n_batches = len(perm) // optim.batch_size or 1
+    bar = tqdm(range(n_batches), desc=f"epoch {epoch}/{recipe.epochs}", disable=not rt.progress or rt.rank != 0,
                mininterval=1 if sys.stderr.isatty() else 20, file=sys.stderr)
+    raw = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     t0, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
     for i in bar:
-        progress = schedule_progress(step, total_steps, args, ctx)
+        progress = clock.progress()
         if progress >= 1 and seen:
             break                                           # time budget spent: the schedule is at its end
-        idx = perm[i * args.batch_size:(i + 1) * args.batch_size]
-        xb, yb = batch(x, y, idx, photos, args, gen, ctx)                          # (B, 1, 28, 28), targets
-        if args.channels_last:
-            xb = xb.contiguous(memory_format=torch.channels_last)
-        if args.schedule == "onecycle":
+        idx = perm[i * optim.batch_size:(i + 1) * optim.batch_size]
+        xb, yb = augmented(batches, idx, gen, recipe.augment, rt)                  # (B, 1, 28, 28), targets
+        if schedule.kind == "onecycle":
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(progress * total_steps, total_steps, args.lr, args.warmup)
-        loss, logits = train_step(model, xb, yb, optimizer, args.label_smoothing, ctx["amp"])
-        step += 1
+                group["lr"] = lr_at(progress * clock.total_steps, clock.total_steps, optim.lr, schedule.warmup)
+        loss, logits = train_step(model, xb, yb, optimizer, optim.label_smoothing, rt.amp)
+        clock.step += 1
         if ema is not None:
-            ema.update(ctx["raw_model"], step)
+            ema.update(raw, clock.step)
         seen += len(yb)
         loss_sum += loss.item() * len(yb)
         hit = yb.gather(1, logits.argmax(1, keepdim=True))[:, 0] if yb.ndim == 2 else logits.argmax(1) == yb
         correct += hit.sum().item()
         bar.set_postfix(loss=f"{loss_sum / seen:.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
     seconds = time.perf_counter() - t0
-    return {"epoch": epoch, "images": seen * ctx["world"], "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
-            "lr_end": optimizer.param_groups[0]["lr"], "seconds": seconds,
-            "schedule_progress": schedule_progress(step, total_steps, args, ctx),
-            "images_per_s": seen * ctx["world"] / seconds}, step
+    return {"epoch": epoch, "images": seen * rt.world, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
+            "lr_end": optimizer.param_groups[0]["lr"], "seconds": seconds, "schedule_progress": clock.progress(),
+            "images_per_s": seen * rt.world / seconds}
+
+
+def record_epoch(history: list[dict], log: dict, clock: Clock, out: Path, runtime: Runtime) -> None:
+    """Append the epoch's log (with the run's elapsed time), print it and write training_history.json (rank 0)."""
+    log["elapsed_s"] = clock.elapsed()
+    history.append(log)
+    if runtime.rank == 0:
+        print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in log.items()}), flush=True)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / artefacts.HISTORY).write_text(json.dumps(history, indent=2))
+
+
+@dataclass
+class RunResult:
+    """What a training run hands on: the kept network (CPU, eval mode) and how it got there."""
+    model: nn.Module
+    history: list[dict]
+    val_accuracy: float | None          # of the kept network; None without a validation split
+    seconds: float
+    trained: nn.Module | None = None    # the network as the last step left it
+    wise: dict | None = None            # the WiSE-FT choice on validation, when several weights were tried
