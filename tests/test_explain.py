@@ -1,4 +1,4 @@
-"""Tests for explain/: every method in METHODS, rendering, faithfulness and the trust table.
+"""Tests for explain/methods.py and the deletion/insertion curves: every method in METHODS, known answers.
 
 Tiny models stand in for the trained network where a known answer is needed: `TinyCNN` (random,
 seeded, in-place ReLUs like FashionCNN) and `RegionNet`, whose score depends only on one 8x8
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import gc
-import json
 
 import numpy as np
 import psutil
@@ -23,63 +22,14 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import explain
-from explain import trust
-from explain import (METHODS, common_scale, deletion_insertion, render_overlay, randomisation_test,
-                     share)
-from explain.faithfulness import cascade_layers, pixel_order, spearman
+from explain import (METHODS, deletion_insertion)
+from explain.faithfulness import pixel_order
 from explain.methods import background_value, relu_safe
-from model import MEAN, STD, FashionCNN, save_model
-from imaging.preprocess import InvalidImageError, fashion_look, normalize, preprocess
+from model import MEAN, STD, FashionCNN
+from imaging.preprocess import InvalidImageError, normalize, preprocess
+from explain_cases import RegionNet, TinyCNN, region_mask
 
 METHOD_NAMES = list(METHODS)
-REGION = (slice(3, 11), slice(16, 24))          # 8x8, off-centre: a transposed map would miss it
-
-
-class TinyCNN(nn.Module):
-    """A 10-class CNN small enough for hundreds of calls; ReLUs in place, as in FashionCNN."""
-
-    def __init__(self, seed: int = 0):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.stem = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2))
-        self.last_conv = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(inplace=True))   # (B, 8, 14, 14)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 10))
-
-    def forward(self, x):
-        return self.head(self.last_conv(self.stem(x)))
-
-
-class RegionNet(nn.Module):
-    """Class 0's score grows with the brightness inside REGION and ignores every other pixel.
-
-    Positive conv weights and a fixed mask after the first conv: logits = (s, -s, 0) with
-    s = mean of the last conv's activations, which only pixels in REGION (dilated by one pixel,
-    the first conv's reach) can change.
-    """
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(1)
-        self.conv1 = nn.Conv2d(1, 4, 3, padding=1, bias=False)
-        self.last_conv = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.ReLU())
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.fc = nn.Linear(4, 3, bias=False)
-        with torch.no_grad():
-            self.conv1.weight.abs_().mul_(0.5)
-            self.last_conv[0].weight.abs_().mul_(0.5)
-            self.fc.weight.copy_(torch.tensor([[1.0] * 4, [-1.0] * 4, [0.0] * 4]) * 20)
-        mask = torch.zeros(1, 1, 28, 28)
-        mask[0, 0, REGION[0], REGION[1]] = 1
-        self.register_buffer("mask", mask)
-
-    def forward(self, x):
-        return self.fc(self.pool(self.last_conv(torch.relu(self.conv1(x)) * self.mask)))
-
-
-def region_mask(dilate: int = 0) -> np.ndarray:
-    m = np.zeros((28, 28), bool)
-    m[REGION[0].start - dilate:REGION[0].stop + dilate, REGION[1].start - dilate:REGION[1].stop + dilate] = True
-    return m
 
 
 @pytest.fixture(scope="module")
@@ -326,139 +276,3 @@ def test_deletion_insertion_curves_are_well_formed(region_case):
     assert out["insertion_curve"][-1] == pytest.approx(p, abs=1e-5)
     assert 0 <= out["deletion_auc"] <= 1 and 0 <= out["insertion_auc"] <= 1
     assert background_value(model) == pytest.approx((0 - MEAN) / STD)
-
-
-def test_spearman_matches_known_values():
-    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
-    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
-    # Ties averaged: ranks (0, 1.5, 1.5, 3) and (0, 2.5, 2.5, 1): covariance 1.5 / variance 4.5.
-    assert spearman([1, 2, 2, 3], [1, 3, 3, 2]) == pytest.approx(1 / 3)
-    assert spearman([1, 1, 1], [1, 2, 3]) == 0.0
-
-
-def test_randomisation_lowers_the_correlation_and_leaves_the_model_alone(tiny, images):
-    x = preprocess(images[0][3])
-    target = int(tiny(x[None]).argmax())
-    state = {k: v.clone() for k, v in tiny.state_dict().items()}
-    result = randomisation_test(tiny, x, target, ["Saliency", "Integrated Gradients"])
-    assert [name for name, _ in cascade_layers(tiny)] == ["head", "last_conv", "stem"]
-    for method, rhos in result.items():
-        assert len(rhos) == 3 and all(-1 <= r <= 1 for r in rhos)
-        assert rhos[-1] < 0.9, f"{method}: fully randomised map still correlates {rhos[-1]:.2f}"
-    for k, v in tiny.state_dict().items():
-        assert torch.equal(v, state[k]), f"randomisation_test changed the caller's {k}"
-    # The same model on both sides gives rho = 1: the drop above comes from the randomisation.
-    assert spearman(explain.explain(tiny, x, "Saliency", target), explain.explain(tiny, x, "Saliency", target)) == 1.0
-
-
-def test_precompute_trust_and_write_trust(tmp_path, images):
-    raw, labels = images
-    model = FashionCNN(widths=(8, 8, 16), photo_norms=True).eval()      # its photo layers are not a cascade step
-    out = trust.precompute_trust(model, raw, labels, methods=["Saliency", "Grad-CAM"], n=3,
-                                   n_randomisation=2, n_sensitivity=1, steps=7)
-    json.dumps(out)                                                      # JSON-ready
-    assert out["methods"] == ["Saliency", "Grad-CAM"] and out["n_images"] == 3 and len(out["fractions"]) == 8
-    for method in out["methods"]:
-        r = out[method]
-        assert 0 <= r["deletion_auc"] <= 1 and 0 <= r["insertion_auc"] <= 1
-        assert len(r["mean_deletion_curve"]) == 8 and len(r["randomisation_curve"]) == 4
-        assert r["cascade_layers"] == ["head", "stage3", "stage2", "stage1"]
-        assert r["randomisation_rho"] == r["randomisation_curve"][-1] and r["latency_ms"] > 0
-        assert np.isfinite([r["infidelity"], r["sensitivity"]]).all()
-    # write_trust on a folder in train.py's layout, with the model saved as the app loads it.
-    save_model(model, tmp_path)
-    (tmp_path / "evaluation").mkdir()
-    np.savez_compressed(tmp_path / "evaluation" / "samples.npz", index=np.arange(3), label=labels[:3],
-                        pred=labels[:3], images=raw[:3])
-    path = trust.write_trust(tmp_path, methods=["Occlusion"], n=1, n_randomisation=0, n_sensitivity=0, steps=4)
-    assert path == tmp_path / "evaluation" / "trust.json"
-    written = json.loads(path.read_text())
-    assert written["methods"] == ["Occlusion"] and written["n_images"] == 1 and written["Occlusion"]["sensitivity"] is None
-    assert written["Occlusion"]["randomisation_rho"] is None and written["Occlusion"]["randomisation_curve"] == []
-
-
-def test_trust_command_line_on_a_tiny_model_folder(tmp_path, images):
-    """`python -m explain.trust <folder>` as documented: every method, every measure (sensitivity
-    and the randomisation test included), trust.json written and the table printed."""
-    import subprocess
-    import sys
-    from pathlib import Path
-    raw, labels = images
-    torch.manual_seed(0)
-    save_model(FashionCNN(widths=(4, 8, 8)).eval(), tmp_path)
-    (tmp_path / "evaluation").mkdir()
-    np.savez_compressed(tmp_path / "evaluation" / "samples.npz", index=np.arange(4), label=labels[:4],
-                        pred=labels[:4], images=raw[:4])
-    proc = subprocess.run([sys.executable, "-m", "explain.trust", str(tmp_path), "--n", "2", "--n-randomisation", "1",
-                           "--n-sensitivity", "1", "--steps", "4", "--threads", "1"],
-                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    written = json.loads((tmp_path / "evaluation" / "trust.json").read_text())
-    assert written["methods"] == METHOD_NAMES and written["n_images"] == 2
-    for name in METHOD_NAMES:
-        r = written[name]
-        assert 0 <= r["deletion_auc"] <= 1 and 0 <= r["insertion_auc"] <= 1, name
-        assert np.isfinite([r["infidelity"], r["sensitivity"], r["randomisation_rho"]]).all(), name
-        assert name in proc.stdout
-    assert proc.stdout.strip().splitlines()[-1] == f"wrote {tmp_path / 'evaluation' / 'trust.json'}"
-
-
-# ---------------------------------------------------------------------------------------------
-# Rendering.
-# ---------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("size", [224, 100])
-def test_render_overlay_shape_dtype_and_diverging_colours(size):
-    look = np.full((28, 28), 0.5, np.float32)
-    a = np.zeros((28, 28), np.float32)
-    a[:, :14] = -1.0                                       # left half lowers the score
-    a[:, 14:] = 1.0                                        # right half raises it
-    a[14:, :] = 0.0                                        # bottom half: no attribution
-    rgb = render_overlay(look, a, 1.0, signed=True, size=size)
-    assert rgb.shape == (size, size, 3) and rgb.dtype == np.uint8
-    left, right, zero = (rgb[size // 4, size // 8].astype(int), rgb[size // 4, 7 * size // 8].astype(int),
-                         rgb[3 * size // 4, size // 2].astype(int))
-    assert left[2] > left[0] + 50, f"negative should be blue, got {left}"
-    assert right[0] > right[2] + 50, f"positive should be red, got {right}"
-    assert zero[0] == zero[1] == zero[2], f"zero attribution should leave the gray input, got {zero}"
-    unsigned = render_overlay(look, np.abs(a), 1.0, signed=False, size=size)
-    np.testing.assert_array_equal(unsigned[size // 4, size // 8], unsigned[size // 4, 7 * size // 8])
-
-
-def test_render_overlay_is_crisp_and_scale_saturates():
-    look = np.random.default_rng(0).random((28, 28))
-    a = np.random.default_rng(1).normal(size=(28, 28))
-    rgb = render_overlay(look, a, common_scale([a]), signed=True, size=224)
-    blocks = rgb.reshape(28, 8, 28, 8, 3)
-    assert (blocks == blocks[:, :1, :, :1]).all(), "each model pixel should be one flat 8x8 square"
-    np.testing.assert_array_equal(render_overlay(look, a * 10, 10 * common_scale([a]), True),
-                                  render_overlay(look, a, common_scale([a]), True))
-    with pytest.raises(ValueError, match="shape"):
-        render_overlay(look, np.zeros((14, 14)), 1.0, True)
-
-
-def test_common_scale_is_robust_and_positive():
-    maps = [np.zeros((28, 28)), np.ones((28, 28))]
-    maps[1][0, 0] = 1e6                                     # one outlier does not set the scale
-    assert common_scale(maps) == pytest.approx(1.0)
-    assert common_scale([np.zeros((28, 28))]) > 0
-    assert common_scale([np.full((28, 28), np.nan)]) > 0
-    s = share(np.array([[1.0, -3.0]]))
-    assert np.abs(s).sum() == pytest.approx(1.0) and s[0, 1] == pytest.approx(-0.75)
-
-
-def test_colorbar_is_an_image():
-    bar = explain.colorbar(0.5, signed=True)
-    assert bar.ndim == 3 and bar.shape[2] == 3 and bar.dtype == np.uint8
-    assert bar[2, 2, 2] > bar[2, 2, 0] and bar[2, -3, 0] > bar[2, -3, 2]   # blue left, red right
-
-
-def test_real_image_overlay_end_to_end(images):
-    look = fashion_look(images[0][1])
-    model = FashionCNN().eval()
-    x = normalize(look)[None]
-    maps = {m: explain.explain(model, x, m) for m in ("Integrated Gradients", "Occlusion")}
-    scale = common_scale([share(a) for a in maps.values()])
-    for method, a in maps.items():
-        rgb = render_overlay(look, share(a), scale, METHODS[method].signed)
-        assert rgb.shape == (224, 224, 3) and rgb.std() > 0
