@@ -177,7 +177,8 @@ def serving_rows() -> list[str]:
             rows.append(f"| Serving {what}, {r['settings']['concurrency']} clients at once | **{r['throughput_per_s']:.0f} "
                         f"requests/s**, p95 {a['p95_ms'] / 1000:.1f} s, {a['served']:,} of {a['sent']:,} answered right, "
                         f"{a['errors']} errors; server CPU {r['server_cpu_ms_per_request']:.1f} ms per request; memory "
-                        f"after {r['settings']['idle']:.0f} s idle {back:+.0f} MiB from warm |")
+                        f"after {r['settings']['idle']:.0f} s idle {back:+.0f} MiB from warm; load average before "
+                        f"the run {r['info']['machine']['load_average_1_5_15min'][0]:.1f} on 2 cores |")
     one, explain = runs["load_one_classify"], runs["load_one_explain"]
     if one and explain:
         rows.append(f"| One client alone (HTTP round trip, upload included) | /classify median "
