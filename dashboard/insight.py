@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from dashboard.service import RequestError, Service, checked_methods, view_image
 from explain import explain as explain_one
@@ -60,17 +61,24 @@ class Insight:
         s = self.service
         return (s.photo_model, s.photo_serving) if photo else (s.model, s.serving)
 
-    def neighbours(self, look: np.ndarray, photo: bool = False, k: int = DEFAULT_K) -> dict:
-        """The k nearest training images of a look and the nearest distance per class (cosine distances)."""
+    def neighbours(self, look: np.ndarray, photo: bool = False, k: int = DEFAULT_K,
+                   features: np.ndarray | None = None) -> dict:
+        """The k nearest training images of a look and the nearest distance per class (cosine distances).
+
+        `features`: the look's penultimate features (D,) from the prediction's own forward pass
+        (`Assessment.features`); without them the serving network is run once more.
+        """
         if self.index is None:
             return {"neighbours": [], "class_distances": {}, "unavailable": self.index_error}
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
             raise RequestError(f"k must be a whole number from 1 to {MAX_K}.")
-        _, serving = self._networks(photo)
         with torch.inference_mode():
-            q = embed(serving, self.service._input(look))                     # (1, D)
-            found = self.index.search(q, k)
-            per_class = self.index.class_distances(q)[0]
+            if features is None:
+                q = embed(self._networks(photo)[1], self.service._input(look))   # (1, D)
+            else:
+                q = F.normalize(torch.as_tensor(features, dtype=torch.float32)[None], dim=1)
+            found, per_class = self.index.lookup(q, k)
+            per_class = per_class[0]
         labels = self.service.labels
         return {"neighbours": [{"label": labels[int(c)], "distance": round(float(d), 4), "train_index": int(i),
                                 "image": png_data_uri(img.numpy())}

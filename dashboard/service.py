@@ -31,7 +31,7 @@ from dashboard.uploads import clip
 from explain.render import share
 from model import FashionCNN, WeightsError, count_parameters
 from modelrepo.folder import OpenedModel, open_model
-from modelrepo.ood import OODDetector
+from modelrepo.ood import OODDetector, penultimate
 from modelrepo import verdict
 from imaging.preprocess import normalize
 
@@ -60,6 +60,9 @@ class Assessment:
     confidence: str                   # the calibrated confidence, or the out-of-distribution verdict, in words
     kind: str | None = None           # verdict.KINDS: fashion-mnist-like, garment-photo, not-a-garment
     ood_threshold: float | None = None   # the threshold of the detector that judged (the photo one for a photo)
+    # (D,) the penultimate features of the same forward pass, averaged over the served views: the
+    # space the nearest-training-images index searches, so a lookup needs no second pass.
+    features: np.ndarray | None = None
 
 
 class RequestError(ValueError):
@@ -187,24 +190,26 @@ class Service:
         return normalize(look, cfg.mean, cfg.std)[None, None]      # (1, 1, 28, 28)
 
     @torch.inference_mode()
-    def _forward(self, serving: FashionCNN, x: torch.Tensor, detector=None) -> list[tuple[np.ndarray, float | None]]:
-        """(probabilities, OOD score or None) per image of a batch, from one pass of a serving copy.
+    def _forward(self, serving: FashionCNN, x: torch.Tensor, detector=None
+                 ) -> list[tuple[np.ndarray, float | None, np.ndarray]]:
+        """(probabilities, OOD score or None, penultimate features (D,)) per image of a batch, from
+        one pass of a serving copy.
 
-        Every prediction carries its score: in a batch the detector costs little, and one path
+        Every prediction carries its score and features: in a batch they cost little, and one path
         means /classify and /analyse can never disagree on the probabilities.
         """
         detector = self.detector if detector is None else detector
-        if detector is None:
-            return [(p, None) for p in serving.predict_proba(x).numpy()]
-        probs, scores = detector.predict(serving, x)
-        return list(zip(probs.numpy(), scores.tolist()))
+        views = serving.served_features(x)                                 # (V, B, F)
+        probs = serving.served_proba(views).numpy()
+        scores = detector.score_views(serving, views, x).tolist() if detector is not None else [None] * len(x)
+        return list(zip(probs, scores, penultimate(serving, views).mean(0).numpy()))
 
-    def _predict(self, look: np.ndarray, photo: bool) -> tuple[np.ndarray, float | None]:
+    def _predict(self, look: np.ndarray, photo: bool) -> tuple[np.ndarray, float | None, np.ndarray]:
         out = (self.photo_batcher if photo else self.batcher)(self._input(look))
         self.on_use()
         return out
 
-    async def _predict_async(self, look: np.ndarray, photo: bool) -> tuple[np.ndarray, float | None]:
+    async def _predict_async(self, look: np.ndarray, photo: bool) -> tuple[np.ndarray, float | None, np.ndarray]:
         out = await (self.photo_batcher if photo else self.batcher).run(self._input(look))
         self.on_use()
         return out
@@ -225,13 +230,14 @@ class Service:
         """`assess` for a coroutine."""
         return self._assessment(*(await self._predict_async(look, photo)), photo)
 
-    def _assessment(self, probs: np.ndarray, score: float | None, photo: bool = False) -> Assessment:
+    def _assessment(self, probs: np.ndarray, score: float | None, features: np.ndarray,
+                    photo: bool = False) -> Assessment:
         detector = self.photo_detector if photo else self.detector
         if detector is None or score is None:
-            return Assessment(probs, None, None, self.confidence_sentence(probs, photo))
+            return Assessment(probs, None, None, self.confidence_sentence(probs, photo), features=features)
         flagged = bool(detector.flag(torch.tensor([score]))[0])
         return Assessment(probs, score, not flagged, GUESS if flagged else self.confidence_sentence(probs, photo),
-                          verdict.kind(photo, flagged), detector.threshold)
+                          verdict.kind(photo, flagged), detector.threshold, features)
 
     def confidence_sentence(self, probs: np.ndarray, photo: bool = False) -> str:
         """How often the model was right at this confidence: on test images (the reliability bins of

@@ -77,20 +77,27 @@ class NeighbourIndex:
     @torch.no_grad()
     def search(self, queries: torch.Tensor, k: int = DEFAULT_K) -> Found:
         """The k nearest entries to unit-length queries (B, D), by cosine distance 1 - cos."""
-        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= min(MAX_K, len(self)):
-            raise ValueError(f"k must be an integer in 1..{min(MAX_K, len(self))}, got {str(k)[:20]}")
-        similarity = queries.float() @ self.features.T                    # (B, N)
-        top, positions = similarity.topk(k, dim=1)                         # sorted, most similar first
-        return Found((1 - top).clamp(0, 2), positions, self.labels[positions], self.looks[positions],
-                     self.source_index[positions])
+        return self.lookup(queries, k)[0]
 
     @torch.no_grad()
     def class_distances(self, queries: torch.Tensor) -> torch.Tensor:
         """The distance (B, C) from each query to its nearest index entry of each class."""
+        return self._per_class(1 - queries.float() @ self.features.T)
+
+    @torch.no_grad()
+    def lookup(self, queries: torch.Tensor, k: int = DEFAULT_K) -> tuple[Found, torch.Tensor]:
+        """`search` and `class_distances` together, from one product of the queries with the index."""
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= min(MAX_K, len(self)):
+            raise ValueError(f"k must be an integer in 1..{min(MAX_K, len(self))}, got {str(k)[:20]}")
         distance = 1 - queries.float() @ self.features.T                   # (B, N)
-        c = len(self.label_names)
-        out = torch.full((len(queries), c), math.inf)
-        return out.scatter_reduce(1, self.labels.expand(len(queries), -1), distance, "amin")
+        nearest, positions = distance.topk(k, dim=1, largest=False)        # sorted, nearest first
+        found = Found(nearest.clamp(0, 2), positions, self.labels[positions], self.looks[positions],
+                      self.source_index[positions])
+        return found, self._per_class(distance)
+
+    def _per_class(self, distance: torch.Tensor) -> torch.Tensor:
+        out = torch.full((len(distance), len(self.label_names)), math.inf)    # (B, C)
+        return out.scatter_reduce(1, self.labels.expand(len(distance), -1), distance, "amin")
 
     def save(self, folder: str | Path, weights: str | Path | None = None) -> None:
         """Write neighbours.safetensors and neighbours.json (shapes, label names, the weights' sha256)."""
