@@ -17,9 +17,14 @@ API (gradio_client), every image is an uploaded file (`handle_file(path)`):
     /classify_sketch(sketch) -> the same, for a Sketchpad value {"composite": file}
     /analyse(image) -> {"label", "probabilities": {class: p}, "kind": "fashion-mnist-like" | "garment-photo" |
         "not-a-garment", "in_distribution": kind is not "not-a-garment", "ood_score", "ood_threshold" (of the
-        detector that judged: the photo one for a photo), "confidence": how often such answers were right, or the verdict}
+        detector that judged: the photo one for a photo), "confidence": how often such answers were right, or the
+        verdict, "neighbours": the 6 nearest training images [{label, distance, train_index, image}],
+        "class_distances": {class: distance to its nearest training image}}
     /explain(image, methods: list[str], target: "predicted class" | class name)
         -> (model view image, label value, gallery [{image, caption}], scores dict)
+    /explain_json(image, methods: list[str], pair: [class A, class B] | None) -> {"maps", "agreement",
+        "consensus", "contrast" (evidence for A over B, default the top two), "road", "neighbours",
+        "localisation" (segmented photos)}: dashboard/insight.py's Insight.explain
     /model_info() -> {"source", "folder", "fallback", "parameters", "test_accuracy", ...}
 A bad input raises an error whose one-line message says what is wrong; the app keeps serving.
 
@@ -39,13 +44,16 @@ import dashboard.process  # first: settings gradio and torch read at import
 from dashboard import allocator
 import gradio as gr
 import numpy as np
-import pandas as pd
 from PIL import Image
 
 import explain
 from modelrepo import hub
 from dashboard import api, panels, uploads
 from dashboard.image_cache import make_image_cache_atomic
+from dashboard.insight import Insight
+from dashboard.insight_panel import insight_section, insight_values
+from dashboard.mistakes_panel import mistakes_tab, wire_cell_filter
+from dashboard.result_panel import EMPTY_RESULT, MAP_COLUMNS, MAP_ROW_PX, method_controls, result_panel, score_table
 from dashboard.service import (DEFAULT_METHODS, PREDICTED, VIEW_SIZE, RequestError, Service,
                                load_weights, view_image)
 from dashboard.views import Views, outline_image
@@ -53,7 +61,6 @@ from imaging.preprocess import InvalidImageError, Seen
 
 MAX_UPLOAD_FOLDER_BYTES = 512 * 2**20  # Gradio's upload folder is trimmed to this, oldest first
 CACHE_SWEEP = (60, 600)                # Gradio deletes its files older than 600 s, every 60 s
-MAP_COLUMNS, MAP_ROW_PX = 4, 200       # attribution gallery layout
 # The queue. Predictions (decode, one row of a shared forward pass) are cheap and batched, so many
 # run at once; explanations (seconds of CPU under a crowd) get workers of their own, so a classify
 # never waits behind them. Four rather than two: an explanation spends part of its time waiting
@@ -88,6 +95,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 SETTINGS = parse_args(sys.argv[1:] if __name__ == "__main__" else [])
 SERVICE = Service(load_weights(SETTINGS.model, hub_timeout=SETTINGS.hub_timeout))
 VIEWS = Views(SERVICE)
+INSIGHT = Insight.of(SERVICE)
 LABELS = SERVICE.labels
 APP_FOLDER = uploads.AppFolder()
 atexit.register(APP_FOLDER.cleanup)
@@ -141,8 +149,23 @@ async def classify_sketch(sketch: dict) -> dict:
 
 async def analyse(image: dict) -> dict:
     """An uploaded image file -> label, probabilities, whether it looks like the training data
-    (in_distribution, ood_score: higher is further) and the confidence in words."""
-    return SERVICE.analysis(await SERVICE.assess_async(*await input_of_async(image)))
+    (in_distribution, ood_score: higher is further), the confidence in words, and the nearest
+    training images with the distance to each class (from the prediction's own forward pass)."""
+    look, photo = await input_of_async(image)
+    a = await SERVICE.assess_async(look, photo)
+    return {**SERVICE.analysis(a), **INSIGHT.neighbours(look, photo, features=a.features)}
+
+
+def explain_json(image: dict, methods: list[str] = list(DEFAULT_METHODS), pair: list[str] | None = None) -> dict:  # noqa: B006  (read only)
+    """An uploaded image file -> the maps of `methods` for the predicted class, their agreement and
+    consensus, the contrast "evidence for A over B" (`pair`: two class names, default the top two),
+    ROAD, the nearest training images, and for a segmented photo each map's share inside the garment."""
+    seen = decoded(image)
+    try:
+        return INSIGHT.explain(seen.look, methods, photo=seen.photo, pair=pair,
+                               mask=seen.mask if seen.photo else None)
+    except RequestError as e:
+        raise gr.Error(str(e)) from None
 
 
 def model_info() -> dict:
@@ -150,10 +173,10 @@ def model_info() -> dict:
     return SERVICE.info()
 
 
-def analyse_look(given: tuple[np.ndarray, bool], methods, target=PREDICTED, progress=None) -> tuple:
-    """(28x28 look, whether it is a segmented photo) -> (model view, label confidences, gallery
-    [(overlay, caption)], scores summary, the Assessment: the verdict the page shows)."""
-    look, photo = given
+def analyse_look(given: tuple, methods, target=PREDICTED, progress=None) -> tuple:
+    """(28x28 look, whether it is a segmented photo[, mask]) -> (model view, label confidences, gallery
+    [(overlay, caption)], scores summary, the Assessment: the verdict the page shows, the maps)."""
+    look, photo = given[:2]
     try:
         a, t, maps, scores = SERVICE.explain(look, methods, target, progress, photo=photo)
     except RequestError as e:
@@ -164,7 +187,7 @@ def analyse_look(given: tuple[np.ndarray, bool], methods, target=PREDICTED, prog
                for n, s in scores.items()]
     summary = {"predicted": LABELS[int(a.probs.argmax())], "target": LABELS[t],
                "target_probability": float(a.probs[t]), "scale": float(scale), "methods": scores}
-    return view_image(look), SERVICE.confidences(a.probs), gallery, summary, a
+    return view_image(look), SERVICE.confidences(a.probs), gallery, summary, a, maps
 
 
 def explain_image(image, methods=DEFAULT_METHODS, target=PREDICTED, progress=gr.Progress()) -> tuple:  # noqa: B008  (Gradio injects the tracker)
@@ -176,10 +199,6 @@ def explain_image(image, methods=DEFAULT_METHODS, target=PREDICTED, progress=gr.
 # UI handlers: a bad image never raises; its message goes to the status line and the result
 # panel is cleared, so no stale prediction is left beside it.
 # ---------------------------------------------------------------------------------------------
-
-SCORE_COLUMNS = ["Method", "Deletion AUC ↓", "Insertion AUC ↑", "Time (ms)"]
-# view, verdict, label, gallery, score table, scores JSON: the result panel, cleared
-EMPTY_RESULT = (None, "", None, [], pd.DataFrame(columns=SCORE_COLUMNS), None)
 
 
 def ui_decode(image, sketch: bool = False):
@@ -198,7 +217,7 @@ def ui_decode(image, sketch: bool = False):
     kept = "the outlined region was kept as the garment; " if seen.mask is not None else ""
     if seen.photo and SERVICE.photo_model is not SERVICE.model:
         kept += "a photo, so the model read it with its photo BatchNorm; "
-    return ((seen.look, seen.photo), outline_image(seen.work, seen.mask),
+    return ((seen.look, seen.photo, seen.mask), outline_image(seen.work, seen.mask),
             f"Classified: {kept}the maps explain the class under *Explain class*.")
 
 
@@ -206,22 +225,26 @@ def ui_analyse(given, methods, target, progress=gr.Progress()):  # noqa: B008  (
     if given is None:
         return EMPTY_RESULT
     try:
-        view, label, gallery, summary, a = analyse_look(given, methods, target, progress)
+        view, label, gallery, summary, a, maps = analyse_look(given, methods, target, progress)
     except gr.Error as e:
         gr.Warning(e.message)
         return EMPTY_RESULT
     verdict = a.confidence if a.in_distribution is not False else f"**⚠ {a.confidence}**"
     rows = -(-len(gallery) // MAP_COLUMNS)
     # The gallery's height follows its rows, so one row of maps leaves no empty box below.
+    # The maps go on to the insight section only when they are the predicted class's, as its own are.
+    kept_maps = maps if summary["target"] == summary["predicted"] else None
     return (view, verdict, label, gr.Gallery(gallery, height=rows * MAP_ROW_PX + 50), score_table(summary),
-            summary)
+            summary, kept_maps)
 
 
-def score_table(summary: dict) -> pd.DataFrame:
-    """analyse_look's per-method scores as the table under the maps."""
-    return pd.DataFrame([[name, round(s["deletion_auc"], 3), round(s["insertion_auc"], 3),
-                          round(1000 * s["seconds"], 1)] for name, s in summary["methods"].items()],
-                        columns=SCORE_COLUMNS)
+def ui_insight(given, methods, maps):
+    """The insight section under the Explain view's result panel; a bad request clears it with a warning."""
+    try:
+        return insight_values(INSIGHT, given, methods, maps)
+    except gr.Error as e:
+        gr.Warning(e.message)
+        return insight_values(INSIGHT, None, methods)
 
 
 def select_mistake(shown: list[int], evt: gr.SelectData):
@@ -262,36 +285,6 @@ CSS = """
 """
 
 
-def result_panel(prefix: str, kept=None):
-    """The output column shared by the Explain and Mistakes views; `kept` places the outlined upload."""
-    with gr.Row():
-        if kept is not None:
-            kept.render()
-        view = gr.Image(label="What the model saw (28x28)", type="numpy", format="png", interactive=False,
-                        height=VIEW_SIZE, width=VIEW_SIZE, buttons=[], elem_id=f"{prefix}-view")
-        with gr.Column():
-            verdict = gr.Markdown(elem_id=f"{prefix}-verdict")
-            label = gr.Label(num_top_classes=3, label="Prediction (top 3)", elem_id=f"{prefix}-label")
-    gallery = gr.Gallery(label="Attribution maps (one colour scale for all)", columns=MAP_COLUMNS,
-                         height=MAP_ROW_PX + 50, format="png", object_fit="contain", allow_preview=True,
-                         elem_id=f"{prefix}-maps")
-    table = gr.Dataframe(label="How faithful is each map for this image? Deletion: the class probability as the "
-                               "top-ranked pixels are removed (lower is better); insertion: as they are added "
-                               "to a blank image (higher is better).",
-                         value=EMPTY_RESULT[3], interactive=False, elem_id=f"{prefix}-scores")
-    with gr.Accordion("Scores as JSON", open=False):
-        scores = gr.JSON(label="Per-method scores for this image")
-    return view, verdict, label, gallery, table, scores
-
-
-def method_controls():
-    methods = gr.CheckboxGroup(list(explain.METHODS), value=[m for m in DEFAULT_METHODS if m in explain.METHODS],
-                               label="Explanation methods")
-    target = gr.Dropdown([PREDICTED] + LABELS, value=PREDICTED, label="Explain class",
-                         info="Why this class? Pick another to ask 'why not Shirt?'")
-    return methods, target
-
-
 def explain_tab():
     """Inputs (upload, draw, examples, method choice) and the result panel."""
     example_files, example_labels = write_examples(SERVICE.artefacts.samples)
@@ -321,7 +314,7 @@ def explain_tab():
             if photos:
                 gr.Examples([[str(p)] for p in photos], inputs=[image], label="Real phone photos",
                             example_labels=[p.stem.split("-", 1)[-1] for p in photos], examples_per_page=10)
-            methods, target = method_controls()
+            methods, target = method_controls(LABELS)
             with gr.Accordion("About the methods", open=False):
                 gr.Markdown("\n".join(f"- **{n}** ({'signed' if m.signed else 'magnitude'}): "
                                       f"{m.description} [paper]({m.reference})" for n, m in explain.METHODS.items()))
@@ -329,32 +322,8 @@ def explain_tab():
             kept = gr.Image(label="Your image: the outline is what was kept", type="numpy", format="png",
                             interactive=False, height=VIEW_SIZE, buttons=[], elem_id="explain-kept", render=False)
             outputs = result_panel("explain", kept)
-    return image, sketch, draw_btn, status, methods, target, kept, outputs
-
-
-def mistakes_tab():
-    """Misclassified test images, filterable; the selected one explained like an upload."""
-    with gr.Row():
-        with gr.Column(scale=2):
-            with gr.Row():
-                true_f = gr.Dropdown(["All"] + LABELS, value="All", label="True class")
-                pred_f = gr.Dropdown(["All"] + LABELS, value="All", label="Predicted as")
-            text = gr.Markdown()
-            gallery = gr.Gallery(label="Misclassified test images (true → predicted)", columns=4, height=480,
-                                 format="png", allow_preview=False, elem_id="mistakes")
-        with gr.Column(scale=3):
-            note = gr.Markdown("Select an image to explain it.")
-            methods, target = method_controls()
-            outputs = result_panel("mistake")
-    with gr.Row():
-        cm = SERVICE.artefacts.png("confusion_matrix.png")
-        if cm:
-            gr.Image(cm, label="Confusion matrix", show_label=False, interactive=False, buttons=[])
-        acc = VIEWS.per_class_accuracy()
-        if acc is not None:
-            gr.BarPlot(acc, x="class", y="accuracy", title="Per-class accuracy (recall)", y_lim=[0, 1],
-                       x_label_angle=-30, sort=LABELS)
-    return true_f, pred_f, text, gallery, note, methods, target, outputs
+            insight = insight_section("explain")
+    return image, sketch, draw_btn, status, methods, target, kept, outputs, insight
 
 
 def build_demo() -> gr.Blocks:
@@ -366,9 +335,9 @@ def build_demo() -> gr.Blocks:
         look_state, mistake_look, shown_rows = gr.State(None), gr.State(None), gr.State([])
         with gr.Tabs():
             with gr.Tab("Explain", id="explain"):
-                image, sketch, draw_btn, status, methods, target, kept, outputs = explain_tab()
+                image, sketch, draw_btn, status, methods, target, kept, outputs, insight = explain_tab()
             with gr.Tab("Mistakes", id="mistakes"):
-                true_f, pred_f, m_text, m_gallery, m_note, m_methods, m_target, m_outputs = mistakes_tab()
+                mistakes = mistakes_tab(VIEWS, LABELS)
             with gr.Tab("Trust", id="trust"):
                 panels.trust_tab(VIEWS)
             with gr.Tab("Model", id="model"):
@@ -377,33 +346,38 @@ def build_demo() -> gr.Blocks:
         private = dict(api_visibility="private")
         predicting = dict(concurrency_id="predict", concurrency_limit=PREDICT_WORKERS)
         explaining = dict(concurrency_id="explain", concurrency_limit=EXPLAIN_WORKERS)
-        # Explain view: any new image (upload, example click, clear) -> decode -> analyse.
+        # Explain view: any new image (upload, example click, clear) -> decode -> analyse -> insight.
+        analysed = ([look_state, methods, target], outputs)
+        insight_step = (ui_insight, [look_state, methods, outputs[-1]], insight)
         image.change(lambda v: ui_decode(v), image, [look_state, kept, status], preprocess=False,
-                     **private, **predicting).then(ui_analyse, [look_state, methods, target], outputs,
-                                                   **private, **explaining)
+                     **private, **predicting).then(ui_analyse, *analysed, **private, **explaining) \
+            .then(*insight_step, **private, **explaining)
         draw_btn.click(lambda v: ui_decode(v, sketch=True), sketch, [look_state, kept, status], preprocess=False,
-                       **private, **predicting).then(ui_analyse, [look_state, methods, target], outputs,
-                                                     **private, **explaining)
+                       **private, **predicting).then(ui_analyse, *analysed, **private, **explaining) \
+            .then(*insight_step, **private, **explaining)
         sketch.clear(lambda: BLANK_SKETCH, None, sketch, queue=False, **private)
         for control in (methods, target):
-            control.input(ui_analyse, [look_state, methods, target], outputs, **private, **explaining)
+            control.input(ui_analyse, *analysed, **private, **explaining).then(*insight_step, **private, **explaining)
         # Mistakes view.
-        filters = ([true_f, pred_f], [m_gallery, shown_rows, m_text])
-        for control in (true_f, pred_f):
+        m = mistakes
+        filters = ([m.true_class, m.predicted], [m.gallery, shown_rows, m.text])
+        for control in (m.true_class, m.predicted):
             control.change(VIEWS.filter_mistakes, *filters, **private)
         demo.load(VIEWS.filter_mistakes, *filters, **private)
-        m_gallery.select(select_mistake, shown_rows, [mistake_look, m_note], **private) \
-            .then(ui_analyse, [mistake_look, m_methods, m_target], m_outputs, **private, **explaining)
-        for control in (m_methods, m_target):
-            control.input(ui_analyse, [mistake_look, m_methods, m_target], m_outputs, **private, **explaining)
+        wire_cell_filter(m, VIEWS, **private)
+        m.gallery.select(select_mistake, shown_rows, [mistake_look, m.note], **private) \
+            .then(ui_analyse, [mistake_look, m.methods, m.target], m.outputs, **private, **explaining)
+        for control in (m.methods, m.target):
+            control.input(ui_analyse, [mistake_look, m.methods, m.target], m.outputs, **private, **explaining)
 
         # Named API endpoints. The JSON ones are plain functions (gr.api); /explain returns images,
         # which Gradio caches and serves only for component outputs, so it keeps a trigger of its own.
         gr.api(classify, api_name="classify", **predicting)
         gr.api(classify_sketch, api_name="classify_sketch", **predicting)
         gr.api(analyse, api_name="analyse", **predicting)
+        gr.api(explain_json, api_name="explain_json", **explaining)
         gr.api(model_info, api_name="model_info", **predicting)
-        view, _, label, gallery, _, scores = outputs
+        view, _, label, gallery, _, scores, _ = outputs
         api_explain = gr.Button(visible=False)
         api_explain.click(explain_image, [image, methods, target], [view, label, gallery, scores],
                           api_name="explain", preprocess=False, **explaining)

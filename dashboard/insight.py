@@ -98,14 +98,18 @@ class Insight:
         return labels.index(pair[0]), labels.index(pair[1])
 
     def explain(self, look: np.ndarray, methods, photo: bool = False, pair=None, mask: np.ndarray | None = None,
-                contrast_methods=DEFAULT_CONTRAST_METHODS) -> dict:
-        """Maps of `methods` for the predicted class, and what is said about them (see the module doc).
+                contrast_methods=DEFAULT_CONTRAST_METHODS, maps: dict | None = None) -> dict:
+        """Maps of `methods` for the predicted class, and what is said about them (see the module doc),
+        with the nearest training images (`neighbours`' answer under "neighbours").
 
         Args:
             look: (28, 28) in [0, 1]; photo: segmented from a photo (the photo network answers);
             pair: two class names for the contrast, default the top two;
             mask: the segmentation mask over the working image, for the localisation;
-            contrast_methods: signed methods for the contrast (those not in CONTRAST_METHODS are skipped).
+            contrast_methods: signed methods for the contrast (those not in CONTRAST_METHODS are skipped);
+            maps: the methods' maps for the predicted class when the caller has them already (the
+                page's result panel: `Service.explain` in shares); ranks, agreement and ROAD are
+                unchanged by that positive scaling, so they are not computed twice.
         """
         methods = checked_methods(methods)
         s = self.service
@@ -116,7 +120,9 @@ class Insight:
         x = s._input(look)[0]                                                 # (1, 28, 28)
         started = time.perf_counter()
         with s._turn():       # the explainers hook the network as trained: one at a time, as Service.explain does
-            maps = {m: explain_one(model, x, m, target) for m in methods}
+            if maps is None or set(maps) != set(methods):
+                maps = {m: explain_one(model, x, m, target) for m in methods}
+            maps = {m: np.asarray(maps[m], np.float32) for m in methods}
             contrast = {m: contrast_map(model, x, m, a, b)[0] for m in checked_methods(contrast_methods)
                         if m in CONTRAST_METHODS}
         with torch.inference_mode():
@@ -131,7 +137,8 @@ class Insight:
                             "logit_difference_sums": {m: float(v.sum()) for m, v in contrast.items()}},
                "road": {m: {k: r[k] for k in ("morf_auc", "lerf_auc", "fractions", "morf_curve", "lerf_curve")}
                         for m, r in road.items()},
-               "seconds": round(time.perf_counter() - started, 3)}
+               "seconds": round(time.perf_counter() - started, 3),
+               "neighbours": self.neighbours(look, photo, features=assessment.features)}
         if mask is not None:
             out["localisation"] = localisation(maps, mask_on_look(mask))
         return out

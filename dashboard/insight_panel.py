@@ -40,16 +40,18 @@ def class_distances_markdown(answer: dict) -> str:
             + ", ".join(f"**{name}** {d:.3f}" for name, d in ranked[:4]) + ", ...")
 
 
-def insight_values(insight: Insight, given: tuple | None, methods) -> list:
-    """The section's values for a decoded input `given` = (look, photo[, mask]); empty for none."""
+def insight_values(insight: Insight, given: tuple | None, methods, maps: dict | None = None) -> list:
+    """The section's values for a decoded input `given` = (look, photo[, mask]); empty for none.
+    `maps`: the result panel's maps of the predicted class, reused rather than computed again."""
     if given is None:
         return [[], "", [], "", None]
-    look, photo = given[0], given[1]
+    look, photo = np.asarray(given[0]), given[1]
     mask = given[2] if len(given) > 2 and photo else None
-    answer = insight.neighbours(np.asarray(look), photo=photo)
     try:
-        result = insight.explain(np.asarray(look), methods, photo=photo, mask=mask)
+        result = insight.explain(look, methods, photo=photo, mask=mask, maps=maps)
     except RequestError as e:
+        answer = insight.neighbours(look, photo=photo)
         return [neighbour_gallery(answer), class_distances_markdown(answer), [], str(e), None]
+    answer = result["neighbours"]
     return [neighbour_gallery(answer), class_distances_markdown(answer), contrast_gallery(result, look),
             insight.summary(result), consensus_image(result, look)]

@@ -15,6 +15,7 @@ from imaging.preprocess import fashion_look
 
 MISTAKES_SHOWN = 60                    # gallery size in the Mistakes view
 RANDOM_ORDER = "(random order)"        # the trust baseline row: pixels removed/added in random order
+CONFUSION_CORNER = "true \\ predicted"  # the confusion table's first column: the true class
 
 
 class Views:
@@ -68,6 +69,22 @@ class Views:
             return None
         return pd.DataFrame({"class": list(per_class), "accuracy": [v["recall"] for v in per_class.values()]})
 
+
+    def confusion_frame(self) -> pd.DataFrame | None:
+        """The test confusion matrix as a table: a row per true class, a column per predicted class."""
+        cm = (self.art.metrics or {}).get("confusion_matrix")
+        if not cm or len(cm) != len(self.labels):
+            return None
+        frame = pd.DataFrame(np.asarray(cm, dtype=int), columns=self.labels)
+        frame.insert(0, CONFUSION_CORNER, self.labels)
+        return frame
+
+    def cell_filters(self, row: int, column: int) -> tuple[str, str]:
+        """The (true class, predicted as) filters of a clicked cell of `confusion_frame`; the row's
+        name column filters by the true class alone."""
+        if not (0 <= row < len(self.labels) and 0 <= column <= len(self.labels)):
+            raise ValueError(f"no confusion-matrix cell at row {row}, column {column}")
+        return self.labels[row], (self.labels[column - 1] if column else "All")
 
     def history_frame(self) -> pd.DataFrame | None:
         rows = []

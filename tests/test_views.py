@@ -248,3 +248,21 @@ def test_a_partial_trust_file_shows_dashes_not_errors(tmp_path):
     assert (df["Deletion AUC ↓"] != "–").all()
     assert views.trust_curves("insertion") is None and views.randomisation_curves() is None
     assert views.trust_verdict() == ""                               # no baseline: no verdict
+
+
+def test_a_confusion_cell_filters_the_mistakes_to_that_cell(views, metrics):
+    cm = np.asarray(metrics["confusion_matrix"])
+    frame = views.confusion_frame()
+    assert frame.iloc[:, 1:].to_numpy().tolist() == cm.tolist()
+    labels = views.labels
+    for true, pred in [(6, 0), (0, 6), (4, 2), (9, 7)]:                 # off the diagonal: mistakes
+        filters = views.cell_filters(true, pred + 1)                    # column 0 holds the class names
+        assert filters == (labels[true], labels[pred])
+        _, shown, text = views.filter_mistakes(*filters)
+        assert text.startswith(f"{cm[true, pred]} of "), text
+        d = views.art.mistakes
+        assert all(d["true"][r] == true and d["pred"][r] == pred for r in shown)
+    assert views.cell_filters(3, 0) == (labels[3], "All")               # a row's name: its true class
+    assert views.filter_mistakes(*views.cell_filters(3, 4))[2].startswith("0 of ")   # the diagonal: none
+    with pytest.raises(ValueError, match="no confusion-matrix cell"):
+        views.cell_filters(10, 0)
