@@ -157,6 +157,16 @@ def explanation_rows() -> list[str]:
                     f"{common.mib(nb['size']['index_bytes']):.1f} MiB; bench/neighbours.py) | test k-NN accuracy "
                     f"k=1 {pct(k1['accuracy'], 2)} ({pct(k1['ci95'][0], 2)} to {pct(k1['ci95'][1], 2)}), k=5 "
                     f"{pct(k5['accuracy'], 2)}; search median {latency['search_only_ms']['median_ms']:.1f} ms |")
+    an = read(common.RESULTS / "analyse_neighbours.json")
+    if an:
+        st = an["steps"]
+        own, reused = st["neighbours with a forward pass of their own"], st["neighbours from the prediction's features"]
+        rows.append(f"| Nearest training images added to /analyse, in process (bench/analyse_neighbours.py) | "
+                    f"median {an['added_median_ms']:.1f} ms more than without (bar <= {an['bar_ms']:.0f} ms); the "
+                    f"lookup from the prediction's own features alone: median {reused['median_ms']:.1f} ms, p95 "
+                    f"{reused['p95_ms']:.1f} ms (with a forward pass of its own: {own['median_ms']:.1f} ms); load "
+                    f"average {an['info']['machine']['load_average_1_5_15min'][0]:.1f} on "
+                    f"{an['info']['machine']['cpu_count']} cores |")
     return rows
 
 
