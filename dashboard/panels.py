@@ -33,12 +33,15 @@ def trust_tab(views: Views) -> None:
 def model_tab(service: Service, views: Views) -> None:
     """The model card's text, the training curves, calibration and the layers."""
     gr.Markdown(views.model_markdown(), elem_id="model-text")
+    frames = views.history_frames()
     with gr.Row():
-        hist = views.history_frame()
-        if hist is not None:
-            gr.LinePlot(hist, x="epoch", y="accuracy", color="series", title="Training curves")
-        elif service.artefacts.png("training_curves.png"):
+        for title, frame in frames:
+            gr.LinePlot(frame, x="epoch", y="accuracy", color="series", title=f"Training curves: {title}",
+                        y_lim=[0.5, 1], elem_classes="training-curves")
+        if not frames and service.artefacts.png("training_curves.png"):
             gr.Image(service.artefacts.png("training_curves.png"), show_label=False, buttons=[])
+    gr.Markdown(views.history_note(), elem_id="training-note")
+    with gr.Row():
         if service.artefacts.png("reliability.png"):
             gr.Image(service.artefacts.png("reliability.png"), label="Calibration (reliability diagram)",
                      show_label=False, interactive=False, buttons=[])

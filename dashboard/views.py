@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 import explain
-from modelrepo.artefacts import EVALUATION, TRUST
+from modelrepo.artefacts import BASE_HISTORY, EVALUATION, TRUST
 from dashboard.service import Service, short_path, view_image
 from model import count_parameters
 from imaging.preprocess import fashion_look
@@ -16,6 +16,9 @@ from imaging.preprocess import fashion_look
 MISTAKES_SHOWN = 60                    # gallery size in the Mistakes view
 RANDOM_ORDER = "(random order)"        # the trust baseline row: pixels removed/added in random order
 CONFUSION_CORNER = "true \\ predicted"  # the confusion table's first column: the true class
+# (history key, series name) of the training curves: train accuracy, then the validation ones
+HISTORY_SERIES = (("train_accuracy", "train accuracy (augmented)"), ("val_accuracy", "validation accuracy"),
+                  ("photo_val_strict", "photo validation accuracy (strict)"))
 
 
 class Views:
@@ -86,14 +89,43 @@ class Views:
             raise ValueError(f"no confusion-matrix cell at row {row}, column {column}")
         return self.labels[row], (self.labels[column - 1] if column else "All")
 
-    def history_frame(self) -> pd.DataFrame | None:
-        rows = []
-        for h in self.art.history or []:
-            for key, series in (("train_accuracy", "train accuracy"), ("val_accuracy", "validation accuracy")):
-                if h.get(key) is not None:
-                    rows.append({"epoch": h["epoch"], "accuracy": float(h[key]), "series": series})
-        return pd.DataFrame(rows) if rows else None
+    def history_frames(self) -> list[tuple[str, pd.DataFrame]]:
+        """The training curves of the whole recipe, one (title, frame) per run, in training order: the
+        run the weights started from (base_training_history.json), then the last run. A frame has a
+        row per epoch and series: train accuracy, and validation accuracy where the run held one out."""
+        runs = []
+        if self.art.base_history:
+            runs.append(("Base run: Fashion-MNIST", self.art.base_history))
+        if self.art.history:
+            runs.append((self._last_run_name(), self.art.history))
+        frames = []
+        for title, history in runs:
+            rows = [{"epoch": h["epoch"], "accuracy": float(h[key]), "series": series}
+                    for h in history for key, series in HISTORY_SERIES if h.get(key) is not None]
+            minutes = max((h.get("elapsed_s") or 0) for h in history) / 60
+            if rows:
+                frames.append((f"{title} ({minutes:.0f} min)" if minutes else title, pd.DataFrame(rows)))
+        return frames
 
+    def _last_run_name(self) -> str:
+        command = (self.art.metrics or {}).get("command") or ""
+        if "--photo-norms" in command:
+            return "Photo BatchNorm layers, from the base run"
+        return "Fine-tuning, from the base run" if "--init-from" in command else "Training"
+
+    def history_note(self) -> str:
+        """What the curves are and are not: which runs have a validation curve, which history is missing."""
+        command = (self.art.metrics or {}).get("command") or ""
+        notes = []
+        if "--init-from" in command and not self.art.base_history:
+            notes.append(f"These weights were trained from other weights, but the model folder has no `{BASE_HISTORY}`: "
+                         "the run they started from cannot be shown.")
+        for title, history in (("The base run", self.art.base_history), ("The last run", self.art.history)):
+            if history and not any(h.get(k) is not None for h in history for k, _ in HISTORY_SERIES[1:]):
+                notes.append(f"{title} held out no validation images (a final fit on the whole training split), "
+                             "so its curve is train accuracy on augmented batches alone; the test accuracy above "
+                             "is its held-out result.")
+        return " ".join(notes)
 
     def model_markdown(self) -> str:
         m, cfg = self.art.metrics or {}, self.model.config

@@ -30,9 +30,10 @@ import torch
 import torch.nn.functional as F
 
 from model import WEIGHTS_FILE, FashionCNN, load_model
+from modelrepo.artefacts import NEIGHBOUR_FILES
 from modelrepo.ood import as_input, features, file_sha256
 
-INDEX_FILE, META_FILE = "neighbours.safetensors", "neighbours.json"
+INDEX_FILE, META_FILE = NEIGHBOUR_FILES
 FORMAT_VERSION = 1
 DEFAULT_K = 6
 PER_CLASS = 1500          # training images kept per class: 15,000 images, about 17.6 MB with their looks

@@ -4,10 +4,13 @@ evaluate.py and explain/trust.py write them, the dashboard, the Space card, benc
 read them, all through this module:
 
     training_history.json     list of per-epoch entries {epoch, train_loss, train_accuracy, ...}
+    base_training_history.json   the same, of the run the weights started from (--init-from), when the
+                              last run did not start from scratch: the Model view shows the whole recipe
     evaluation/metrics.json   test-set metrics (METRICS_KEYS at least)
     evaluation/trust.json     per-method faithfulness and sanity results (explain/trust.py)
     evaluation/misclassified.npz, samples.npz   pickle-free arrays (MISTAKES_KEYS, SAMPLES_KEYS)
     evaluation/*.png          confusion matrix, reliability diagram, training curves
+    neighbours.safetensors, neighbours.json   the nearest-training-images index (explain/neighbours.py)
 """
 from __future__ import annotations
 
@@ -20,6 +23,10 @@ import numpy as np
 
 EVALUATION = "evaluation"
 HISTORY = "training_history.json"
+BASE_HISTORY = "base_training_history.json"
+# The nearest-training-images index (explain/neighbours.py owns its format); named here so the Hub
+# download and the Space's upload carry it like the weights' other files.
+NEIGHBOUR_FILES = ("neighbours.safetensors", "neighbours.json")
 METRICS, TRUST, OOD = "metrics.json", "trust.json", "ood.json"
 MISTAKES, SAMPLES = "misclassified.npz", "samples.npz"
 CONFUSION_PNG, RELIABILITY_PNG, CURVES_PNG = "confusion_matrix.png", "reliability.png", "training_curves.png"
@@ -102,6 +109,7 @@ class Artefacts:
     folder: Path
     metrics: dict | None = None
     history: list | None = None
+    base_history: list | None = None     # the start's run, for weights trained from other weights
     trust: dict | None = None
     mistakes: dict | None = None
     samples: dict | None = None
@@ -130,4 +138,10 @@ def load_artefacts(folder: Path, shown_as=str) -> Artefacts:
             art.problems.append(f"`{shown_as(path)}` is missing")
         except Exception as e:  # a damaged artefact must not stop the app from classifying
             art.problems.append(f"`{shown_as(path)}` could not be read ({type(e).__name__}: {str(e)[:200]})")
+    base = art.folder / BASE_HISTORY
+    if base.is_file():                  # optional: a run from scratch has no start to show
+        try:
+            art.base_history = read_history(base)
+        except Exception as e:  # as above: shown as a problem, the app still serves
+            art.problems.append(f"`{shown_as(base)}` could not be read ({type(e).__name__}: {str(e)[:200]})")
     return art

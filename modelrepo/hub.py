@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 from model import CONFIG_FILE, WEIGHTS_FILE
+from modelrepo.artefacts import BASE_HISTORY, HISTORY, NEIGHBOUR_FILES
 from modelrepo.ood import DETECTOR_FILE, META_FILE
 from modelrepo.verdict import VERDICT_FILES
 
@@ -21,10 +22,10 @@ HUB_DATASET = "zalando-datasets/fashion_mnist"
 LICENSE = "mit"
 TAGS = ["fashion-mnist", "image-classification", "captum"]
 LIBRARY_NAME, PIPELINE_TAG = "pytorch", "image-classification"   # the model card's metadata
-# What a served model needs from its repo (the out-of-distribution detector and the photo verdict
-# when it has them), and what the dashboard shows when present.
-MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, META_FILE, DETECTOR_FILE, *VERDICT_FILES)
-ARTEFACT_PATTERNS = ("training_history.json", "evaluation/*")
+# What a served model needs from its repo (the out-of-distribution detector, the photo verdict and
+# the nearest-training-images index when it has them), and what the dashboard shows when present.
+MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, META_FILE, DETECTOR_FILE, *VERDICT_FILES, *NEIGHBOUR_FILES)
+ARTEFACT_PATTERNS = (HISTORY, BASE_HISTORY, "evaluation/*")
 DEFAULT_TIMEOUT_S = 20.0
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from model import CONFIG_FILE, WEIGHTS_FILE
-from modelrepo.artefacts import EVALUATION, HISTORY
+from modelrepo.artefacts import BASE_HISTORY, EVALUATION, HISTORY
 from modelrepo.hub import MODEL_FILES
 from space_config.card import DEFAULT_MODEL_ID, ROOT, render_card
 
@@ -37,7 +37,7 @@ SPACE_WEIGHTS = "weights"              # where app.py looks for them, relative t
 PHOTO_EXAMPLES = "examples/photos"     # the dashboard's real-photo examples (CC0, see examples/README.md)
 WEIGHT_FILES = (CONFIG_FILE, WEIGHTS_FILE)
 # Everything else a served model folder may hold (the detector, the Model view's history): the Hub's list.
-OPTIONAL_WEIGHT_FILES = tuple(f for f in (*MODEL_FILES, HISTORY) if f not in WEIGHT_FILES)
+OPTIONAL_WEIGHT_FILES = tuple(f for f in (*MODEL_FILES, HISTORY, BASE_HISTORY) if f not in WEIGHT_FILES)
 # What a weights folder may contribute besides WEIGHT_FILES: the evaluation artefacts the app shows.
 EVALUATION_SUFFIXES = (".json", ".png", ".npz")
 # Names that must never be uploaded, whatever the file list says.

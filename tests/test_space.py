@@ -159,6 +159,13 @@ def test_plan_of_a_project_has_code_weights_card_and_no_junk(tiny_project):
                      "weights/evaluation/trust.json"}
 
 
+def test_the_shipped_weights_carry_the_neighbours_index_and_the_base_runs_history():
+    # The app shows nearest training images and the whole recipe's curves only from these files.
+    paths = {f.path_in_repo for f in deploy.weight_files(ROOT / "weights")}
+    assert {"weights/neighbours.safetensors", "weights/neighbours.json",
+            "weights/base_training_history.json"} <= paths
+
+
 def test_missing_weights_stop_the_plan_with_a_clear_message(tiny_project):
     (tiny_project / "weights" / "model.safetensors").unlink()
     with pytest.raises(deploy.DeployError, match="model.safetensors is missing"):

@@ -168,16 +168,25 @@ def test_model_markdown_reports_the_files(views, metrics):
     assert f"stages of {', '.join(map(str, widths))} channels" in md and "Missing" not in md and "⚠" not in md
 
 
-def test_history_frame_has_one_point_per_epoch(views):
-    history = json.loads((WEIGHTS / "training_history.json").read_text())
-    df = views.history_frame()
-    train = df[df["series"] == "train accuracy"]
-    assert list(train["epoch"]) == [h["epoch"] for h in history]
-    assert list(train["accuracy"]) == pytest.approx([h["train_accuracy"] for h in history])
-    val = df[df["series"] == "validation accuracy"]
-    assert list(val["epoch"]) == [h["epoch"] for h in history if h.get("val_accuracy") is not None]
-    assert list(val["accuracy"]) == pytest.approx([h["val_accuracy"] for h in history
-                                                   if h.get("val_accuracy") is not None])
+def test_training_curves_show_the_base_run_then_the_photo_layers(views):
+    base = json.loads((WEIGHTS / "base_training_history.json").read_text())
+    last = json.loads((WEIGHTS / "training_history.json").read_text())
+    (base_title, base_df), (last_title, last_df) = views.history_frames()
+    assert base_title == "Base run: Fashion-MNIST (57 min)" and last_title.startswith("Photo BatchNorm layers")
+    train = base_df[base_df["series"] == "train accuracy (augmented)"]
+    assert list(train["epoch"]) == [h["epoch"] for h in base]
+    assert list(train["accuracy"]) == pytest.approx([h["train_accuracy"] for h in base])
+    val = last_df[last_df["series"] == "photo validation accuracy (strict)"]
+    assert list(val["accuracy"]) == pytest.approx([h["photo_val_strict"] for h in last])
+    # The base run was a final fit with nothing held out: the page says so instead of a validation curve.
+    assert set(base_df["series"]) == {"train accuracy (augmented)"}
+    assert "The base run held out no validation images" in views.history_note()
+
+
+def test_weights_trained_from_others_without_the_base_history_say_so(tmp_path):
+    views, _ = served(tmp_path, lambda folder: (folder / "base_training_history.json").unlink())
+    assert [title for title, _ in views.history_frames()] == ["Photo BatchNorm layers, from the base run (2 min)"]
+    assert "has no `base_training_history.json`" in views.history_note()
 
 
 # --- a served folder with missing or damaged evaluation files ----------------------------------
@@ -199,7 +208,8 @@ def test_a_folder_with_no_evaluation_says_what_is_missing(tmp_path):
     assert views.randomisation_curves() is None and views.trust_verdict() == ""
     assert "No trust results for these weights" in views.trust_markdown()
     assert "evaluation/trust.json" in views.trust_markdown()
-    assert views.per_class_accuracy() is None and views.history_frame() is None
+    assert views.per_class_accuracy() is None
+    assert [title for title, _ in views.history_frames()] == ["Base run: Fashion-MNIST (57 min)"]   # still there
     md = views.model_markdown()
     assert "Test accuracy" not in md and "**Missing evaluation artefacts:**" in md
     for name in ("metrics.json", "training_history.json", "trust.json", "misclassified.npz", "samples.npz"):
@@ -216,19 +226,21 @@ def _corrupt(folder: Path) -> None:
     (ev / "trust.json").write_text("[1, 2, 3]")                       # JSON, but not the schema
     (ev / "misclassified.npz").write_bytes(b"PK\x03\x04 this is not a zip archive")
     (folder / "training_history.json").write_text(json.dumps({"epoch": 1}))   # an object, not a list
+    (folder / "base_training_history.json").write_text(json.dumps([{"train_accuracy": 0.5}]))   # no epoch
 
 
 def test_damaged_files_are_named_and_the_views_still_render(tmp_path):
     views, service = served(tmp_path, _corrupt)
     problems = service.info()["missing_artefacts"]
-    for name in ("metrics.json", "trust.json", "misclassified.npz", "training_history.json"):
+    for name in ("metrics.json", "trust.json", "misclassified.npz", "/training_history.json",
+                 "base_training_history.json"):
         (problem,) = [p for p in problems if name in p]
         assert "could not be read" in problem, problem
     assert not any("samples.npz" in p for p in problems)             # the intact one is used
     gallery, _, text = views.filter_mistakes("Shirt", "All")
     assert gallery == [] and "misclassified.npz` is missing" in text
     assert views.trust_table() is None and "No trust results" in views.trust_markdown()
-    assert views.per_class_accuracy() is None and views.history_frame() is None
+    assert views.per_class_accuracy() is None and views.history_frames() == []
     md = views.model_markdown()
     assert "could not be read" in md and "metrics.json" in md
 
