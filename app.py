@@ -29,7 +29,9 @@ API (gradio_client), every image is an uploaded file (`handle_file(path)`):
 A bad input raises an error whose one-line message says what is wrong; the app keeps serving.
 
 The same server answers a plain HTTP API (dashboard/api.py; docs/usage.md has curl examples):
-    POST /api/v1/classify, /api/v1/classify_batch -> /analyse's answer; GET /api/v1/openapi.json
+    POST /api/v1/classify, /api/v1/classify_batch -> /analyse's answer without the nearest training
+    images; GET /api/v1/openapi.json
+The named endpoints are also MCP tools at /gradio_api/mcp/ (docs/usage.md).
 """
 from __future__ import annotations
 
@@ -406,6 +408,7 @@ def launch(**kwargs):
     dashboard.process.settle_heap()
     return demo.launch(**{"server_name": SETTINGS.host, "server_port": SETTINGS.port,
                           "max_file_size": api.MAX_IMAGE_BYTES, "show_error": False, "css": CSS,
+                          "mcp_server": True,       # the named endpoints as MCP tools, at /gradio_api/mcp/
                           "app_kwargs": {"routes": api.routes(SERVICE)},
                           "theme": gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"],
                                                   font_mono=["ui-monospace", "monospace"]), **kwargs})

@@ -95,3 +95,30 @@ def test_explain_json_measures_localisation_on_a_segmented_photo(client):
 def test_explain_json_refuses_a_bad_pair(client, image_files, pair, message):
     with pytest.raises(Exception, match=message):
         client.predict(handle_file(str(image_files[0])), METHODS, pair, api_name="/explain_json")
+
+
+def test_the_mcp_server_lists_the_endpoints_and_answers_a_tool_call(app_server, client, image_files):
+    import ast
+    import asyncio
+
+    import httpx
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamablehttp_client
+
+    async def call() -> tuple[list[str], str]:
+        with open(image_files[4], "rb") as f:           # the tool reads a file uploaded to the app
+            path = httpx.post(f"{app_server.url.rstrip('/')}/gradio_api/upload", files={"files": f}).json()[0]
+        async with streamablehttp_client(f"{app_server.url.rstrip('/')}/gradio_api/mcp/") as (read, write, _):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                tools = [t.name for t in (await session.list_tools()).tools]
+                result = await session.call_tool("analyse", {"image": {"path": path}})
+                assert not result.isError, result.content
+                return tools, result.content[0].text
+
+    tools, text = asyncio.run(call())
+    assert {"classify", "analyse", "explain_json", "model_info"} <= set(tools)
+    answer = ast.literal_eval(text)                      # Gradio writes the dict as Python would print it
+    direct = client.predict(handle_file(str(image_files[4])), api_name="/analyse")
+    assert answer["label"] == direct["label"] and answer["probabilities"] == pytest.approx(direct["probabilities"])
+    assert [n["train_index"] for n in answer["neighbours"]] == [n["train_index"] for n in direct["neighbours"]]
