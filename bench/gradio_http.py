@@ -12,7 +12,9 @@ documented REST protocol of Gradio's queue (https://www.gradio.app/guides/queryi
 """
 from __future__ import annotations
 
+import asyncio
 import json
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -72,25 +74,53 @@ class GradioHTTP:
 
 
 class ApiHTTP:
-    """POST /api/v1/classify with an image's bytes as the body; share one instance among all coroutines."""
+    """POST /api/v1/classify with an image's bytes as the body; share one instance among all coroutines.
+
+    HTTP/1.1 written and read by hand over kept-alive asyncio connections (one per request in
+    flight), as a compiled HTTP client would: httpx's pure-Python request path costs the shared
+    cores several times the server's own CPU per request, and the bench measures the server.
+    """
 
     def __init__(self, url: str, max_connections: int = 256, timeout: float = 600.0):
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
-                              keepalive_expiry=KEEPALIVE_S)
-        # identity: the answer as the server writes it, not compressed (Gradio's app compresses
-        # for clients that ask, as httpx does by default)
-        self.http = httpx.AsyncClient(base_url=url.rstrip("/") + "/api/v1", limits=limits,
-                                      timeout=httpx.Timeout(timeout, connect=30.0),
-                                      headers={"Accept-Encoding": "identity"})
+        parts = urlsplit(url)
+        self.host, self.port, self.timeout = parts.hostname, parts.port or 80, timeout
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
     async def __aenter__(self) -> "ApiHTTP":
         return self
 
     async def __aexit__(self, *exc) -> None:
-        await self.http.aclose()
+        for _, writer in self.idle:
+            writer.close()
+        self.idle.clear()
 
     async def classify(self, content: bytes) -> dict:
-        r = await self.http.post("/classify", content=content, headers={"Content-Type": "image/png"})
-        if r.status_code != 200:
-            raise CallError(f"/api/v1/classify: HTTP {r.status_code}: {r.text[:200]}")
-        return r.json()
+        head = (f"POST /api/v1/classify HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+                f"Content-Type: image/png\r\nContent-Length: {len(content)}\r\n\r\n").encode()
+        reused = bool(self.idle)
+        conn = self.idle.pop() if reused else await asyncio.open_connection(self.host, self.port)
+        try:
+            status, body = await asyncio.wait_for(self._exchange(conn, head + content), self.timeout)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            conn[1].close()
+            if not reused:
+                raise
+            # the server closed a kept-alive connection as it was reused: once more on a new one
+            conn = await asyncio.open_connection(self.host, self.port)
+            status, body = await asyncio.wait_for(self._exchange(conn, head + content), self.timeout)
+        self.idle.append(conn)
+        if status != 200:
+            raise CallError(f"/api/v1/classify: HTTP {status}: {body[:200]!r}")
+        return json.loads(body)
+
+    @staticmethod
+    async def _exchange(conn, request: bytes) -> tuple[int, bytes]:
+        reader, writer = conn
+        writer.write(request)
+        await writer.drain()
+        lines = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = dict(line.lower().split(": ", 1) for line in lines[1:] if ": " in line)
+        if "content-length" not in headers:
+            raise CallError(f"/api/v1/classify: HTTP {status} without a Content-Length")
+        return status, await reader.readexactly(int(headers["content-length"]))
