@@ -168,7 +168,8 @@ def neighbour_gallery(answer: dict, size: int = 84) -> list[tuple[np.ndarray, st
     items = []
     for n in answer["neighbours"]:
         look = np.asarray(Image.open(io.BytesIO(base64.b64decode(n["image"].split(",", 1)[1]))))
-        items.append((view_image(look / 255.0, size), f"{n['label']} (distance {n['distance']:.3f}, train #{n['train_index']})"))
+        # Short: six captions share one row; the training index is in the JSON answer.
+        items.append((view_image(look / 255.0, size), f"{n['label']} {n['distance']:.3f}"))
     return items
 
 

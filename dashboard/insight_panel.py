@@ -16,12 +16,15 @@ from dashboard.service import RequestError
 
 def insight_section(prefix: str) -> list:
     """The components, in the order `insight_values` fills them."""
-    with gr.Accordion("Nearest training images: what the model thinks this is like", open=True):
-        neighbours = gr.Gallery(columns=6, height=150, format="png", object_fit="contain",
-                                label="Closest Fashion-MNIST training images in the network's feature space",
-                                elem_id=f"{prefix}-neighbours")
+    with gr.Accordion("Nearest training images: the Fashion-MNIST training images closest in the "
+                      "network's feature space, with their cosine distance", open=True,
+                      elem_id=f"{prefix}-insight-neighbours"):
+        # No label: its badge would cover the top of these small images.
+        neighbours = gr.Gallery(columns=6, height=150, format="png", object_fit="contain", show_label=False,
+                                label="Nearest training images", elem_id=f"{prefix}-neighbours")
         distances = gr.Markdown(elem_id=f"{prefix}-class-distances")
-    with gr.Accordion("Why this class and not the runner-up? Do the methods agree?", open=False):
+    with gr.Accordion("Why this class and not the runner-up? Do the methods agree?", open=False,
+                      elem_id=f"{prefix}-insight-contrast"):
         contrast = gr.Gallery(columns=3, height=260, format="png", object_fit="contain",
                               label="Evidence for the top class over the runner-up (logit difference)",
                               elem_id=f"{prefix}-contrast")
@@ -53,5 +56,9 @@ def insight_values(insight: Insight, given: tuple | None, methods, maps: dict | 
         answer = insight.neighbours(look, photo=photo)
         return [neighbour_gallery(answer), class_distances_markdown(answer), [], str(e), None]
     answer = result["neighbours"]
-    return [neighbour_gallery(answer), class_distances_markdown(answer), contrast_gallery(result, look),
+    c = result["contrast"]
+    contrast = gr.Gallery(contrast_gallery(result, look),
+                          label=f"Evidence for {c['a']} over {c['b']} (logit difference): red for {c['a']}, "
+                                f"blue for {c['b']}; {', '.join(c['maps'])}")
+    return [neighbour_gallery(answer), class_distances_markdown(answer), contrast,
             insight.summary(result), consensus_image(result, look)]

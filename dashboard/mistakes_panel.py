@@ -41,14 +41,15 @@ def mistakes_tab(views: Views, labels: list[str]) -> MistakesView:
             methods, target = method_controls(labels)
             outputs = result_panel("mistake")
     matrix = None
+    cm = views.confusion_frame()
+    if cm is not None:
+        # A table rather than the evaluation's PNG: a click reports its cell (gr.SelectData). The
+        # page's full width, so all eleven columns show without scrolling.
+        matrix = gr.Dataframe(cm.style.background_gradient(cmap="Blues", axis=None, subset=labels),
+                              label="Test confusion matrix: click a cell to show its mistakes above "
+                                    "(a class name: all mistakes of that true class)",
+                              interactive=False, elem_id="confusion")
     with gr.Row():
-        cm = views.confusion_frame()
-        if cm is not None:
-            # A table rather than the evaluation's PNG: a click reports its cell (gr.SelectData).
-            matrix = gr.Dataframe(cm.style.background_gradient(cmap="Blues", axis=None, subset=labels),
-                                  label="Test confusion matrix: click a cell to show its mistakes "
-                                        "(a class name: all mistakes of that true class)",
-                                  interactive=False, elem_id="confusion")
         acc = views.per_class_accuracy()
         if acc is not None:
             gr.BarPlot(acc, x="class", y="accuracy", title="Per-class accuracy (recall)", y_lim=[0, 1],

@@ -34,10 +34,10 @@ def model_tab(service: Service, views: Views) -> None:
     """The model card's text, the training curves, calibration and the layers."""
     gr.Markdown(views.model_markdown(), elem_id="model-text")
     frames = views.history_frames()
-    with gr.Row():
+    with gr.Row(elem_id="training-curves"):
         for title, frame in frames:
-            gr.LinePlot(frame, x="epoch", y="accuracy", color="series", title=f"Training curves: {title}",
-                        y_lim=[0.5, 1], elem_classes="training-curves")
+            gr.LinePlot(frame, x="epoch", y="accuracy", color="series", title=title,
+                        y_lim=[0.5, 1])
         if not frames and service.artefacts.png("training_curves.png"):
             gr.Image(service.artefacts.png("training_curves.png"), show_label=False, buttons=[])
     gr.Markdown(views.history_note(), elem_id="training-note")

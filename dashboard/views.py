@@ -18,7 +18,7 @@ RANDOM_ORDER = "(random order)"        # the trust baseline row: pixels removed/
 CONFUSION_CORNER = "true \\ predicted"  # the confusion table's first column: the true class
 # (history key, series name) of the training curves: train accuracy, then the validation ones
 HISTORY_SERIES = (("train_accuracy", "train accuracy (augmented)"), ("val_accuracy", "validation accuracy"),
-                  ("photo_val_strict", "photo validation accuracy (strict)"))
+                  ("photo_val_strict", "photo validation (strict)"))
 
 
 class Views:
@@ -95,7 +95,7 @@ class Views:
         row per epoch and series: train accuracy, and validation accuracy where the run held one out."""
         runs = []
         if self.art.base_history:
-            runs.append(("Base run: Fashion-MNIST", self.art.base_history))
+            runs.append(("Base run, Fashion-MNIST", self.art.base_history))
         if self.art.history:
             runs.append((self._last_run_name(), self.art.history))
         frames = []
@@ -104,14 +104,14 @@ class Views:
                     for h in history for key, series in HISTORY_SERIES if h.get(key) is not None]
             minutes = max((h.get("elapsed_s") or 0) for h in history) / 60
             if rows:
-                frames.append((f"{title} ({minutes:.0f} min)" if minutes else title, pd.DataFrame(rows)))
+                frames.append((f"{title}, {minutes:.0f} min" if minutes else title, pd.DataFrame(rows)))
         return frames
 
     def _last_run_name(self) -> str:
         command = (self.art.metrics or {}).get("command") or ""
         if "--photo-norms" in command:
-            return "Photo BatchNorm layers, from the base run"
-        return "Fine-tuning, from the base run" if "--init-from" in command else "Training"
+            return "Then photo BatchNorm layers"
+        return "Then fine-tuning" if "--init-from" in command else "Training"
 
     def history_note(self) -> str:
         """What the curves are and are not: which runs have a validation curve, which history is missing."""

@@ -4,11 +4,13 @@ Then, in the same page: a file that is not an image (a message, the app keeps se
 example click (the Sneaker example is classified Sneaker), the sketchpad (empty: "Draw something
 first"; a drawing: classified), and every other tab with its content: Mistakes (the gallery, and a
 selected mistake explained), Trust (the per-method table), Model (the test accuracy of metrics.json).
-One screenshot per tab.
+One screenshot per tab. The insight section under a prediction (nearest training images, the
+contrast, the agreement line, the consensus), a click on a confusion-matrix cell and the training
+curves of both runs are checked too, each with a screenshot of its own.
 
 Debian's chromium driven by Playwright (no browser download). The screenshots go to
 tests/artifacts/ (git-ignored); with UPDATE_SCREENSHOT=1 the full-page one also replaces
-docs/screenshot.png, the README's picture.
+docs/screenshot.png, the README's picture, and the element ones (DOC_SCREENSHOTS) their copies in docs/.
 
     pytest tests/test_browser.py -q
     UPDATE_SCREENSHOT=1 pytest tests/test_browser.py -q
@@ -26,6 +28,8 @@ from PIL import Image
 from playwright.sync_api import expect
 
 from helpers import ARTIFACTS, REPO, needs_chromium
+# The screenshots of single elements that docs/ keeps (UPDATE_SCREENSHOT=1 replaces them).
+DOC_SCREENSHOTS = ("insight_neighbours.png", "insight_contrast.png", "confusion_click.png", "training_curves.png")
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                "Ankle boot")
 
@@ -42,6 +46,18 @@ def garment_photo(tmp_path_factory) -> Path:
     return path
 
 
+def shoot(page, name: str, *locators) -> None:
+    """A screenshot of the page region spanning `locators`, into tests/artifacts/ (and docs/ when asked)."""
+    sx, sy = page.evaluate("[window.scrollX, window.scrollY]")     # boxes are in the viewport's coordinates
+    boxes = [{**box, "x": box["x"] + sx, "y": box["y"] + sy} for box in (loc.bounding_box() for loc in locators)]
+    x0, y0 = min(b["x"] for b in boxes), min(b["y"] for b in boxes)
+    x1, y1 = max(b["x"] + b["width"] for b in boxes), max(b["y"] + b["height"] for b in boxes)
+    page.screenshot(path=str(ARTIFACTS / name), full_page=True,
+                    clip={"x": x0 - 8, "y": y0 - 8, "width": x1 - x0 + 16, "height": y1 - y0 + 16})
+    if os.environ.get("UPDATE_SCREENSHOT") == "1" and name in DOC_SCREENSHOTS:
+        shutil.copy(ARTIFACTS / name, REPO / "docs" / name)
+
+
 @needs_chromium
 def test_browser_upload_shows_prediction_and_maps(app_server, garment_photo, tmp_path, page):
     from gradio_client import Client
@@ -55,7 +71,20 @@ def test_browser_upload_shows_prediction_and_maps(app_server, garment_photo, tmp
     maps = page.locator("#explain-maps img")
     expect(maps.first).to_be_visible(timeout=90_000)
     expect(page.locator("#explain-scores")).to_contain_text("Grad-CAM", timeout=30_000)
+    # Under the maps: the nearest training images (a trouser is like training trousers) and the
+    # distance to each class; opened, the contrast with the runner-up, the agreement and the consensus.
+    neighbours = page.locator("#explain-neighbours img")
+    expect(neighbours).to_have_count(6, timeout=90_000)
+    expect(page.locator("#explain-neighbours")).to_contain_text("Trouser 0.")
+    expect(page.locator("#explain-class-distances")).to_contain_text("Trouser", timeout=30_000)
+    page.get_by_text("Why this class and not the runner-up?").click()
+    expect(page.locator("#explain-contrast img")).to_have_count(2, timeout=60_000)
+    expect(page.locator("#explain-contrast")).to_contain_text("Evidence for Trouser over")
+    expect(page.locator("#explain-agreement")).to_contain_text(re.compile(r"mean rank correlation -?\d\.\d\d"))
+    expect(page.locator("#explain-consensus img")).to_be_visible()
     page.wait_for_timeout(500)                                # let the last images paint
+    shoot(page, "insight_neighbours.png", page.locator("#explain-insight-neighbours"))
+    shoot(page, "insight_contrast.png", page.locator("#explain-insight-contrast"))
     page.screenshot(path=str(ARTIFACTS / "browser_prediction.png"), full_page=True)
     if os.environ.get("UPDATE_SCREENSHOT") == "1":
         shutil.copy(ARTIFACTS / "browser_prediction.png", REPO / "docs" / "screenshot.png")
@@ -107,6 +136,21 @@ def test_browser_upload_shows_prediction_and_maps(app_server, garment_photo, tmp
     page.wait_for_timeout(500)
     page.screenshot(path=str(ARTIFACTS / "browser_mistakes.png"), full_page=True)
 
+    # A click on the confusion matrix's Shirt row, T-shirt/top column: the mistakes of that cell.
+    cm = metrics["confusion_matrix"]
+    shirt, tshirt = CLASS_NAMES.index("Shirt"), CLASS_NAMES.index("T-shirt/top")
+    rows = page.locator("#confusion").get_by_role("row")                  # the header, then a row per class
+    rows.nth(1 + shirt).get_by_role("gridcell").nth(1 + tshirt).click()   # column 0 holds the class names
+    expect(page.locator("#mistakes-count")).to_contain_text(f"{cm[shirt][tshirt]} of ", timeout=30_000)
+    expect(page.locator("#mistakes-true input")).to_have_value("Shirt")
+    expect(page.locator("#mistakes-pred input")).to_have_value("T-shirt/top")
+    captions = page.locator("#mistakes .caption-label")
+    expect(captions.first).to_contain_text("Shirt → T-shirt/top", timeout=30_000)
+    assert all(c.startswith("Shirt → T-shirt/top") for c in captions.all_inner_texts())
+    page.wait_for_timeout(500)
+    shoot(page, "confusion_click.png", page.locator("#mistakes-true"), page.locator("#mistakes"),
+          page.locator("#confusion"))
+
     # Trust: the explanation and one table row per method, plus the random-order baseline.
     page.get_by_role("tab", name="Trust").click()
     expect(page.locator("#trust-text")).to_contain_text("Measured over", timeout=30_000)
@@ -123,6 +167,14 @@ def test_browser_upload_shows_prediction_and_maps(app_server, garment_photo, tmp
     page.get_by_role("tab", name="Model").click()
     expect(page.locator("#model-text")).to_contain_text(f"Test accuracy: {metrics['accuracy']:.2%}",
                                                         timeout=30_000)
+    # The whole recipe's curves: the base run, then the photo layers with their validation accuracy.
+    curves = page.locator("#training-curves")
+    expect(curves).to_contain_text("Base run, Fashion-MNIST", timeout=30_000)
+    expect(curves).to_contain_text("Then photo BatchNorm layers")
+    expect(curves).to_contain_text("photo validation (strict)")
+    expect(page.locator("#training-note")).to_contain_text("held out no validation images")
+    page.wait_for_timeout(1000)                               # the plots draw after they appear
+    shoot(page, "training_curves.png", curves, page.locator("#training-note"))
     page.screenshot(path=str(ARTIFACTS / "browser_model.png"), full_page=True)
 
 

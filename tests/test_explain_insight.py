@@ -52,7 +52,7 @@ def test_neighbours_of_a_test_image_are_json_with_images_and_class_distances(ins
     assert set(answer["class_distances"]) == set(insight.service.labels)
     gallery = neighbour_gallery(answer)
     assert len(gallery) == DEFAULT_K and gallery[0][0].shape == (84, 84)
-    assert gallery[0][1].startswith(found[0]["label"]) and f"train #{found[0]['train_index']}" in gallery[0][1]
+    assert gallery[0][1] == f"{found[0]['label']} {found[0]['distance']:.3f}"
 
 
 def test_a_photo_is_compared_through_the_photo_network(insight):
@@ -122,7 +122,9 @@ def test_the_page_section_gets_a_value_for_each_component(insight, test_slice):
     values = insight_values(insight, (looks[0], False), ["Saliency", "Occlusion"])
     assert len(values) == len(components) == 5
     gallery, distances, contrast, agreement_text, consensus = values
-    assert len(gallery) == 6 and distances.startswith("Distance to the nearest") and len(contrast) == 2
+    assert len(gallery) == 6 and distances.startswith("Distance to the nearest")
+    top2 = [insight.service.labels[c] for c in np.argsort(-insight.service.predict(looks[0]))[:2]]
+    assert contrast.label.startswith(f"Evidence for {top2[0]} over {top2[1]}") and len(contrast.value) == 2
     assert agreement_text and consensus.shape == (224, 224, 3)
     assert insight_values(insight, None, ["Saliency"]) == [[], "", [], "", None]
     assert "Unknown method" in insight_values(insight, (looks[0], False), ["Magic"])[3]

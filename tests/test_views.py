@@ -172,11 +172,11 @@ def test_training_curves_show_the_base_run_then_the_photo_layers(views):
     base = json.loads((WEIGHTS / "base_training_history.json").read_text())
     last = json.loads((WEIGHTS / "training_history.json").read_text())
     (base_title, base_df), (last_title, last_df) = views.history_frames()
-    assert base_title == "Base run: Fashion-MNIST (57 min)" and last_title.startswith("Photo BatchNorm layers")
+    assert base_title == "Base run, Fashion-MNIST, 57 min" and last_title == "Then photo BatchNorm layers, 2 min"
     train = base_df[base_df["series"] == "train accuracy (augmented)"]
     assert list(train["epoch"]) == [h["epoch"] for h in base]
     assert list(train["accuracy"]) == pytest.approx([h["train_accuracy"] for h in base])
-    val = last_df[last_df["series"] == "photo validation accuracy (strict)"]
+    val = last_df[last_df["series"] == "photo validation (strict)"]
     assert list(val["accuracy"]) == pytest.approx([h["photo_val_strict"] for h in last])
     # The base run was a final fit with nothing held out: the page says so instead of a validation curve.
     assert set(base_df["series"]) == {"train accuracy (augmented)"}
@@ -185,7 +185,7 @@ def test_training_curves_show_the_base_run_then_the_photo_layers(views):
 
 def test_weights_trained_from_others_without_the_base_history_say_so(tmp_path):
     views, _ = served(tmp_path, lambda folder: (folder / "base_training_history.json").unlink())
-    assert [title for title, _ in views.history_frames()] == ["Photo BatchNorm layers, from the base run (2 min)"]
+    assert [title for title, _ in views.history_frames()] == ["Then photo BatchNorm layers, 2 min"]
     assert "has no `base_training_history.json`" in views.history_note()
 
 
@@ -209,7 +209,7 @@ def test_a_folder_with_no_evaluation_says_what_is_missing(tmp_path):
     assert "No trust results for these weights" in views.trust_markdown()
     assert "evaluation/trust.json" in views.trust_markdown()
     assert views.per_class_accuracy() is None
-    assert [title for title, _ in views.history_frames()] == ["Base run: Fashion-MNIST (57 min)"]   # still there
+    assert [title for title, _ in views.history_frames()] == ["Base run, Fashion-MNIST, 57 min"]   # still there
     md = views.model_markdown()
     assert "Test accuracy" not in md and "**Missing evaluation artefacts:**" in md
     for name in ("metrics.json", "training_history.json", "trust.json", "misclassified.npz", "samples.npz"):
