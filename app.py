@@ -240,10 +240,11 @@ def ui_analyse(given, methods, target, progress=gr.Progress()):  # noqa: B008  (
             summary, kept_maps)
 
 
-def ui_insight(given, methods, maps):
-    """The insight section under the Explain view's result panel; a bad request clears it with a warning."""
+def ui_insight(given, methods, maps, target=PREDICTED):
+    """The insight section under the Explain view's result panel; a bad request clears it with a warning.
+    A class under *Explain class* other than the predicted one is the contrast's B ("why not Shirt?")."""
     try:
-        return insight_values(INSIGHT, given, methods, maps)
+        return insight_values(INSIGHT, given, methods, maps, versus=None if target == PREDICTED else target)
     except gr.Error as e:
         gr.Warning(e.message)
         return insight_values(INSIGHT, None, methods)
@@ -351,7 +352,7 @@ def build_demo() -> gr.Blocks:
         explaining = dict(concurrency_id="explain", concurrency_limit=EXPLAIN_WORKERS)
         # Explain view: any new image (upload, example click, clear) -> decode -> analyse -> insight.
         analysed = ([look_state, methods, target], outputs)
-        insight_step = (ui_insight, [look_state, methods, outputs[-1]], insight)
+        insight_step = (ui_insight, [look_state, methods, outputs[-1], target], insight)
         image.change(lambda v: ui_decode(v), image, [look_state, kept, status], preprocess=False,
                      **private, **predicting).then(ui_analyse, *analysed, **private, **explaining) \
             .then(*insight_step, **private, **explaining)

@@ -98,13 +98,15 @@ class Insight:
         return labels.index(pair[0]), labels.index(pair[1])
 
     def explain(self, look: np.ndarray, methods, photo: bool = False, pair=None, mask: np.ndarray | None = None,
-                contrast_methods=DEFAULT_CONTRAST_METHODS, maps: dict | None = None) -> dict:
+                contrast_methods=DEFAULT_CONTRAST_METHODS, maps: dict | None = None, versus: str | None = None) -> dict:
         """Maps of `methods` for the predicted class, and what is said about them (see the module doc),
         with the nearest training images (`neighbours`' answer under "neighbours").
 
         Args:
             look: (28, 28) in [0, 1]; photo: segmented from a photo (the photo network answers);
             pair: two class names for the contrast, default the top two;
+            versus: without `pair`, the class B of "the predicted class over B" (the page's *Explain
+                class*: "why not Shirt?"); the predicted class itself or None keep the top two;
             mask: the segmentation mask over the working image, for the localisation;
             contrast_methods: signed methods for the contrast (those not in CONTRAST_METHODS are skipped);
             maps: the methods' maps for the predicted class when the caller has them already (the
@@ -117,6 +119,11 @@ class Insight:
         model, serving = self._networks(photo)
         target = int(assessment.probs.argmax())
         a, b = self.pair(assessment.probs, pair)
+        if pair is None and versus is not None:
+            if versus not in s.labels:
+                raise RequestError(f"Unknown class {str(versus)[:40]!r}: choose one of {', '.join(s.labels)}.")
+            if s.labels.index(versus) != target:
+                a, b = target, s.labels.index(versus)
         x = s._input(look)[0]                                                 # (1, 28, 28)
         started = time.perf_counter()
         with s._turn():       # the explainers hook the network as trained: one at a time, as Service.explain does

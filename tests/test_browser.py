@@ -77,11 +77,15 @@ def test_browser_upload_shows_prediction_and_maps(app_server, garment_photo, tmp
     expect(neighbours).to_have_count(6, timeout=90_000)
     expect(page.locator("#explain-neighbours")).to_contain_text("Trouser 0.")
     expect(page.locator("#explain-class-distances")).to_contain_text("Trouser", timeout=30_000)
-    page.get_by_text("Why this class and not the runner-up?").click()
+    page.get_by_text("Why this class and not another?").click()
     expect(page.locator("#explain-contrast img")).to_have_count(2, timeout=60_000)
     expect(page.locator("#explain-contrast")).to_contain_text("Evidence for Trouser over")
     expect(page.locator("#explain-agreement")).to_contain_text(re.compile(r"mean rank correlation -?\d\.\d\d"))
     expect(page.locator("#explain-consensus img")).to_be_visible()
+    # ROAD per method and, the upload being segmented like a photo, each map's share inside the garment.
+    road = page.locator("#explain-road")
+    expect(road).to_contain_text("Grad-CAM", timeout=30_000)
+    expect(road.get_by_role("gridcell", name=re.compile(r"^\d+%$")).first).to_be_visible()
     page.wait_for_timeout(500)                                # let the last images paint
     shoot(page, "insight_neighbours.png", page.locator("#explain-insight-neighbours"))
     shoot(page, "insight_contrast.png", page.locator("#explain-insight-contrast"))

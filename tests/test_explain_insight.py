@@ -120,12 +120,20 @@ def test_the_page_section_gets_a_value_for_each_component(insight, test_slice):
     with gr.Blocks():
         components = insight_section("t")
     values = insight_values(insight, (looks[0], False), ["Saliency", "Occlusion"])
-    assert len(values) == len(components) == 5
-    gallery, distances, contrast, agreement_text, consensus = values
+    assert len(values) == len(components) == 6
+    gallery, distances, contrast, agreement_text, consensus, road = values
     assert len(gallery) == 6 and distances.startswith("Distance to the nearest")
     top2 = [insight.service.labels[c] for c in np.argsort(-insight.service.predict(looks[0]))[:2]]
     assert contrast.label.startswith(f"Evidence for {top2[0]} over {top2[1]}") and len(contrast.value) == 2
     assert agreement_text and consensus.shape == (224, 224, 3)
-    assert insight_values(insight, None, ["Saliency"]) == [[], "", [], "", None]
+    assert list(road["Method"]) == ["Saliency", "Occlusion"] and set(road["Inside the garment mask"]) == {"-"}
+    assert road["ROAD MoRF AUC ↓"].between(0, 1).all() and road["ROAD LeRF AUC ↑"].between(0, 1).all()
+    assert insight_values(insight, None, ["Saliency"])[:5] == [[], "", [], "", None]
+    # "Why not Bag?": the class under Explain class is the contrast's B; the predicted class keeps the top two.
+    assert insight_values(insight, (looks[0], False), ["Occlusion"], versus="Bag")[2].label.startswith(
+        f"Evidence for {top2[0]} over Bag")
+    assert insight_values(insight, (looks[0], False), ["Occlusion"], versus=top2[0])[2].label.startswith(
+        f"Evidence for {top2[0]} over {top2[1]}")
+    assert "Unknown class" in insight_values(insight, (looks[0], False), ["Occlusion"], versus="Cat")[3]
     assert "Unknown method" in insight_values(insight, (looks[0], False), ["Magic"])[3]
     assert class_distances_markdown({"unavailable": "missing"}).endswith("missing")
