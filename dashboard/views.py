@@ -179,6 +179,7 @@ class Views:
         methods = self.trust_methods(baseline=True)
         if not methods:
             return None
+        inside = self._photo_localisation().get("methods") or {}
         rows = [{"Method": name,
                  "Deletion AUC ↓": _num(r.get("deletion_auc"), "{:.3f}"),
                  "Insertion AUC ↑": _num(r.get("insertion_auc"), "{:.3f}"),
@@ -188,6 +189,7 @@ class Views:
                  "Passes class check": {True: "yes", False: "no"}.get(r.get("class_passes"), "–"),
                  "ROAD MoRF ↓": _num(r.get("road_morf_auc"), "{:.3f}"),
                  "ROAD LeRF ↑": _num(r.get("road_lerf_auc"), "{:.3f}"),
+                 "Inside the garment (photos) ↑": _num((inside.get(name) or {}).get("mean_inside"), "{:.0%}"),
                  "Infidelity ↓": _num(r.get("infidelity"), "{:.4f}"),
                  "Sensitivity ↓": _num(r.get("sensitivity"), "{:.3f}"),
                  "Latency (ms)": _num(r.get("latency_ms"), "{:.1f}")} for name, r in methods.items()]
@@ -220,6 +222,21 @@ class Views:
                      for i, (layer, v) in enumerate(zip(layers, curve))]
         return pd.DataFrame(rows) if rows else None
 
+
+    def _photo_localisation(self) -> dict:
+        loc = (self.art.trust or {}).get("photo_localisation")
+        return loc if isinstance(loc, dict) else {}
+
+    def localisation_markdown(self) -> str:
+        """What the photos' localisation column measured, and the share an even map would score."""
+        loc = self._photo_localisation()
+        if not loc.get("n_photos") or loc.get("mean_mask_area") is None:
+            return ("**Inside the garment (photos)** is not measured for these weights (`python -m "
+                    "explain.photo_localisation <model folder> --photos <photo split>` adds it).")
+        return (f"**Inside the garment (photos)** (higher is better): over {loc['n_photos']} segmented photos of "
+                f"`{loc.get('split', '?')}`, the mean share of a map's positive attribution inside the garment "
+                f"mask, for the predicted class; the mask covers {loc['mean_mask_area']:.0%} of the image on "
+                f"average, what a map spread evenly would score.")
 
     def trust_verdict(self) -> str:
         """Which methods beat the random-order baseline on both curves and pass the randomisation test."""
@@ -270,7 +287,7 @@ class Views:
                 f"pixels filled from their neighbours, so the removed region's shape does not give the class "
                 f"away (MoRF: most relevant first, lower is better; LeRF: least relevant first, higher is "
                 f"better). Rank correlations count the garment's pixels only. Latency: median per map when "
-                f"measured.\n\n"
+                f"measured.\n\n" + self.localisation_markdown() + "\n\n"
                 + self.trust_verdict())
 
 

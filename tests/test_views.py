@@ -278,3 +278,29 @@ def test_a_confusion_cell_filters_the_mistakes_to_that_cell(views, metrics):
     assert views.filter_mistakes(*views.cell_filters(3, 4))[2].startswith("0 of ")   # the diagonal: none
     with pytest.raises(ValueError, match="no confusion-matrix cell"):
         views.cell_filters(10, 0)
+
+
+def test_the_trust_table_shows_where_the_maps_of_photos_fall(tmp_path):
+    def measured(folder: Path) -> None:
+        path = folder / "evaluation" / "trust.json"
+        trust = json.loads(path.read_text())
+        trust["photo_localisation"] = {"n_photos": 12, "mean_mask_area": 0.31, "split": "photos/validation",
+                                       "methods": {"Grad-CAM": {"mean_inside": 0.62, "n": 12},
+                                                   "Saliency": {"mean_inside": None, "n": 0}}}
+        path.write_text(json.dumps(trust))
+    views, _ = served(tmp_path, measured)
+    column = views.trust_table().set_index("Method")["Inside the garment (photos) ↑"]
+    assert column["Grad-CAM"] == "62%" and column["Saliency"] == "–" and column[RANDOM_ORDER] == "–"
+    assert "over 12 segmented photos of `photos/validation`" in views.trust_markdown()
+    assert "covers 31% of the image" in views.trust_markdown()
+
+
+def test_a_trust_file_without_photo_localisation_says_how_to_add_it(tmp_path):
+    def unmeasured(folder: Path) -> None:
+        path = folder / "evaluation" / "trust.json"
+        trust = json.loads(path.read_text())
+        trust.pop("photo_localisation", None)
+        path.write_text(json.dumps(trust))
+    views, _ = served(tmp_path, unmeasured)
+    assert set(views.trust_table()["Inside the garment (photos) ↑"]) == {"–"}
+    assert "python -m explain.photo_localisation" in views.trust_markdown()
