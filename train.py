@@ -39,7 +39,7 @@ from model import FashionCNN, WeightsError, config_dict, count_parameters, load_
 from modelrepo import card as model_repo
 from modelrepo import hub
 from modelrepo.folder import open_model
-from training.adapt import choose_wise, train_photo_norms
+from training.adapt import choose_wise, photo_protocol, train_photo_norms
 from training.augment import augment  # noqa: F401  (tests call train.augment)
 from training.config import (EVAL_OUT, AugmentConfig, DataConfig, ModelOptions, OODConfig, OptimConfig, OutputConfig,
                              RunConfig, Runtime, RuntimeOptions, Schedule, hardware_name, setup_runtime)
@@ -129,6 +129,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fmnist-share", type=float, default=D.fmnist_share,
                    help="with --photo-norms: the share of each batch drawn from Fashion-MNIST training images "
                         "(product shots on a plain ground take the photo path too)")
+    p.add_argument("--photo-layers", nargs="+", default=list(M.photo_layers), choices=list(FashionCNN.forward_children),
+                   help="with --photo-norms: also train photos' own copy of these stages (in order); the network "
+                        "every other input meets stays the start's")
+    p.add_argument("--photo-balance", action="store_true",
+                   help="with --photo-norms: draw each mapped photo folder as often as the largest (a small folder's "
+                        "photos repeat within an epoch)")
     p.add_argument("--photo-aug", type=float, default=A.photo_aug,
                    help="probability of photo-like degradation per image (light gradient, turn, blur; 0: off)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -151,6 +157,8 @@ def option_problems(args: argparse.Namespace) -> list[str]:
          "--wise takes weights in [0, 1] and needs --init-from"),
         (args.photo_norms and not (args.init_from and args.photo_train) or args.photo_norms and args.wise != wise_default,
          "--photo-norms needs --init-from and --photo-train, and takes no --wise"),
+        ((args.photo_layers or args.photo_balance) and not args.photo_norms,
+         "--photo-layers and --photo-balance need --photo-norms"),
         (len(args.wise) > 1 and args.val_size == 0,
          "several --wise weights are chosen on validation: they need --val-size above 0"),
         (args.temperature < 0, "--temperature must be positive (or 0: fit it on validation)"),
@@ -162,13 +170,13 @@ def config_from_args(args: argparse.Namespace, command: str = RunConfig.command)
     """The one conversion of the command line's options into the typed run configuration."""
     return RunConfig(
         data=DataConfig(str(args.dataset), args.val_size, args.train_limit, args.seed, args.photos, args.photo_train,
-                        args.photo_share, args.fmnist_share),
+                        args.photo_share, args.fmnist_share, args.photo_balance),
         optim=OptimConfig(args.optimizer, args.lr, args.momentum, args.weight_decay, args.label_smoothing,
                           args.batch_size, args.ema),
         schedule=Schedule(args.epochs, args.schedule, args.warmup, args.budget_minutes, args.max_minutes),
         augment=AugmentConfig(args.translate, args.flip, args.erase, args.photo_aug),
         model=ModelOptions(tuple(args.widths), args.dropout, bool(args.tta), args.init_from, tuple(args.wise),
-                           args.photo_norms, args.temperature),
+                           args.photo_norms, args.temperature, tuple(args.photo_layers)),
         runtime=RuntimeOptions(args.device, args.amp, bool(args.channels_last), args.threads, not args.no_progress),
         ood=OODConfig(args.ood_keep, args.ood_proxy_size, args.ood_bootstrap),
         output=OutputConfig(Path(args.out), args.trust_images, args.push_to_hub, args.private, args.fit_ood),
@@ -326,7 +334,7 @@ def run(cfg: RunConfig) -> int:
         except ValueError as e:   # options that cannot work together: one line, no traceback
             print(f"error: {e}", file=sys.stderr)
             return 2
-        extra = run_record(result)
+        extra = run_record(result) | photo_protocol(cfg)
     if runtime.rank != 0:
         return 0
     model, train_seconds = result.model, (result.seconds if not cfg.eval_model else None)
@@ -366,7 +374,7 @@ def card_origin(cfg: RunConfig) -> model_repo.Origin:
     m = cfg.model
     return model_repo.Origin(init_from=m.init_from, photo_norms=m.photo_norms, fmnist_share=cfg.data.fmnist_share,
                              wise=m.wise, temperature=m.temperature, val_size=cfg.data.val_size,
-                             photo_train=cfg.data.photo_train)
+                             photo_train=cfg.data.photo_train, photo_layers=m.photo_layers)
 
 
 def fit_ood(model_dir, cfg: RunConfig) -> int:

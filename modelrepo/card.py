@@ -26,6 +26,7 @@ class Origin:
     temperature: float                # the temperature given on the command line (0: none given)
     val_size: int                     # training images held out for validation (0: the final fit)
     photo_train: str | None           # phone photos were mixed into training
+    photo_layers: tuple[str, ...] = ()  # with photo_norms: stages photos also have their own trained copy of
 
 
 def temperature_source(temperature: float, val_size: int) -> str:
@@ -44,8 +45,10 @@ def start_note(origin: Origin, wise: dict | None = None) -> str | None:
         return None
     if origin.photo_norms:
         mix = f" ({origin.fmnist_share:.0%} of each batch Fashion-MNIST images)" if origin.fmnist_share else ""
-        return (f"the weights in `{origin.init_from}`, of which only BatchNorm layers of its own for segmented photos "
-                f"were trained, on segmented photos{mix}: every other input gets the start's answer")
+        copies = (f" and photos' own copy of {', '.join(origin.photo_layers)} (copied from the start)"
+                  if origin.photo_layers else "")
+        return (f"the weights in `{origin.init_from}`, of which only BatchNorm layers of its own for segmented photos"
+                f"{copies} were trained, on segmented photos{mix}: every other input gets the start's answer")
     a = wise["chosen"]["wise"] if wise else origin.wise[0]
     tried = ", ".join(f"{w:g}" for w in origin.wise)
     how = f"; the weight chosen on validation among {tried}" if len(origin.wise) > 1 else ""
@@ -70,9 +73,16 @@ def card(model, metrics: dict, origin: Origin, command: str, train_seconds: floa
     if origin.val_size == 0:
         validation = ("none held out: the recipe was chosen on validation, then retrained on all training images "
                       "(last epoch kept)")
-    return model_card(model.config, count_parameters(model), metrics, command, validation,
+    return model_card(model.config, served_parameters(model), metrics, command, validation,
                       temperature_source(origin.temperature, origin.val_size), train_seconds,
-                      start_note(origin, metrics.get("wise")), photos_trained=bool(origin.photo_train))
+                      start_note(origin, metrics.get("wise")), photos_trained=bool(origin.photo_train),
+                      stored=count_parameters(model))
+
+
+def served_parameters(model) -> int:
+    """Parameters one input meets: the network either path runs, without the photo copies that
+    stand in for its layers (a photo meets as many, through for_photos())."""
+    return sum(p.numel() for name, p in model.named_parameters() if not name.startswith("photo_"))
 
 
 def _card_metadata(metrics: dict) -> str:
@@ -92,16 +102,18 @@ def _card_metadata(metrics: dict) -> str:
 
 
 def model_card(config, parameters: int, metrics: dict, command: str, validation: str, temperature_note: str,
-               train_seconds: float | None, start: str | None = None, photos_trained: bool = False) -> str:
+               train_seconds: float | None, start: str | None = None, photos_trained: bool = False,
+               stored: int | None = None) -> str:
     """README.md of the model repo: Hub metadata (model-index with the test accuracy) and a short body.
 
     Args:
-        config: the model's ModelConfig; parameters: its parameter count.
+        config: the model's ModelConfig; parameters: the parameters one input meets (served_parameters).
         metrics: evaluation/metrics.json as evaluate.py writes it.
         command: the command that trained it; validation: the validation line of the table;
         temperature_note: where the stored temperature came from.
         start: for a fine-tune, what it started from (the card must not call it trained from scratch).
         photos_trained: phone photos were mixed into the training batches (train.py --photo-train).
+        stored: the parameters model.safetensors holds, photo layers included (default: `parameters`).
     """
     lo, hi = metrics["accuracy_ci95"]
     rows = "\n".join(f"| {n} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} |"
@@ -117,9 +129,13 @@ def model_card(config, parameters: int, metrics: dict, command: str, validation:
     photos = metrics.get("photos")
     photo_row = (f"| Real phone photos (strict / coarse accuracy) | {photos['strict_accuracy']:.1%} / "
                  f"{photos['coarse_accuracy']:.1%} (n={photos['n']}) |\n" if photos else "")
-    photo_note = ("Segmented photos are answered with BatchNorm layers of their own (`config.photo_norms`); "
+    copies = f" and their own copy of {', '.join(config.photo_layers)} (`config.photo_layers`)" if config.photo_layers else ""
+    photo_note = (f"Segmented photos are answered with BatchNorm layers of their own (`config.photo_norms`){copies}; "
                   "every other input, the Fashion-MNIST test set included, with the network's own."
                   if config.photo_norms else "")
+    stored = parameters if stored is None else stored
+    parameter_row = (f"{parameters:,} per input; {stored:,} stored (the photo layers stand in for the network's "
+                     "own on photos)" if stored != parameters else f"{parameters:,}")
     return f"""---
 {_card_metadata(metrics)}
 ---
@@ -135,7 +151,7 @@ and the model behind its Gradio explainability dashboard.
 | Macro F1 | {metrics['macro_f1']:.4f} |
 | Expected calibration error | {metrics['calibration']['ece']:.4f} (softmax temperature {config.temperature:g}, \
 {temperature_note}) |
-{photo_row}| Parameters | {parameters:,} |
+{photo_row}| Parameters | {parameter_row} |
 | Flip test-time augmentation | {'yes' if metrics['tta'] else 'no'} |
 | Training time | {timing} |
 

@@ -6,8 +6,10 @@ product shots that take the photo path too); the convolutions, the classifier an
 BatchNorm stay the start's. So every input that does not go through the photo segmentation (every
 Fashion-MNIST image, drawings, anything already light on black) gets exactly the start's answer,
 and photos are answered by the same network with their own statistics (`FashionCNN.for_photos`).
-train.py runs this for `--photo-norms`, through the
-base run's epoch loop (training/loop.py) with batches of photos.
+With `--photo-layers`, photos also get their own trained copy of whole stages (config.photo_layers),
+a photo branch with more capacity; the network every other input meets is still the start's, tensor
+for tensor. train.py runs this for `--photo-norms`, through the base run's epoch loop
+(training/loop.py) with batches of photos.
 
 WiSE-FT (`weight_average`, `choose_wise`): after a fine-tune of the whole network, its weights
 averaged with the start's (train.py --wise).
@@ -22,17 +24,39 @@ from torch import nn
 
 from model import FashionCNN, config_dict, load_model
 from training.config import DataConfig, RunConfig, Runtime
-from training.data import load_images, load_photo_looks, split_train_val
+from training.data import PHOTO_FIT, PHOTO_SELECTION, load_images, load_photo_looks, split_train_val
 from training.evaluate import meets_photo_bars, predict_probs, strict_by_folder, strict_hits
 from training.loop import Batches, Clock, Recipe, RunResult, record_epoch, train_one_epoch
 
 
-def with_photo_norms(start: FashionCNN) -> FashionCNN:
-    """`start` with photo BatchNorm layers added, each a copy of the layer it stands in for."""
-    model = FashionCNN(**(config_dict(start) | {"photo_norms": True}))
+def with_photo_norms(start: FashionCNN, layers: tuple[str, ...] = ()) -> FashionCNN:
+    """`start` with photo BatchNorm layers added, each a copy of the layer it stands in for, and
+    photo copies of the stages named in `layers` (FashionCNN.forward_children), each a copy of its stage."""
+    model = FashionCNN(**(config_dict(start) | {"photo_norms": True, "photo_layers": list(layers)}))
     model.load_state_dict(start.state_dict(), strict=False)
     for bn, photo in zip(model.norms(), model.photo_norms):
         photo.load_state_dict(bn.state_dict())
+    for child in layers:
+        getattr(model, f"photo_{child}").load_state_dict(getattr(model, child).state_dict())
+    return model
+
+
+def photo_branch_parameters(view: FashionCNN, layers: tuple[str, ...]) -> list[torch.nn.Parameter]:
+    """What photo training moves in `view` (a for_photos() copy): every BatchNorm's scale and shift,
+    and every parameter of the stages in `layers`; everything else is frozen."""
+    tuned = {id(p): p for bn in view.norms() for p in bn.parameters()}
+    tuned |= {id(p): p for child in layers for p in getattr(view, child).parameters()}
+    for p in view.parameters():
+        p.requires_grad_(id(p) in tuned)
+    return list(tuned.values())
+
+
+def save_photo_branch(model: FashionCNN, view: FashionCNN) -> FashionCNN:
+    """Copy the trained photo branch of `view` (a for_photos() copy) back into `model`'s photo layers."""
+    for photo, bn in zip(model.photo_norms, view.norms()):
+        photo.load_state_dict(bn.state_dict())
+    for child in model.config.photo_layers:
+        getattr(model, f"photo_{child}").load_state_dict(getattr(view, child).state_dict())
     return model
 
 
@@ -46,36 +70,60 @@ def fmnist_share_of(data: DataConfig, num_classes: int) -> tuple[torch.Tensor, t
 
 
 def photo_batches(model: FashionCNN, data: DataConfig) -> Batches:
-    """The photo-norm batches: segmented photos of data.photo_train, with data.fmnist_share of each
-    batch Fashion-MNIST training images in their place."""
-    looks, allowed, _ = load_photo_looks(data.photo_train, "train")
+    """The photo-norm batches: segmented photos of the `fit` part of data.photo_train's train split
+    (the photo protocol, docs/decision_log.md: its `selection` part is held out for choices), with
+    data.fmnist_share of each batch Fashion-MNIST training images in their place."""
+    looks, allowed, folders = load_photo_looks(data.photo_train, PHOTO_FIT)
+    if data.photo_balance:
+        keep = balanced_indices(folders)
+        looks, allowed = looks[keep], allowed[keep]
     fmnist = fmnist_share_of(data, allowed.shape[1]) if data.fmnist_share else None
     return Batches(looks, allowed, norm=(model.config.mean, model.config.std), extra=fmnist,
                    share=data.fmnist_share, in_place=True)
 
 
-def train_photo_norms(cfg: RunConfig, runtime: Runtime) -> RunResult:
-    """Train the photo BatchNorm layers of cfg.model.init_from on cfg.data.photo_train's photos.
+def photo_protocol(cfg: RunConfig) -> dict:
+    """What metrics.json records of a photo-branch run's data (the photo protocol, docs/decision_log.md)."""
+    if not cfg.model.photo_norms:
+        return {}
+    return {"photo_trained_on": PHOTO_FIT, "photo_scored_each_epoch_on": PHOTO_SELECTION,
+            "photo_layers": list(cfg.model.photo_layers), "photo_balance": cfg.data.photo_balance}
 
-    The base run's epoch loop and schedule (one-cycle, --budget-minutes), SGD on the BatchNorm
-    scales and shifts only, no weight decay (there is nothing to shrink but the layers' own
-    scales), no EMA. Returns no validation accuracy (the Fashion-MNIST answers are the start's);
-    the last epoch is kept.
+
+def balanced_indices(folders: list[str]) -> torch.Tensor:
+    """Indices into `folders` with each folder's photos repeated round(largest / its count) times, so
+    that every folder is drawn about as often as the largest (--photo-balance): the per-folder bar
+    is judged on the smallest folders (outwear), which the photo set's proportions leave rare."""
+    by_folder: dict[str, list[int]] = {}
+    for i, name in enumerate(folders):
+        by_folder.setdefault(name, []).append(i)
+    largest = max((len(v) for v in by_folder.values()), default=0)
+    return torch.tensor([i for idx in by_folder.values() for i in idx * round(largest / len(idx))], dtype=torch.long)
+
+
+def train_photo_norms(cfg: RunConfig, runtime: Runtime) -> RunResult:
+    """Train the photo branch of cfg.model.init_from on the `fit` photos of cfg.data.photo_train.
+
+    The base run's epoch loop and schedule (one-cycle, --budget-minutes), SGD on the photo
+    BatchNorm scales and shifts (no weight decay: nothing to shrink but the layers' own scales) and
+    on the photo copies of cfg.model.photo_layers (weight decay on their weights), no EMA. Returns no
+    validation accuracy (the Fashion-MNIST answers are the start's); the last epoch is kept.
     """
     if runtime.world > 1:
         raise ValueError("--photo-norms needs a single process: it has no data-parallel path")
-    model = with_photo_norms(load_model(cfg.model.init_from))
+    model = with_photo_norms(load_model(cfg.model.init_from), cfg.model.photo_layers)
     batches = photo_batches(model, cfg.data)
     photo_val = load_photo_looks(cfg.data.photos, "validation") if cfg.data.photos else None
+    photo_sel = load_photo_looks(cfg.data.photo_train, PHOTO_SELECTION)    # where candidates are judged
     torch.manual_seed(cfg.data.seed)
     view = model.for_photos().to(runtime.device)
-    tuned = [p for bn in view.norms() for p in bn.parameters()]
-    for p in view.parameters():
-        p.requires_grad_(False)
-    for p in tuned:
-        p.requires_grad_(True)
+    tuned = photo_branch_parameters(view, model.config.photo_layers)
     optim = cfg.optim
-    optimizer = torch.optim.SGD(tuned, lr=optim.lr, momentum=optim.momentum, nesterov=optim.momentum > 0)
+    # Decay on the copied stages' weights only: BatchNorm scales and shifts, and biases, have nothing to shrink.
+    groups = [{"params": [p for p in tuned if p.ndim > 1], "weight_decay": optim.weight_decay},
+              {"params": [p for p in tuned if p.ndim <= 1], "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    optimizer = torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum, nesterov=optim.momentum > 0)
     # Always one-cycle, and in the memory layout the layers were built in: the photo-norm recipe.
     schedule = replace(cfg.schedule, kind="onecycle")
     recipe = Recipe(optim, cfg.augment, cfg.data.seed, replace(runtime, channels_last=False), schedule.epochs)
@@ -85,11 +133,12 @@ def train_photo_norms(cfg: RunConfig, runtime: Runtime) -> RunResult:
         log = train_one_epoch(view, batches, optimizer, clock, epoch, recipe)
         if photo_val is not None:   # reported, not chosen on: the last epoch is kept
             log["photo_val_strict"] = strict_hits(view.eval(), *photo_val[:2])[1].float().mean().item()
+        if len(photo_sel[0]):       # the selection part: reported each epoch, for choices between runs
+            log["photo_selection_strict"] = strict_hits(view.eval(), *photo_sel[:2])[1].float().mean().item()
         record_epoch(history, log, clock, cfg.output.out, runtime)
         if log["schedule_progress"] >= 1:
             break
-    for photo, bn in zip(model.photo_norms, view.cpu().norms()):
-        photo.load_state_dict(bn.state_dict())
+    save_photo_branch(model, view.cpu())
     return RunResult(model.eval(), history, None, clock.elapsed(), trained=model)
 
 

@@ -32,6 +32,7 @@ class DataConfig:
     photo_train: str | None = None      # a clothing_photos folder whose train split is trained on
     photo_share: float = 0.125          # with photo_train: photos added to each batch, as a share of it
     fmnist_share: float = 0.0           # with photo norms: Fashion-MNIST images in place of that share of photos
+    photo_balance: bool = False         # with photo norms: each mapped folder drawn as often as the largest
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class ModelOptions:
     wise: tuple[float, ...] = (1.0,)    # WiSE-FT weights; several: the one chosen on validation
     photo_norms: bool = False           # train only photo BatchNorm layers of the start (adapt.py)
     temperature: float = 0.0            # softmax temperature to store (0: fit it on validation)
+    photo_layers: tuple[str, ...] = ()  # with photo_norms: stages photos get their own trained copy of
 
 
 @dataclass(frozen=True)
