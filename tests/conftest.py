@@ -9,19 +9,21 @@ import pytest
 
 from helpers import ARTIFACTS, CHROMIUM, AppServer, start_app, stop_app
 
-# What makes a test slow: a real app server, a browser, a training run, the notebook.
-SLOW_FIXTURES = {"app_server", "client", "page", "trained", "tiny_weights"}
+# What makes a test slow: a real app server, a browser, a training run, a command in a process of
+# its own (each imports torch again), the notebook.
+SLOW_FIXTURES = {"app_server", "client", "page", "trained", "tiny_weights", "fitted"}
 SLOW_FILES = {"test_notebook.py", "test_browser.py"}
+SLOW_CALLS = ("start_app(", "subprocess", "run_cli(", "run([", "train.train(")
 
 
 def pytest_collection_modifyitems(items) -> None:
-    """Mark the slow lane: tests that need a fixture of SLOW_FIXTURES, sit in SLOW_FILES, or start
-    an app of their own (start_app in their source) are `slow`; `pytest -m "not slow"` runs the rest."""
+    """Mark the slow lane: tests that need a fixture of SLOW_FIXTURES, sit in SLOW_FILES, or make
+    one of SLOW_CALLS in their source are `slow`; `pytest -m "not slow"` runs the rest."""
     import inspect
     for item in items:
         source = inspect.getsource(item.function) if hasattr(item, "function") else ""
         if (item.path.name in SLOW_FILES or SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))
-                or "start_app(" in source or "subprocess" in source):
+                or any(call in source for call in SLOW_CALLS)):
             item.add_marker(pytest.mark.slow)
 
 

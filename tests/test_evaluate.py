@@ -30,6 +30,7 @@ SLICE = REPO / "tests" / "data" / "fashion_mnist"
 SLICE_MINIMUM = 0.90
 
 
+@pytest.mark.slow     # the whole test split where ../shared has it: 10,000 images through the network
 def test_committed_weights_score_the_stored_test_accuracy():
     stored = json.loads((WEIGHTS / "evaluation" / "metrics.json").read_text())
     model = load_model(WEIGHTS)
