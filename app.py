@@ -153,8 +153,12 @@ async def analyse(image: dict) -> dict:
     """An uploaded image file -> label, probabilities, whether it looks like the training data
     (in_distribution, ood_score: higher is further), the confidence in words, and the nearest
     training images with the distance to each class (from the prediction's own forward pass)."""
-    look, photo = await input_of_async(image)
-    a = await SERVICE.assess_async(look, photo)
+    try:
+        seen = await uploads.decode_async(image, UPLOAD_ROOTS)
+    except InvalidImageError as e:
+        raise gr.Error(str(e)) from None
+    look, photo = seen.look, seen.photo
+    a = await SERVICE.assess_async(look, photo, seen.drawing)
     return {**SERVICE.analysis(a), **INSIGHT.neighbours(look, photo, features=a.features)}
 
 
@@ -177,10 +181,12 @@ def model_info() -> dict:
 
 def analyse_look(given: tuple, methods, target=PREDICTED, progress=None) -> tuple:
     """(28x28 look, whether it is a segmented photo[, mask]) -> (model view, label confidences, gallery
-    [(overlay, caption)], scores summary, the Assessment: the verdict the page shows, the maps)."""
+    [(overlay, caption)], scores summary, the Assessment: the verdict the page shows, the maps).
+    A mask without a photo is a drawing's: it is judged against garment drawings."""
     look, photo = given[:2]
+    drawing = len(given) > 2 and given[2] is not None and not photo
     try:
-        a, t, maps, scores = SERVICE.explain(look, methods, target, progress, photo=photo)
+        a, t, maps, scores = SERVICE.explain(look, methods, target, progress, photo=photo, drawing=drawing)
     except RequestError as e:
         raise gr.Error(str(e)) from None
     scale = explain.common_scale(list(maps.values()))

@@ -1,13 +1,15 @@
 """The three-way verdict (modelrepo/verdict.py) on every reported set, in process, routed as the app routes each image.
 
 Each image goes through `preprocess.look_and_mask`; a segmented photo is answered by the photo
-network (`for_photos()`) and judged by the photo detector (verdict.safetensors), anything else by
-the network as trained and the Fashion-MNIST detector (ood.safetensors). Its verdict is
+network (`for_photos()`) and judged by the photo detector (verdict.safetensors), a drawing by the
+network as trained and the drawings' detector (verdict_drawing.safetensors), anything else by the
+network as trained and the Fashion-MNIST detector (ood.safetensors). Its verdict is
 `verdict.kind`: fashion-mnist-like, garment-photo or not-a-garment. bench/ood_http.py checks that
 the running app's /analyse gives the same verdicts.
 
 The photo detector and its threshold were fitted and chosen on the photo *train* split only
-(training/fit_verdict.py: fit part and selection part). The in-class photos of the validation split
+(training/fit_verdict.py: fit part and selection part), the drawings' detector on
+tests/drawings.validation_drawings (other shapes, seeds and jitter than the reported drawings). The in-class photos of the validation split
 are read here once, for the bar, and reported with a 95% Wilson interval.
 
     python bench/verdict.py                                   # every set
@@ -88,21 +90,25 @@ def reported_sets(args) -> dict[str, list]:
 
 
 @torch.no_grad()
-def served_verdicts(model, detector, photo_verdict, images) -> dict:
-    """What the app answers for each image: routed (photo or not), probabilities (N, C) of the network
-    that answers it, the score of the detector that judges it, and the verdict `kind`."""
+def served_verdicts(model, detector, photo_verdict, images, drawing_verdict=None) -> dict:
+    """What the app answers for each image: routed (photo, drawing or neither), probabilities (N, C)
+    of the network that answers it, the score of the detector that judges it, and the verdict `kind`."""
     seen = [look_and_mask(img) for img in images]
     x = ood.as_input(model, torch.from_numpy(np.stack([s.look for s in seen])))
     photo = torch.tensor([s.photo for s in seen])
+    drawing = torch.tensor([s.drawing for s in seen]) & (drawing_verdict is not None)
     probs, scores, flagged = torch.empty(len(x), model.config.num_classes), torch.empty(len(x)), torch.empty(len(x), dtype=torch.bool)
-    for route, network, judge in ((False, model, detector), (True, model.for_photos(), photo_verdict.detector)):
-        idx = (photo == route).nonzero()[:, 0]
+    routes = [(~photo & ~drawing, model, detector), (photo, model.for_photos(), photo_verdict.detector)]
+    if drawing_verdict is not None:
+        routes.append((drawing, model, drawing_verdict.detector))
+    for route, network, judge in routes:
+        idx = route.nonzero()[:, 0]
         for part in idx.split(1000):
             if len(part):
                 probs[part], scores[part] = judge.predict(network, x[part])
                 flagged[part] = judge.flag(scores[part])
     kinds = [verdict.kind(bool(p), bool(f)) for p, f in zip(photo, flagged)]
-    return {"photo": photo, "probs": probs, "scores": scores, "kinds": kinds}
+    return {"photo": photo, "drawing": drawing, "probs": probs, "scores": scores, "kinds": kinds}
 
 
 def kind_row(kinds: list[str]) -> dict:
@@ -140,14 +146,16 @@ def main(argv=None) -> None:
     if detector is None:
         raise SystemExit(f"{args.model}: no usable Fashion-MNIST detector ({opened.detector_error})")
     photo_verdict = verdict.Verdict.load(args.model, model)
+    drawing_verdict = verdict.Verdict.load(args.model, model, verdict.DRAWING_FILES)
     sets = reported_sets(args)
     rows, extra = {}, {}
     for name, images in sets.items():
         folders = None
         if name == IN_CLASS:
             images, folders = [img for img, _ in images], [f for _, f in images]
-        result = served_verdicts(model, detector, photo_verdict, images)
-        rows[name] = kind_row(result["kinds"]) | {"routed_as_photos": float(result["photo"].double().mean())}
+        result = served_verdicts(model, detector, photo_verdict, images, drawing_verdict)
+        rows[name] = kind_row(result["kinds"]) | {"routed_as_photos": float(result["photo"].double().mean()),
+                                                  "routed_as_drawings": float(result["drawing"].double().mean())}
         if name == NATURAL_SET:
             extra["natural_per_image"] = {n: k for (_, n), k in zip(natural_photos(), result["kinds"])}
         if folders:
@@ -158,7 +166,10 @@ def main(argv=None) -> None:
               "detectors": {"fashion_mnist": {"score": detector.score_name, "threshold": detector.threshold},
                             "photo": {"score": photo_verdict.detector.score_name,
                                       "threshold": photo_verdict.detector.threshold,
-                                      "protocol": photo_verdict.meta.get("protocol")}},
+                                      "protocol": photo_verdict.meta.get("protocol")},
+                            "drawing": {"score": drawing_verdict.detector.score_name,
+                                        "threshold": drawing_verdict.detector.threshold,
+                                        "protocol": drawing_verdict.meta.get("protocol")}},
               "bars": {k: {"at_most": lo, "at_least": hi} for k, (lo, hi) in BARS.items()},
               "sets": rows, **extra}
     common.write_results(args.results_dir, "verdict", report, markdown(report))
@@ -184,25 +195,30 @@ def met(row: dict, bar: dict | None) -> str:
 
 
 def markdown(r: dict) -> str:
-    photo = r["detectors"]["photo"]
-    proto = photo.get("protocol") or {}
+    photo, drawing = r["detectors"]["photo"], r["detectors"].get("drawing") or {}
+    proto, dproto = photo.get("protocol") or {}, drawing.get("protocol") or {}
     lines = ["# The three-way verdict: fashion-mnist-like, garment-photo, not-a-garment", "",
              f"Model: {r['model']}. Command: `{r['command']}`. Machine: {r['machine']['cpu_model']}, "
-             f"{r['machine']['cpu_count']} cores, torch {r['machine']['torch']}.", "",
-             f"Non-photos are judged by the Fashion-MNIST detector ({r['detectors']['fashion_mnist']['score']}, threshold "
+             f"{r['machine']['cpu_count']} cores, torch {r['machine']['torch']}, load average (1 min) when the run ended "
+             f"{r['machine']['load_average_1_5_15min'][0]:.1f}.", "",
+             f"Images neither photos nor drawings are judged by the Fashion-MNIST detector ({r['detectors']['fashion_mnist']['score']}, threshold "
              f"{r['detectors']['fashion_mnist']['threshold']:.6g}); segmented photos by the photo detector "
              f"({photo['score']}, threshold {photo['threshold']:.6g}: the {proto.get('keep', 0):.0%} quantile of "
              f"{proto.get('selection_photos', '?')} held-out selection photos of the train split; Gaussians fitted on "
-             f"{proto.get('fit_photos', '?')} fit photos, covariance {proto.get('covariance', '?')}). Validation photos "
+             f"{proto.get('fit_photos', '?')} fit photos, covariance {proto.get('covariance', '?')}); drawings by the "
+             f"drawings' detector ({drawing.get('score', '?')}, threshold {drawing.get('threshold', float('nan')):.6g}: the "
+             f"{dproto.get('keep', 0):.0%} quantile of {dproto.get('selection_drawings', '?')} held-out validation drawings; "
+             f"Gaussians fitted on {dproto.get('fit_drawings', '?')} others). Validation photos "
              "are read once, here. Interval: 95% Wilson.", ""]
     rows = []
     for name, s in r["sets"].items():
         bar = r["bars"].get(name)
         lo, hi = s["not_a_garment_ci95"]
-        rows.append([name, f"{s['n']:,}", pct(s["routed_as_photos"]), pct(s["kinds"][verdict.FASHION_MNIST_LIKE]),
+        rows.append([name, f"{s['n']:,}", pct(s["routed_as_photos"]), pct(s.get("routed_as_drawings")),
+                     pct(s["kinds"][verdict.FASHION_MNIST_LIKE]),
                      pct(s["kinds"][verdict.GARMENT_PHOTO]), f"{pct(s['not_a_garment'])} ({pct(lo)} to {pct(hi)})",
                      bar_text(bar), met(s, bar)])
-    lines.append(common.md_table(["set", "images", "routed as photos", "fashion-mnist-like", "garment-photo",
+    lines.append(common.md_table(["set", "images", "routed as photos", "routed as drawings", "fashion-mnist-like", "garment-photo",
                                   "not-a-garment (95% CI)", "bar", "met"], rows))
     ic = r.get("in_class")
     if ic:

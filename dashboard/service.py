@@ -160,6 +160,10 @@ class Service:
         # A segmented photo is judged by the photo detector, fitted on garment photos; without
         # one (older weights), by the Fashion-MNIST detector as before.
         self.photo_detector = self.verdict.detector if self.verdict is not None else self.detector
+        # A drawing is judged by the drawings' detector (fitted on garment drawings); without one,
+        # by the Fashion-MNIST detector, which calls every drawn silhouette unlike its training images.
+        drawings, self.drawing_error = self._load_verdict(loaded, verdict.DRAWING_FILES)
+        self.drawing_detector = drawings.detector if drawings is not None else None
         self.photo_serving, self.photo_batcher = self.serving, self.batcher
         if self.photo_model is not self.model:
             self.photo_serving = copy.deepcopy(self.photo_model).optimize_for_inference_()
@@ -170,12 +174,13 @@ class Service:
         self._explain_lock = threading.Lock()
         self.on_use = lambda: None        # called after each use of the network (the idle trimmer)
 
-    def _load_verdict(self, loaded: LoadedModel) -> tuple[verdict.Verdict | None, str | None]:
-        """The photo verdict beside the weights, or None and why (the weights still serve)."""
-        if not (loaded.folder / verdict.VERDICT_META).exists():
-            return None, "no photo verdict in the model folder"
+    def _load_verdict(self, loaded: LoadedModel, files=verdict.VERDICT_FILES) -> tuple[verdict.Verdict | None, str | None]:
+        """The photo verdict (or with DRAWING_FILES the drawings') beside the weights, or None and
+        why (the weights still serve)."""
+        if not (loaded.folder / files[0]).exists():
+            return None, f"no {files[0]} in the model folder"
         try:
-            return verdict.Verdict.load(loaded.folder, self.model), None
+            return verdict.Verdict.load(loaded.folder, self.model, files), None
         except verdict.VerdictError as e:
             return None, str(e)[:300]
 
@@ -222,17 +227,27 @@ class Service:
         """`predict` for a coroutine: awaits the batch on the event loop instead of blocking a thread."""
         return (await self._predict_async(look, photo))[0]
 
-    def assess(self, look: np.ndarray, photo: bool = False) -> Assessment:
-        """Probabilities, the out-of-distribution score and verdict, and the confidence in words."""
-        return self._assessment(*self._predict(look, photo), photo)
+    def assess(self, look: np.ndarray, photo: bool = False, drawing: bool = False) -> Assessment:
+        """Probabilities, the out-of-distribution score and verdict, and the confidence in words
+        (a drawing, `preprocess.Seen.drawing`, is judged against garment drawings)."""
+        return self._assessment(*self._predict(look, photo), photo, self._drawing_score(look, drawing))
 
-    async def assess_async(self, look: np.ndarray, photo: bool = False) -> Assessment:
+    async def assess_async(self, look: np.ndarray, photo: bool = False, drawing: bool = False) -> Assessment:
         """`assess` for a coroutine."""
-        return self._assessment(*(await self._predict_async(look, photo)), photo)
+        return self._assessment(*(await self._predict_async(look, photo)), photo, self._drawing_score(look, drawing))
+
+    @torch.inference_mode()
+    def _drawing_score(self, look: np.ndarray, drawing: bool) -> float | None:
+        """The drawings' detector's score of a drawing (one more pass: drawings are few); else None."""
+        if not drawing or self.drawing_detector is None:
+            return None
+        return float(self.drawing_detector.score(self.serving, self._input(look))[0])
 
     def _assessment(self, probs: np.ndarray, score: float | None, features: np.ndarray,
-                    photo: bool = False) -> Assessment:
+                    photo: bool = False, drawing_score: float | None = None) -> Assessment:
         detector = self.photo_detector if photo else self.detector
+        if drawing_score is not None:
+            detector, score = self.drawing_detector, drawing_score
         if detector is None or score is None:
             return Assessment(probs, None, None, self.confidence_sentence(probs, photo), features=features)
         flagged = bool(detector.flag(torch.tensor([score]))[0])
@@ -284,7 +299,8 @@ class Service:
                                f"or '{PREDICTED}'.")
         return self.labels.index(target)
 
-    def explain(self, look: np.ndarray, methods, target=PREDICTED, progress=None, photo: bool = False) -> tuple:
+    def explain(self, look: np.ndarray, methods, target=PREDICTED, progress=None, photo: bool = False,
+                drawing: bool = False) -> tuple:
         """A 28x28 look -> (Assessment, target index, {method: map in shares}, {method: scores}).
 
         Each map is expressed as shares of its total, so maps of different methods can share one
@@ -294,7 +310,7 @@ class Service:
         rounding, faster, and free of the explainers' hooks, so no lock).
         """
         methods = checked_methods(methods)
-        assessment = self.assess(look, photo)
+        assessment = self.assess(look, photo, drawing)
         model, serving = (self.photo_model, self.photo_serving) if photo else (self.model, self.serving)
         t = self.target_index(target, assessment.probs)
         x = self._input(look)[0]                                            # (1, 28, 28)
@@ -327,4 +343,6 @@ class Service:
                 "ood": ({"score": self.detector.score_name, "threshold": self.detector.threshold}
                         if self.detector is not None else {"unavailable": self.loaded.detector_error or "no detector"}),
                 "photo_verdict": ({"score": self.verdict.detector.score_name, "threshold": self.verdict.detector.threshold}
-                                  if self.verdict is not None else {"unavailable": self.verdict_error})}
+                                  if self.verdict is not None else {"unavailable": self.verdict_error}),
+                "drawing_verdict": ({"score": self.drawing_detector.score_name, "threshold": self.drawing_detector.threshold}
+                                    if self.drawing_detector is not None else {"unavailable": self.drawing_error})}

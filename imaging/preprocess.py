@@ -214,6 +214,11 @@ class Seen(NamedTuple):
     work: np.ndarray            # the input at most WORK_SIZE a side, (H, W) or (H, W, 3) in [0, 1]
     photo: bool                 # segmented from a photo: answered by `FashionCNN.for_photos`
 
+    @property
+    def drawing(self) -> bool:
+        """Read from a drawing's strokes (strokes.drawing_look): judged against garment drawings."""
+        return self.mask is not None and not self.photo
+
 
 def look_and_mask(image, size: int = INPUT_SIZE) -> Seen:
     """Any image -> its look, the mask of what was kept, the working image, and whether it is a photo.

@@ -16,7 +16,7 @@ from pathlib import Path
 from model import CONFIG_FILE, WEIGHTS_FILE
 from modelrepo.artefacts import BASE_HISTORY, HISTORY, NEIGHBOUR_FILES
 from modelrepo.ood import DETECTOR_FILE, META_FILE
-from modelrepo.verdict import VERDICT_FILES
+from modelrepo.verdict import DRAWING_FILES, VERDICT_FILES
 
 HUB_DATASET = "zalando-datasets/fashion_mnist"
 LICENSE = "mit"
@@ -24,7 +24,7 @@ TAGS = ["fashion-mnist", "image-classification", "captum"]
 LIBRARY_NAME, PIPELINE_TAG = "pytorch", "image-classification"   # the model card's metadata
 # What a served model needs from its repo (the out-of-distribution detector, the photo verdict and
 # the nearest-training-images index when it has them), and what the dashboard shows when present.
-MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, META_FILE, DETECTOR_FILE, *VERDICT_FILES, *NEIGHBOUR_FILES)
+MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, META_FILE, DETECTOR_FILE, *VERDICT_FILES, *DRAWING_FILES, *NEIGHBOUR_FILES)
 ARTEFACT_PATTERNS = (HISTORY, BASE_HISTORY, "evaluation/*")
 DEFAULT_TIMEOUT_S = 20.0
 

@@ -1,10 +1,13 @@
 """The three-way verdict on an input: a garment like the training images, a garment photo, or not a garment.
 
 The Fashion-MNIST detector (modelrepo/ood.py) was fitted on the training images; it judges every
-input the app does not route as a photo (Fashion-MNIST-like images, drawings). A segmented photo is
-judged instead by the photo detector kept here (`PhotoDetector`): Gaussians of the photo network's
-features (`FashionCNN.for_photos`, its pooled stages plus `ood.look_stats`) of garment photos, one
-per photo folder, with a threshold set on held-out photos. Photos of garments differ from
+input the app routes neither as a photo nor as a drawing. A segmented photo is judged instead by the
+photo detector kept here (`PhotoDetector`): Gaussians of the photo network's features
+(`FashionCNN.for_photos`, its pooled stages plus `ood.look_stats`) of garment photos, one per photo
+folder, with a threshold set on held-out photos. A drawing (`preprocess.Seen.drawing`) is judged by
+a detector of the same kind fitted on garment drawings, one Gaussian per class, over the features of
+the network as trained (drawings meet its BatchNorm): a drawn silhouette, evenly lit with a sharp
+edge, is as far from every Fashion-MNIST image as a digit is, but near the other garment drawings. Photos of garments differ from
 Fashion-MNIST far more than Fashion-MNIST images differ from each other, so the Fashion-MNIST
 threshold calls most of them "unlike the training data"; the photo detector asks only whether a photo
 is like the garment photos.
@@ -17,7 +20,8 @@ is like the garment photos.
 
 Two files beside the weights: `verdict.safetensors` (means, whiten, log_prior) and `verdict.json`
 (the folders, the threshold, the reliability bins of held-out photos, the protocol, the weights'
-sha256). training/fit_verdict.py writes them. This module imports model and modelrepo only.
+sha256); the drawings' detector in two more of the same format (DRAWING_FILES, no bins).
+training/fit_verdict.py writes them. This module imports model and modelrepo only.
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ FASHION_MNIST_LIKE, GARMENT_PHOTO, NOT_A_GARMENT = "fashion-mnist-like", "garmen
 KINDS = (FASHION_MNIST_LIKE, GARMENT_PHOTO, NOT_A_GARMENT)
 VERDICT_TENSORS, VERDICT_META = "verdict.safetensors", "verdict.json"
 VERDICT_FILES = (VERDICT_META, VERDICT_TENSORS)
+DRAWING_FILES = ("verdict_drawing.json", "verdict_drawing.safetensors")
 FORMAT_VERSION = 1
 # The photo features: every pooled stage and the look's statistics (ood.py's "gda-layers+look"):
 # a segmented scene or texture can pool like a garment at the last stage while its look (ink, edges,
@@ -101,44 +106,46 @@ class Verdict:
         """The bin (lo, hi] that holds a top probability, or None."""
         return next((b for b in self.bins if b["lo"] < top <= b["hi"]), None)
 
-    def save(self, folder: str | Path, weights: str | Path | None = None) -> None:
-        """Write verdict.safetensors and verdict.json; the json records the sha256 of `weights`
-        (default: the folder's model.safetensors)."""
+    def save(self, folder: str | Path, weights: str | Path | None = None, files: tuple[str, str] = VERDICT_FILES) -> None:
+        """Write `files` (verdict.json and verdict.safetensors, or DRAWING_FILES); the json records
+        the sha256 of `weights` (default: the folder's model.safetensors)."""
         from safetensors.torch import save_file
         d = self.detector
         if not math.isfinite(d.threshold):
             raise VerdictError("the photo detector has no threshold yet")
-        folder = Path(folder)
+        folder, (meta_file, tensor_file) = Path(folder), files
         weights = Path(weights) if weights else folder / WEIGHTS_FILE
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {k: getattr(d, k).contiguous() for k in TENSOR_FIELDS}
-        save_file(tensors, str(folder / VERDICT_TENSORS))
-        meta = {**self.meta, "format_version": FORMAT_VERSION, "features": FEATURES, "threshold": d.threshold,
+        save_file(tensors, str(folder / tensor_file))
+        meta = {**self.meta, "format_version": FORMAT_VERSION, "features": FEATURES, "score_name": d.score_name,
+                "threshold": d.threshold,
                 "higher_is_not_a_garment": True, "folders": self.folders, "reliability_bins": self.bins,
                 "shapes": {k: list(v.shape) for k, v in tensors.items()},
                 "weights_sha256": file_sha256(weights) if weights.is_file() else None}
-        (folder / VERDICT_META).write_text(json.dumps(meta, indent=2) + "\n")
+        (folder / meta_file).write_text(json.dumps(meta, indent=2) + "\n")
 
     @classmethod
-    def load(cls, folder: str | Path, model: FashionCNN | None = None) -> "Verdict":
-        """Read what `save` wrote; with `model`, check that the Gaussians fit its features.
+    def load(cls, folder: str | Path, model: FashionCNN | None = None, files: tuple[str, str] = VERDICT_FILES) -> "Verdict":
+        """Read what `save` wrote into `files`; with `model`, check that the Gaussians fit its features.
 
         Raises:
             VerdictError: a missing or unreadable file, misshapen or non-finite statistics, or
                 statistics of other weights (when the folder holds model.safetensors).
         """
-        folder = Path(folder)
-        meta = _read_meta(folder / VERDICT_META)
-        tensors = _read_tensors(folder / VERDICT_TENSORS, meta)
+        folder, (meta_file, tensor_file) = Path(folder), files
+        meta = _read_meta(folder / meta_file)
+        tensors = _read_tensors(folder / tensor_file, meta)
         recorded, weights = meta.get("weights_sha256"), folder / WEIGHTS_FILE
         if recorded and weights.is_file() and file_sha256(weights) != recorded:
-            raise VerdictError(f"{folder / VERDICT_META}: fitted for other weights than {weights}: "
+            raise VerdictError(f"{folder / meta_file}: fitted for other weights than {weights}: "
                                "refit with python -m training.fit_verdict")
-        detector = PhotoDetector(threshold=float(meta["threshold"]), **{k: v.float().clone() for k, v in tensors.items()})
+        detector = PhotoDetector(threshold=float(meta["threshold"]), score_name=str(meta.get("score_name", f"photo {FEATURES}")),
+                                 **{k: v.float().clone() for k, v in tensors.items()})
         if model is not None:
             widths = model.config.widths
             if detector.means.shape[1] != sum(widths) + LOOK_STATS:
-                raise VerdictError(f"{folder / VERDICT_TENSORS}: {detector.means.shape[1]} features, this model has "
+                raise VerdictError(f"{folder / tensor_file}: {detector.means.shape[1]} features, this model has "
                                    f"{sum(widths) + LOOK_STATS}: fitted for other weights?")
         rest = {k: v for k, v in meta.items() if k not in ("folders", "reliability_bins", "shapes", "threshold")}
         return cls(detector, list(meta["folders"]), list(meta["reliability_bins"]), rest)
@@ -172,7 +179,7 @@ def _read_tensors(path: Path, meta: dict) -> dict[str, torch.Tensor]:
     try:
         tensors = load_file(str(path))
     except FileNotFoundError:
-        raise VerdictError(f"{path}: missing ({VERDICT_META} is there, the statistics it describes are not)") from None
+        raise VerdictError(f"{path}: missing (its json is there, the statistics it describes are not)") from None
     except Exception as e:  # safetensors raises several types for truncated or garbled files
         raise VerdictError(f"{path}: not a readable safetensors file ({e})"[:400]) from None
     if set(tensors) != set(TENSOR_FIELDS):

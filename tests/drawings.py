@@ -14,6 +14,8 @@ jitter (each drawing stretched or squeezed, its corners wobbling more). Preproce
 chosen on that set only, so the reported figure is not fitted to the shapes it is measured on.
 
     python tests/drawings.py /tmp/drawings      # write the PNGs to look at them
+    python tests/drawings.py /tmp/validation-drawings --validation    # the validation set, a folder per class
+                                                  # (what python -m training.fit_verdict --drawings reads)
 """
 from __future__ import annotations
 
@@ -136,9 +138,21 @@ def validation_drawings() -> list[tuple[str, str, Image.Image]]:
             for d in drawings(VALIDATION_SEEDS, VALIDATION_JITTER, shapes, details)]
 
 
+def slug(name: str) -> str:
+    """A class name as a file or folder name: "T-shirt/top" -> "t-shirt-top"."""
+    return name.replace('/', '-').replace(' ', '-').lower()
+
+
 if __name__ == "__main__":
     folder = Path(sys.argv[1])
     folder.mkdir(parents=True, exist_ok=True)
-    for name, variant, image in drawings():
-        image.save(folder / f"{name.replace('/', '-').replace(' ', '-').lower()}-{variant}.png")
-    print(f"{len(drawings())} drawings in {folder}")
+    if "--validation" in sys.argv[2:]:
+        made = validation_drawings()
+        for i, (name, variant, image) in enumerate(made):      # two shapes per class share variant names
+            (folder / slug(name)).mkdir(exist_ok=True)
+            image.save(folder / slug(name) / f"{i:04d}-{variant}.png")
+    else:
+        made = drawings()
+        for name, variant, image in made:
+            image.save(folder / f"{slug(name)}-{variant}.png")
+    print(f"{len(made)} drawings in {folder}")

@@ -5,6 +5,8 @@
 - Through the real app: a Fashion-MNIST test image is fashion-mnist-like; the committed garment photos
   (examples/photos) are garment photos, with a confidence sentence from held-out photos; an MNIST
   digit, uniform noise and the committed natural photos (tests/data/natural) are not garments.
+- Drawings (tests/drawings.py) are judged by the drawings' detector: garment drawings are garments
+  (fashion-mnist-like), a scribbled zigzag and a drawn digit-like loop are not.
 """
 from __future__ import annotations
 
@@ -19,10 +21,11 @@ import torch
 from gradio_client import handle_file
 from PIL import Image
 
+from drawings import SHAPES
 from helpers import REPO
 from model import load_model
 from modelrepo import ood
-from modelrepo.verdict import (FASHION_MNIST_LIKE, GARMENT_PHOTO, KINDS, NOT_A_GARMENT, VERDICT_META,
+from modelrepo.verdict import (DRAWING_FILES, FASHION_MNIST_LIKE, GARMENT_PHOTO, KINDS, NOT_A_GARMENT, VERDICT_META,
                                VERDICT_TENSORS, PhotoDetector, Verdict, VerdictError, kind)
 from training.data import PHOTO_FOLDERS
 from training.fit_verdict import fit_detector, reliability_bins
@@ -106,6 +109,15 @@ def test_the_committed_weights_carry_a_verdict_fitted_on_train_photos_only(model
     assert sum(b["count"] for b in v.bins) > 100 and all(b["accuracy"] is None or 0 <= b["accuracy"] <= 1 for b in v.bins)
 
 
+def test_the_committed_weights_carry_a_drawing_verdict_fitted_on_validation_drawings(model):
+    v = Verdict.load(WEIGHTS, model, DRAWING_FILES)
+    assert isinstance(v.detector, PhotoDetector) and math.isfinite(v.detector.threshold)
+    assert v.detector.score_name.startswith("drawing") and v.bins == []
+    protocol = v.meta["protocol"]
+    assert protocol["fit_drawings"] > 500 and protocol["selection_drawings"] > 100 and protocol["not_read_as_drawings"] == 0
+    assert set(v.folders) == set(SHAPES)
+
+
 # ---------------------------------------------------------------------------------------------
 # Through the real app
 # ---------------------------------------------------------------------------------------------
@@ -116,6 +128,31 @@ def analyse(client, image, folder: Path, name: str) -> dict:
         Image.fromarray(image).save(path)
         image = path
     return client.predict(handle_file(str(image)), api_name="/analyse")
+
+
+def zigzag(points: list[tuple[int, int]], width: int = 14) -> np.ndarray:
+    """Dark strokes through `points` on a white 280x280 canvas, as the Draw tab gives a drawing (H, W, 3)."""
+    from PIL import ImageDraw
+    img = Image.new("RGB", (280, 280), "white")
+    ImageDraw.Draw(img).line(points, fill="black", width=width, joint="curve")
+    return np.asarray(img)
+
+
+def test_drawings_are_judged_against_garment_drawings_through_the_app(client, tmp_path):
+    from drawings import drawings
+    drawn = [(name, img) for name, variant, img in drawings(seeds=(0,)) if variant.endswith("black-0")]
+    answers = [(name, analyse(client, np.asarray(img), tmp_path, f"g{i}.png")) for i, (name, img) in enumerate(drawn)]
+    kinds = [a["kind"] for _, a in answers]
+    # The drawings' detector keeps 95% of held-out validation drawings; these are other shapes.
+    assert sum(k == FASHION_MNIST_LIKE for k in kinds) >= 0.8 * len(kinds), kinds
+    threshold = client.predict(api_name="/model_info")["drawing_verdict"]["threshold"]
+    assert all(a["ood_threshold"] == threshold for _, a in answers)      # judged by the drawings' detector
+    rng = np.random.default_rng(3)
+    scribbles = [zigzag([(int(x), int(y)) for x, y in rng.uniform(30, 250, (12, 2))]) for _ in range(3)]
+    loop = zigzag([(140, 40), (200, 80), (140, 130), (80, 80), (140, 40), (140, 240)])     # a "9"
+    others = [analyse(client, img, tmp_path, f"s{i}.png") for i, img in enumerate([*scribbles, loop])]
+    assert [a["kind"] for a in others] == [NOT_A_GARMENT] * len(others), [a["kind"] for a in others]
+    assert all("probably not a garment" in a["confidence"] for a in others)
 
 
 def test_the_three_verdicts_through_the_app(client, tmp_path):
@@ -165,7 +202,7 @@ def test_weights_without_a_verdict_judge_photos_with_the_fashion_mnist_detector(
         if f.is_file() and f.name not in (VERDICT_META, VERDICT_TENSORS):
             shutil.copy(f, tmp_path / f.name)
     service = Service(load_weights(str(tmp_path)))
-    assert service.verdict is None and "no photo verdict" in service.verdict_error
+    assert service.verdict is None and f"no {VERDICT_META}" in service.verdict_error
     assert service.photo_detector is service.detector
     garment = next(p for p in sorted(PHOTOS.glob("*.jpg")) if PHOTO_FOLDERS[p.stem.split("-", 1)[1]].strict)
     with Image.open(garment) as img:

@@ -12,10 +12,18 @@ Protocol (no photo of the validation split is read):
 5. The reliability bins (how often the top class was right, by the top probability) are counted on
    the selection photos that pass the threshold: the sentence a visitor reads for a garment photo.
 
+The drawings' detector (--part drawings) follows the same steps on garment drawings, a folder per
+class (tests/drawings.py's validation set, never the reported drawings nor the browser test's):
+the selection part is every drawing of a share of the drawing seeds (the photos' fraction and hash seed),
+one Gaussian per class over the features of the network as trained, the threshold at --keep.
+
     python -m training.fit_verdict --model weights --photos ../shared/data/clothing_photos
     python -m training.fit_verdict --model weights --out /tmp/verdict      # a trial that leaves weights/ alone
+    python tests/drawings.py /tmp/validation-drawings --validation
+    python -m training.fit_verdict --model weights --part drawings --drawings /tmp/validation-drawings
 
-Writes <out>/verdict.safetensors and <out>/verdict.json (default out: the model folder).
+Writes <out>/verdict.safetensors and <out>/verdict.json, or with --part drawings
+verdict_drawing.* (default out: the model folder).
 """
 from __future__ import annotations
 
@@ -29,7 +37,7 @@ from PIL import Image, ImageOps
 from imaging.preprocess import look_and_mask
 from model import load_model
 from modelrepo import ood
-from modelrepo.verdict import FEATURES, PhotoDetector, Verdict
+from modelrepo.verdict import DRAWING_FILES, FEATURES, VERDICT_FILES, PhotoDetector, Verdict
 from training import data
 
 # Edges of the reliability bins of the top probability: a few hundred held-out photos fill four
@@ -43,6 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default="weights", help="model folder")
     p.add_argument("--photos", default="../shared/data/clothing_photos", help="the photo set (<split>/<folder>/*.jpg)")
+    p.add_argument("--part", choices=("photos", "drawings"), default="photos",
+                   help="fit the photos' detector (verdict.*) or the drawings' (verdict_drawing.*)")
+    p.add_argument("--drawings", default=None, help="with --part drawings: garment drawings, <folder>/<class slug>/*.png")
     p.add_argument("--out", default=None, help="where the verdict files go (default: the model folder)")
     p.add_argument("--keep", type=float, default=0.95, help="share of held-out selection photos called garment photos")
     p.add_argument("--covariance", choices=("tied", "per-folder"), default="tied",
@@ -52,14 +63,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def photo_looks(items: list[tuple[Path, str]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Looks (N, 28, 28) and whether the app routes each as a photo (N,), as the app sees an upload."""
+def photo_looks(items: list[tuple[Path, object]], route: str = "photo") -> tuple[torch.Tensor, torch.Tensor]:
+    """Looks (N, 28, 28) and whether the app routes each as `route` ("photo" or "drawing") (N,), as
+    the app sees an upload."""
     looks, routed = [], []
     for path, _ in items:
         with Image.open(path) as img:                 # upright, as the app shows it: EXIF rotation applied
             seen = look_and_mask(ImageOps.exif_transpose(img).convert("RGB"))
         looks.append(seen.look)
-        routed.append(seen.photo)
+        routed.append(getattr(seen, route))
     return torch.from_numpy(np.stack(looks)), torch.tensor(routed)
 
 
@@ -112,12 +124,64 @@ def fit(args) -> Verdict:
     return Verdict(detector, folders, bins, meta)
 
 
+def slug(name: str) -> str:
+    """A class name as a folder name: "T-shirt/top" -> "t-shirt-top" (as tests/drawings.py writes them)."""
+    return name.replace("/", "-").replace(" ", "-").lower()
+
+
+def drawing_items(folder: str | Path, label_names: list[str]) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]]]:
+    """The drawings of `folder` (<class slug>/<...>-<seed>.png) cut into (fit, selection), each
+    [(path, class index)]: selection is every drawing of the round(SELECTION_FRACTION * n) seeds of
+    smallest hash. A seed's wobble is shared by its outline, filled and scribbled drawings, in every
+    pen and colour, which give nearly the same silhouette: a cut by file would leave near-copies of
+    each held-out drawing in the fit part, and a threshold far too tight for a new hand."""
+    slugs = {slug(n): i for i, n in enumerate(label_names)}
+    items = []
+    for sub in sorted(p for p in Path(folder).iterdir() if p.is_dir()):
+        if sub.name not in slugs:
+            raise SystemExit(f"{sub}: not a class folder (expected one of {sorted(slugs)})")
+        items += [(p, slugs[sub.name]) for p in sorted(sub.glob("*.png"))]
+    seeds = sorted({p.stem.rsplit("-", 1)[-1] for p, _ in items},
+                   key=lambda s: data._selection_rank(Path(s), data.SELECTION_SEED))
+    held = set(seeds[:max(1, round(data.SELECTION_FRACTION * len(seeds)))])
+    selection = [(p, c) for p, c in items if p.stem.rsplit("-", 1)[-1] in held]
+    if not selection or len(selection) == len(items):
+        raise SystemExit(f"{folder}: needs drawings of at least two seeds in class folders")
+    return [(p, c) for p, c in items if p.stem.rsplit("-", 1)[-1] not in held], selection
+
+
+def fit_drawings(args) -> Verdict:
+    """The drawings' detector: Gaussians of the network as trained (drawings are not routed to the
+    photo network) over the fit drawings, threshold at the --keep quantile of the selection ones."""
+    if not args.drawings:
+        raise SystemExit("--part drawings needs --drawings <folder> (python tests/drawings.py <folder> --validation)")
+    model = load_model(args.model)
+    fit_items, sel_items = drawing_items(args.drawings, model.label_names)
+    items = fit_items + sel_items
+    looks, drawn = photo_looks(items, route="drawing")
+    x = ood.as_input(model, looks)
+    classes = sorted({c for _, c in items})
+    group = torch.tensor([classes.index(c) for _, c in items])
+    fit_idx = torch.tensor([i for i in range(len(fit_items)) if drawn[i]])
+    sel_idx = torch.tensor([i for i in range(len(fit_items), len(items)) if drawn[i]])
+    detector = fit_detector(model, x[fit_idx], group[fit_idx], len(classes), args.covariance == "tied")
+    detector.score_name = f"drawing {FEATURES}"
+    detector.threshold = ood.threshold_at(detector.score(model, x[sel_idx]), args.keep)
+    meta = {"protocol": {"drawings": str(args.drawings), "fit_drawings": len(fit_idx), "selection_drawings": len(sel_idx),
+                         "keep": args.keep, "covariance": args.covariance, "not_read_as_drawings": int((~drawn).sum()),
+                         "selection_split": "training.fit_verdict.drawing_items "
+                                            f"({data.SELECTION_FRACTION:.0%} of the seeds, hash seed {data.SELECTION_SEED})"},
+            "network": "as trained (drawings meet the Fashion-MNIST BatchNorm)"}
+    return Verdict(detector, [model.label_names[c] for c in classes], [], meta)
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
-    verdict = fit(args)
-    verdict.save(args.out, weights=Path(args.model) / "model.safetensors")
-    Verdict.load(args.out)                                   # what was written reads back
-    print(f"[fit_verdict] threshold {verdict.detector.threshold:.6g}; wrote {args.out}/verdict.*", flush=True)
+    files = DRAWING_FILES if args.part == "drawings" else VERDICT_FILES
+    verdict = fit_drawings(args) if args.part == "drawings" else fit(args)
+    verdict.save(args.out, weights=Path(args.model) / "model.safetensors", files=files)
+    Verdict.load(args.out, files=files)                      # what was written reads back
+    print(f"[fit_verdict] threshold {verdict.detector.threshold:.6g}; wrote {args.out}/{files[0]}, {files[1]}", flush=True)
     for b in verdict.bins:
         print(f"[fit_verdict]   top in ({b['lo']:.0%}, {b['hi']:.0%}]: {b['count']} photos, right {b['accuracy']}")
 
