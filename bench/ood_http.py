@@ -7,7 +7,8 @@ a PNG, uploads it and calls /analyse through Gradio's HTTP API (bench/gradio_htt
 not-a-garment) is compared with the verdict computed in this process on the same image, as
 bench/verdict.py computes it (`served_verdicts`: `preprocess.look_and_mask`, then the network and
 the detector the app gives that image: for a segmented photo `for_photos()` and the photo detector,
-else the network as trained and the Fashion-MNIST detector): the verdict must agree, and the score's
+for a drawing the network as trained and the drawings' detector, else the network as trained and the
+Fashion-MNIST detector): the verdict must agree, and the score's
 difference is reported (the app serves a BatchNorm-folded copy of the network, equal to float rounding).
 
 The sets are bench/verdict.py's (the same seed): Fashion-MNIST test, MNIST test, uniform noise,
@@ -46,7 +47,7 @@ from gradio_http import CallError, GradioHTTP  # noqa: E402
 from ood_sets import PER_FAMILY  # noqa: E402
 from verdict import IN_CLASS, reported_sets, served_verdicts  # noqa: E402
 from modelrepo.folder import open_model  # noqa: E402
-from modelrepo.verdict import KINDS, NOT_A_GARMENT, Verdict  # noqa: E402
+from modelrepo.verdict import DRAWING_FILES, KINDS, NOT_A_GARMENT, Verdict  # noqa: E402
 
 DATA = common.REPO.parent / "shared" / "data"
 
@@ -151,10 +152,11 @@ def main(argv=None) -> None:
     if detector is None:
         raise SystemExit(f"{args.model}: no usable OOD detector ({opened.detector_error}); bench/ood.py fits one")
     photo_verdict = Verdict.load(args.model, model)
+    drawing_verdict = Verdict.load(args.model, model, DRAWING_FILES)
     sets = all_sets(args)
     print(f"[ood_http] judging {sum(map(len, sets.values())):,} images in process ...", flush=True)
     with torch.no_grad():
-        direct = {name: served_verdicts(model, detector, photo_verdict, images) for name, images in sets.items()}
+        direct = {name: served_verdicts(model, detector, photo_verdict, images, drawing_verdict) for name, images in sets.items()}
     results = {}
     with tempfile.TemporaryDirectory() as tmp, common.AppProcess(args.model, Path(tmp) / "app.log") as app:
         for name, images in sets.items():
@@ -171,7 +173,9 @@ def main(argv=None) -> None:
               "machine": common.machine_info(),
               "detectors": {"fashion_mnist": {"score": detector.score_name, "threshold": detector.threshold},
                             "photo": {"score": photo_verdict.detector.score_name,
-                                      "threshold": photo_verdict.detector.threshold}},
+                                      "threshold": photo_verdict.detector.threshold},
+                            "drawing": {"score": drawing_verdict.detector.score_name,
+                                        "threshold": drawing_verdict.detector.threshold}},
               "limit": args.limit, "concurrency": args.concurrency, "seed": args.seed,
               "app_ready_s": round(app.ready_s, 1), "sets": results}
     common.write_results(args.results_dir, "ood_http", report, markdown(report))

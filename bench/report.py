@@ -98,8 +98,17 @@ def verdict_rows() -> list[str]:
                    f"{pct(bar['at_most'] if bar['at_most'] is not None else bar['at_least'], 0)}")
             return f"{name} {pct(s['not_a_garment'])} ({pct(lo)} to {pct(hi)}, n={s['n']:,}{aim})"
         rows.append("| Three-way verdict (fashion-mnist-like / garment-photo / not-a-garment; photo threshold set on "
-                    "held-out train photos, validation read once) | called not-a-garment (95% Wilson interval): "
+                    "held-out train photos, the drawings' on held-out validation drawings, validation photos read once) | "
+                    "called not-a-garment (95% Wilson interval): "
                     + "; ".join(cell(name, s) for name, s in v["sets"].items()) + " |")
+    drawn = read(common.RESULTS / "draw_browser.json")
+    if drawn:
+        right, called = drawn["shares"]["right"], drawn["shares"]["not_a_garment"]
+        rows.append(f"| Drawings drawn with the mouse on the real Sketchpad (bench/draw_browser.py, {drawn['drawings']} "
+                    f"drawings; load average {drawn['machine']['load_average_1_5_15min'][0]:.1f} on "
+                    f"{drawn['machine']['cpu_count']} cores) | read right {pct(right['share'])} ({pct(right['ci95'][0])} to "
+                    f"{pct(right['ci95'][1])}, bar >= 80%); called not-a-garment {pct(called['share'])} "
+                    f"({pct(called['ci95'][0])} to {pct(called['ci95'][1])}, bar <= 20%) |")
     http = read(common.RESULTS / "ood_http.json")
     if http and "kinds_http" in next(iter(http["sets"].values()), {}):
         sent = sum(s["n"] for s in http["sets"].values())

@@ -3,7 +3,8 @@
 The brush is selected when the tab opens (and again after the canvas is cleared), so a first
 stroke draws. Every class that can be drawn (tests/drawings.SHAPES) is drawn as an outline at the
 default brush size and at a thin one, and filled at the default size, with page.mouse; the page's
-top class must be right for at least MIN_RIGHT of them, and no outline may be called not a garment.
+top class must be right for at least MIN_RIGHT of them, and at most MAX_NOT_A_GARMENT of them (and of
+the outlines) may be called not a garment.
 The figures go to tests/artifacts/draw_browser.json. The page is drawn on once (the `drawn` fixture:
 21 drawings, minutes on two busy cores); the tests read what it saw.
 
@@ -23,6 +24,7 @@ from drawings import DETAILS, SHAPES
 from helpers import ARTIFACTS, CHROMIUM, needs_chromium
 
 MIN_RIGHT = 0.8
+MAX_NOT_A_GARMENT = 0.2       # issue 30: at most a fifth of the drawings called not a garment
 THIN = 3                      # the brush-size slider's value (a radius) for a thin pen; app.BRUSH_RADIUS is the default
 FAST_METHODS = ("Saliency",)  # the maps drawn for each drawing: the label, not the maps, is under test
 NOT_A_GARMENT = re.compile(r"not a garment", re.I)
@@ -119,8 +121,10 @@ def draw_every_shape(app_server, page) -> list[dict]:
                                 "verdict": verdict})
     page.screenshot(path=str(ARTIFACTS / "browser_drawings.png"), full_page=True)
     right = sum(r["label"] == r["class"] for r in results)
+    called = sum(NOT_A_GARMENT.search(r["verdict"]) is not None for r in results)
     (ARTIFACTS / "draw_browser.json").write_text(json.dumps(
-        {"drawings": len(results), "right": right, "share": right / len(results), "results": results}, indent=1))
+        {"drawings": len(results), "right": right, "share": right / len(results), "not_a_garment": called,
+         "not_a_garment_share": called / len(results), "results": results}, indent=1))
     return results
 
 
@@ -131,9 +135,14 @@ def test_drawings_on_the_real_sketchpad_are_read(drawn):
 
 
 @needs_chromium
-@pytest.mark.xfail(strict=True, reason="the verdict (dashboard/service.py GUESS, modelrepo/verdict.py) calls every "
-                                       "drawing 'probably not a garment' (issue 30 item 4); strict: remove this mark "
-                                       "once drawings get a verdict of their own")
-def test_an_outline_is_not_called_not_a_garment(drawn):
-    called = [(r["class"], r["brush"]) for r in drawn if r["style"] == "outline" and NOT_A_GARMENT.search(r["verdict"])]
-    assert not called, f"outlines called not a garment: {called}"
+@pytest.mark.xfail(strict=True, reason="issue 30's bar is not met: the drawings' detector (weights/verdict_drawing.*) "
+                                       "calls 5 of these 21 drawings not a garment (both T-shirt outlines and the filled "
+                                       "one, the Bag outline and filled at the default brush: bench/results/draw_browser.md); "
+                                       "strict: remove this mark once the bar is met")
+def test_drawings_are_rarely_called_not_a_garment(drawn):
+    """Issue 30's bar: at most MAX_NOT_A_GARMENT of the drawings are called not a garment (the drawings'
+    detector, fitted on tests/drawings.validation_drawings, judges them), nor of the outlines alone."""
+    called = [(r["class"], r["style"], r["brush"]) for r in drawn if NOT_A_GARMENT.search(r["verdict"])]
+    assert len(called) <= MAX_NOT_A_GARMENT * len(drawn), f"{len(called)} of {len(drawn)} called not a garment: {called}"
+    outlines = [r for r in drawn if r["style"] == "outline"]
+    assert sum(NOT_A_GARMENT.search(r["verdict"]) is not None for r in outlines) <= MAX_NOT_A_GARMENT * len(outlines), called
