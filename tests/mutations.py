@@ -156,6 +156,18 @@ BREAKS = [
           replace_once("            time.sleep(max(self.every_s, took * SWEEP_SHARE_INVERSE))\n",
                        "            time.sleep(self.every_s)  # MUTATION: no rest\n"),
           ["tests/test_serving.py::test_the_upload_janitor_rests_fifty_times_as_long_as_its_last_sweep_took"]),
+    Break("neighbours searched with the first stages' features (dashboard/service.py _forward)", "dashboard/service.py",
+          replace_once("penultimate(serving, views).mean(0).numpy()",
+                       "views.mean(0)[:, :serving.head[-1].in_features].numpy()"),
+          ["tests/test_app_insight.py::test_analyse_names_the_nearest_training_images_of_the_served_features"]),
+    Break("confusion cell filtered one column off (dashboard/views.py cell_filters)", "dashboard/views.py",
+          replace_once("(self.labels[column - 1] if column else \"All\")",
+                       "(self.labels[column % len(self.labels)] if column else \"All\")  # MUTATION: off by one"),
+          ["tests/test_views.py::test_a_confusion_cell_filters_the_mistakes_to_that_cell"]),
+    Break("the class under Explain class ignored by the contrast (dashboard/insight.py explain)", "dashboard/insight.py",
+          replace_once("            if s.labels.index(versus) != target:\n",
+                       "            if False:  # MUTATION: versus ignored\n"),
+          ["tests/test_explain_insight.py::test_the_page_section_gets_a_value_for_each_component"]),
 ]
 
 
