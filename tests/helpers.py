@@ -86,4 +86,7 @@ def stop_app(server: AppServer) -> None:
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = REPO / "tests" / "artifacts"       # screenshots (git-ignored)
+# /classify's answer; /analyse adds the nearest training images (the HTTP API leaves them out)
+CLASSIFY_KEYS = {"label", "probabilities", "in_distribution", "kind", "ood_score", "ood_threshold", "confidence"}
+NEIGHBOUR_KEYS = {"neighbours", "class_distances", "metric"}
 needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")

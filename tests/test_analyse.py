@@ -15,12 +15,12 @@ import pytest
 from gradio_client import handle_file
 from PIL import Image
 
-from helpers import ARTIFACTS, REPO, needs_chromium
+from helpers import ARTIFACTS, CLASSIFY_KEYS, NEIGHBOUR_KEYS, REPO, needs_chromium
 from dashboard.service import GUESS
 
 SLICE = REPO / "tests" / "data" / "fashion_mnist"
 PHOTOS = REPO / "examples" / "photos"
-KEYS = {"label", "probabilities", "in_distribution", "kind", "ood_score", "ood_threshold", "confidence"}
+KEYS = CLASSIFY_KEYS | NEIGHBOUR_KEYS
 
 
 @pytest.fixture(scope="module")
