@@ -79,7 +79,7 @@ def markdown(res: dict, info: dict) -> str:
 def main(argv=None) -> int:
     cli = parse_args(argv)
     models = dict(m.split("=", 1) for m in cli.model)
-    info = {"models": models, "photos": cli.photos, "split": PHOTO_SELECTION,
+    info = {"models": {name: common.rel(folder) for name, folder in models.items()}, "photos": cli.photos, "split": PHOTO_SELECTION,
             "command": common.command_line("bench/photo_selection.py"), "machine": common.machine_info()}
     loaded = {name: load_model(folder) for name, folder in models.items()}
     res = {}
