@@ -141,9 +141,9 @@ def evaluation_sets(mnist: str | Path, photos_root: str | Path, per_family: int,
             sketches: a tenth of it per kind).
         seed: the generator is stream 1 of this seed (the proxy is stream 0).
     """
-    from datasets import load_dataset
+    from training.data import open_split
     rng = np.random.default_rng([seed, 1])
-    sets = {"MNIST test digits": [np.asarray(im.convert("L")) for im in load_dataset(str(mnist), split="test")["image"]],
+    sets = {"MNIST test digits": [np.asarray(im.convert("L")) for im in open_split(mnist, "test")["image"]],
             "uniform noise": uniform_noise(per_family, rng),
             "constant images": constants(min(per_family, 256)),
             "gradients": gradients(per_family, rng),

@@ -85,15 +85,15 @@ def accuracy(pred: np.ndarray, labels: np.ndarray) -> dict:
 
 
 def run(cli) -> dict:
-    from datasets import load_dataset
+    from training.data import open_split
     if cli.validation:
         import train
         from training.data import split_train_val
         defaults = train.parse_args([])
-        ds = load_dataset(cli.dataset, split="train")
+        ds = open_split(cli.dataset, "train")
         ds = ds.select(split_train_val(len(ds), defaults.val_size, defaults.seed)[1].tolist())
     else:
-        ds = load_dataset(cli.dataset, split="test")
+        ds = open_split(cli.dataset, "test")
     rng = np.random.default_rng(cli.seed)
     idx = np.sort(rng.choice(len(ds), size=min(cli.n, len(ds)), replace=False))
     sample = ds.select(idx.tolist())
@@ -135,9 +135,9 @@ def markdown(res: dict, info: dict) -> str:
         f"Share of uploads routed to segmentation: {res['new_segmented']['share_segmented']:.0%}.",
         common.md_table(["input", "accuracy %", "preprocess CPU ms (median)", "wall ms (median)"], rows),
         common.md_table(["class", "old %", "new %"], per_class),
-        "Routing: `segment.needs_segmentation` sends {count} of all {n:,} Fashion-MNIST " + which + " images (28x28, "
+        "Routing: `segment.needs_segmentation` sends {count} of all {n:,} Fashion-MNIST {which} images (28x28, "
         "light on black) to segmentation; the rest keep the old path unchanged.".format(
-            **res["fashion_mnist_test_routed_to_segmentation"]),
+            which=which, **res["fashion_mnist_test_routed_to_segmentation"]),
         f"Command: `{info['command']}`. Machine: {info['machine']['cpu_model']}, "
         f"{info['machine']['cpu_count']} CPUs, load average at start "
         f"{', '.join(f'{x:.1f}' for x in info['machine']['load_average_1_5_15min'])} (times are inflated under load)."])

@@ -74,10 +74,10 @@ def natural_photos(folder: Path = NATURAL) -> list[tuple[Image.Image, str]]:
 
 def reported_sets(args) -> dict[str, list]:
     """Every set by name, as images for the serving path; the in-class validation photos are (image, folder)."""
-    from datasets import load_dataset
+    from training.data import open_split
     rng = np.random.default_rng([args.seed, 1])
     sets = {FMNIST: list(load_images(args.fashion_mnist, "test")[2]),
-            MNIST: [np.asarray(im.convert("L")) for im in load_dataset(str(args.mnist), split="test")["image"]],
+            MNIST: [np.asarray(im.convert("L")) for im in open_split(args.mnist, "test")["image"]],
             NOISE: uniform_noise(args.per_family, rng), CONSTANT: constants(min(args.per_family, 256)),
             NATURAL_SET: [img for img, _ in natural_photos()]}
     sets |= {f"sketches: {k}": v for k, v in sketches(args.per_family // 10, rng).items()}

@@ -32,8 +32,8 @@ MIN_MEAN_IOU, MIN_IOU = 0.75, 0.55
 @pytest.fixture(scope="module")
 def slice_images() -> tuple[np.ndarray, np.ndarray]:
     """Every image of the test slice (uint8 (N, 28, 28), light on black) and its labels."""
-    from datasets import load_dataset
-    ds = load_dataset(str(DATA), split="test")
+    from training.data import open_split
+    ds = open_split(DATA, "test")
     return np.stack([np.asarray(im.convert("L"), dtype=np.uint8) for im in ds["image"]]), np.asarray(ds["label"])
 
 

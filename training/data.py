@@ -17,7 +17,7 @@ from modelrepo.hub import HUB_DATASET
 from model import CLASS_NAMES, INPUT_SIZE
 from imaging.preprocess import fashion_look
 
-__all__ = ["HUB_DATASET", "load_images", "split_train_val", "local_cache_dir", "PHOTO_FOLDERS", "load_photos",
+__all__ = ["HUB_DATASET", "open_split", "load_images", "split_train_val", "local_cache_dir", "PHOTO_FOLDERS", "load_photos",
            "load_photo_looks", "photo_selection_split", "PHOTO_FIT", "PHOTO_SELECTION", "PHOTO_REPORT"]
 
 
@@ -38,13 +38,21 @@ def local_cache_dir(dataset: str) -> str | None:
     return str(Path(config.HF_DATASETS_CACHE) / "local" / f"{folder.resolve().name}-{key}")
 
 
+def open_split(dataset: str | Path, split: str):
+    """One split of a Hub id or a local folder in the Hub layout, as a `datasets.Dataset`.
+
+    Every read of a dataset goes through here, so that a local folder meets its own cache
+    (`local_cache_dir`) and never the rows of another folder of the same name."""
+    from datasets import load_dataset
+    dataset = str(dataset)                          # datasets takes a string, not a Path
+    return load_dataset(dataset, split=split, cache_dir=local_cache_dir(dataset))
+
+
 def load_images(dataset: str | Path, split: str) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """One split through the serving preprocessing -> looks (N, 28, 28) in [0, 1], labels (N,), raw uint8.
 
     `dataset`: a Hub dataset id or a local folder in the same layout (hub.resolve_dataset_dir's)."""
-    from datasets import load_dataset
-    dataset = str(dataset)                          # datasets takes a string, not a Path
-    ds = load_dataset(dataset, split=split, cache_dir=local_cache_dir(dataset))
+    ds = open_split(dataset, split)
     names = ds.features["label"].names
     assert len(names) == len(CLASS_NAMES), f"{dataset} has {len(names)} classes, expected {len(CLASS_NAMES)}"
     raw = np.stack([np.asarray(img.convert("L"), dtype=np.uint8) for img in ds["image"]])  # (N, 28, 28)
