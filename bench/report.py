@@ -44,15 +44,27 @@ def model_rows(m: dict) -> list[str]:
         # The photo protocol (docs/decision_log.md): a figure is held out only when the photo layers
         # trained on the `fit` part and every choice was made on `selection`.
         held_out = m.get("photo_trained_on") == "fit"
-        caveat = "" if held_out else (" (this split chose the recipe, so it is not a held-out figure: "
-                                      "docs/results.md, photos under the held-out protocol)")
+        caveat = (" (read once for these weights, whose photo options were chosen on a selection part of the photo "
+                  "train split; the segmentation's parameters and the Fashion-MNIST share of photo batches were "
+                  "chosen on this split before that protocol: docs/decision_log.md)" if held_out else
+                  " (this split chose the recipe, so it is not a held-out figure: "
+                  "docs/results.md, photos under the held-out protocol)")
         rows.append(f"| Real phone photos ({photos['split']} split, {photos['n']} mapped){caveat} | strict accuracy "
                     f"**{pct(photos['strict_accuracy'])}** (95% interval {pct(lo)}-{pct(hi)}), coarse "
                     f"{pct(photos['coarse_accuracy'])}; per folder (strict): {folders} |")
     if m.get("parameters"):
         trained = f"{m['train_seconds'] / 60:.1f} min on {m.get('hardware', '?')}" if m.get("train_seconds") else "n/a"
-        rows.append(f"| Model | {m['parameters']:,} parameters; {training_time(m, trained)} |")
+        rows.append(f"| Model | {parameter_text(m['parameters'])}; {training_time(m, trained)} |")
     return rows
+
+
+def parameter_text(stored: int) -> str:
+    """Parameters as a reader counts them: those one answer runs, and the file's when photo layers add more."""
+    from model import load_model
+    from modelrepo.card import served_parameters
+    served = served_parameters(load_model(common.REPO / "weights"))
+    return f"{served:,} parameters per answer ({stored:,} stored: photos meet copies of their own)" \
+        if served != stored else f"{stored:,} parameters"
 
 
 def is_fine_tune(command: str | None) -> bool:
@@ -69,9 +81,19 @@ def training_time(m: dict, trained: str) -> str:
     if not base or is_fine_tune(base.get("source")) or not m.get("train_seconds"):   # rerun on the fine-tune itself
         return f"fine-tuned {trained}, after the training of the model it started from"
     total = (base["train_seconds"] + m["train_seconds"]) / 60
-    what = "photo BatchNorm trained" if "--photo-norms" in m["command"] else "fine-tuned"
+    what = f"{photo_layers(m['command'])} trained" if photo_layers(m["command"]) else "fine-tuned"
     return (f"{what} {trained} from the Fashion-MNIST model ({base['train_seconds'] / 60:.1f} min): "
             f"{total:.1f} min of training in all")
+
+
+def photo_layers(command: str | None) -> str | None:
+    """What a photo run trained, from its command: BatchNorm alone, or copies of whole stages too."""
+    if "--photo-norms" not in (command or ""):
+        return None
+    if "--photo-layers" not in command:
+        return "photo BatchNorm"
+    layers = command.split("--photo-layers", 1)[1].split(" --", 1)[0].split()
+    return f"photo BatchNorm and photo copies of {', '.join(layers)}"
 
 
 def ood_rows(o: dict) -> list[str]:
@@ -211,7 +233,7 @@ def results_block() -> str:
     metrics = read(EVALUATION / "metrics.json")
     if metrics:
         rows += model_rows(metrics)
-    ood = read(EVALUATION / "ood.json")
+    ood = read(common.RESULTS / "ood.json")       # bench/ood.py measures; weights/evaluation holds the fit record
     if ood:
         rows += ood_rows(ood)
     rows += verdict_rows()
@@ -220,8 +242,8 @@ def results_block() -> str:
     rows += serving_rows()
     command = (metrics or {}).get("command")
     verb = "fine-tuned (its start: docs/results.md)" if is_fine_tune(command) else "trained"
-    if "--photo-norms" in (command or ""):
-        verb = "given their photo BatchNorm (the start and why: docs/results.md)"
+    if photo_layers(command):
+        verb = f"given their {photo_layers(command)} (the start and why: docs/results.md)"
     tail = ["", f"The shipped weights were {verb} with `{command}`."] if command else []
     return "\n".join(rows + tail)
 

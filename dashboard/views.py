@@ -9,6 +9,7 @@ import pandas as pd
 
 import explain
 from modelrepo.artefacts import BASE_HISTORY, EVALUATION, TRUST
+from modelrepo.card import served_parameters
 from dashboard.service import Service, short_path, view_image
 from model import count_parameters
 from imaging.preprocess import fashion_look
@@ -18,7 +19,8 @@ RANDOM_ORDER = "(random order)"        # the trust baseline row: pixels removed/
 CONFUSION_CORNER = "true \\ predicted"  # the confusion table's first column: the true class
 # (history key, series name) of the training curves: train accuracy, then the validation ones
 HISTORY_SERIES = (("train_accuracy", "train accuracy (augmented)"), ("val_accuracy", "validation accuracy"),
-                  ("photo_val_strict", "photo validation (strict)"))
+                  ("photo_val_strict", "photo validation (strict)"),
+                  ("photo_selection_strict", "photo selection part (strict)"))
 
 
 class Views:
@@ -109,6 +111,9 @@ class Views:
 
     def _last_run_name(self) -> str:
         command = (self.art.metrics or {}).get("command") or ""
+        layers = (self.model.config.photo_layers if "--photo-layers" in command else ())
+        if layers:
+            return f"Then photo layers (copies of {', '.join(layers)}, and BatchNorm)"
         if "--photo-norms" in command:
             return "Then photo BatchNorm layers"
         return "Then fine-tuning" if "--init-from" in command else "Training"
@@ -135,7 +140,7 @@ class Views:
         lines += [f"**Architecture:** residual CNN, stages of {', '.join(map(str, cfg.widths))} channels at "
                   f"28, 14 and 7 px, global average pooling, linear head over {cfg.num_classes} classes; "
                   f"dropout {cfg.dropout}; flip test-time augmentation {'on' if cfg.flip_tta else 'off'}.",
-                  f"**Parameters:** {count_parameters(self.model):,}."]
+                  parameters_line(self.model)]
         if m:
             acc, ci = m.get("accuracy"), m.get("accuracy_ci95")
             ci_text = f" (95% CI {ci[0]:.1%} to {ci[1]:.1%})" if ci else ""
@@ -311,3 +316,11 @@ def outline_image(work: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     thick = edge | np.pad(edge, 1)[:-2, 1:-1] | np.pad(edge, 1)[1:-1, :-2]   # two pixels wide
     rgb[thick] = OUTLINE_RGB
     return rgb
+
+
+def parameters_line(model) -> str:
+    """What one answer runs, and what the file stores when photos meet copies of layers of their own."""
+    served, stored = served_parameters(model), count_parameters(model)
+    if served == stored:
+        return f"**Parameters:** {stored:,}."
+    return f"**Parameters:** {served:,} per answer; {stored:,} stored (photos meet copies of layers of their own)."

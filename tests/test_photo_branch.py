@@ -63,9 +63,14 @@ def test_the_config_refuses_photo_layers_it_cannot_build(layers, message):
         check_config(ModelConfig(photo_layers=("stage3",)))
 
 
-def test_weights_saved_before_photo_layers_existed_still_load():
-    model = load_model("weights")
-    assert model.config.photo_layers == ()
+def test_weights_saved_before_photo_layers_existed_still_load(tmp_path):
+    """A config.json written before `photo_layers` existed (no such key) loads as photo BatchNorm alone."""
+    save_model(FashionCNN(photo_norms=True).eval(), tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["photo_layers"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    model = load_model(tmp_path)
+    assert model.config.photo_norms and model.config.photo_layers == ()
 
 
 def test_train_py_photo_layers_train_the_copies_on_fit_and_keep_every_tensor_of_the_start(tmp_path):

@@ -172,12 +172,14 @@ def test_training_curves_show_the_base_run_then_the_photo_layers(views):
     base = json.loads((WEIGHTS / "base_training_history.json").read_text())
     last = json.loads((WEIGHTS / "training_history.json").read_text())
     (base_title, base_df), (last_title, last_df) = views.history_frames()
-    assert base_title == "Base run, Fashion-MNIST, 57 min" and last_title == "Then photo BatchNorm layers, 2 min"
+    assert base_title == "Base run, Fashion-MNIST, 57 min"
+    assert last_title == "Then photo layers (copies of stage1, stage2, stage3, head, and BatchNorm), 20 min"
     train = base_df[base_df["series"] == "train accuracy (augmented)"]
     assert list(train["epoch"]) == [h["epoch"] for h in base]
     assert list(train["accuracy"]) == pytest.approx([h["train_accuracy"] for h in base])
-    val = last_df[last_df["series"] == "photo validation (strict)"]
-    assert list(val["accuracy"]) == pytest.approx([h["photo_val_strict"] for h in last])
+    # The photo layers were chosen on the selection part of the photo train split, scored each epoch.
+    sel = last_df[last_df["series"] == "photo selection part (strict)"]
+    assert list(sel["accuracy"]) == pytest.approx([h["photo_selection_strict"] for h in last])
     # The base run was a final fit with nothing held out: the page says so instead of a validation curve.
     assert set(base_df["series"]) == {"train accuracy (augmented)"}
     assert "The base run held out no validation images" in views.history_note()
@@ -185,7 +187,8 @@ def test_training_curves_show_the_base_run_then_the_photo_layers(views):
 
 def test_weights_trained_from_others_without_the_base_history_say_so(tmp_path):
     views, _ = served(tmp_path, lambda folder: (folder / "base_training_history.json").unlink())
-    assert [title for title, _ in views.history_frames()] == ["Then photo BatchNorm layers, 2 min"]
+    assert [title for title, _ in views.history_frames()] == \
+        ["Then photo layers (copies of stage1, stage2, stage3, head, and BatchNorm), 20 min"]
     assert "has no `base_training_history.json`" in views.history_note()
 
 
