@@ -224,7 +224,7 @@ def ui_decode(image, sketch: bool = False):
         return None, None, f"**⚠ {e.message}**"
     kept = "the outlined region was kept as the garment; " if seen.mask is not None else ""
     if seen.photo and SERVICE.photo_model is not SERVICE.model:
-        kept += "a photo, so the model read it with its photo BatchNorm; "
+        kept += "a photo, so the model read it with its photo layers; "
     return ((seen.look, seen.photo, seen.mask), outline_image(seen.work, seen.mask),
             f"Classified: {kept}the maps explain the class under *Explain class*.")
 

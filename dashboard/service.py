@@ -5,9 +5,9 @@ channels-last, for predictions), the evaluation artefacts of the served folder, 
 lets concurrent predictions share one forward pass of the serving copy, and one lock for the
 networks as trained: the hook-based explainers attach hooks to them, so two explanations never run
 at once. Predictions never wait for an explanation. A segmented photo (`photo=True`, from
-`preprocess.look_and_mask`) is answered by the network with the photo BatchNorm
+`preprocess.look_and_mask`) is answered by the network with the photo layers
 (`FashionCNN.for_photos`), which has its own serving copy and batcher; when the weights have no
-photo BatchNorm, both are the same network. Nothing here imports Gradio; app.py turns the errors
+photo layers, both are the same network. Nothing here imports Gradio; app.py turns the errors
 into messages.
 """
 from __future__ import annotations

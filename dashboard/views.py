@@ -111,9 +111,8 @@ class Views:
 
     def _last_run_name(self) -> str:
         command = (self.art.metrics or {}).get("command") or ""
-        layers = (self.model.config.photo_layers if "--photo-layers" in command else ())
-        if layers:
-            return f"Then photo layers (copies of {', '.join(layers)}, and BatchNorm)"
+        if "--photo-layers" in command and self.model.config.photo_layers:
+            return "Then photo layers"
         if "--photo-norms" in command:
             return "Then photo BatchNorm layers"
         return "Then fine-tuning" if "--init-from" in command else "Training"
@@ -122,6 +121,11 @@ class Views:
         """What the curves are and are not: which runs have a validation curve, which history is missing."""
         command = (self.art.metrics or {}).get("command") or ""
         notes = []
+        layers = self.model.config.photo_layers if "--photo-layers" in command else ()
+        if layers:
+            notes.append(f"The photo layers are copies of {', '.join(layers)} and of the BatchNorm layers, which only "
+                         "segmented photos meet; their run scored the selection part of the photo train split each "
+                         "epoch (photos it did not learn from).")
         if "--init-from" in command and not self.art.base_history:
             notes.append(f"These weights were trained from other weights, but the model folder has no `{BASE_HISTORY}`: "
                          "the run they started from cannot be shown.")

@@ -22,17 +22,16 @@ sys.path.insert(0, str(REPO))   # run as a script from anywhere: the project's p
 
 from dashboard.service import Service, load_weights  # noqa: E402
 from imaging.preprocess import look_and_mask, normalize  # noqa: E402
-from training.data import load_images
 from model import WEIGHTS_FILE  # noqa: E402
-from modelrepo.ood import file_sha256
+from modelrepo.ood import file_sha256  # noqa: E402
+from training.data import load_images  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO / "tests" / "data" / "served_reference.npz"
 PHOTOS = REPO / "examples" / "photos"
 
 
 def record(service: Service, weights: Path) -> dict:
-    """The photo half: each example photo's look, routing, served probabilities and detector score."""
+    """Each example photo's look, routing, served probabilities and detector score; the slice images' scores."""
     names = sorted(p.name for p in PHOTOS.glob("*.jpg"))
     looks, routed, probs, scores = [], [], [], []
     cfg = service.model.config

@@ -171,11 +171,11 @@ def test_browser_upload_shows_prediction_and_maps(app_server, garment_photo, tmp
     page.get_by_role("tab", name="Model").click()
     expect(page.locator("#model-text")).to_contain_text(f"Test accuracy: {metrics['accuracy']:.2%}",
                                                         timeout=30_000)
-    # The whole recipe's curves: the base run, then the photo layers with their validation accuracy.
+    # The whole recipe's curves: the base run, then the photo layers with their selection-part accuracy.
     curves = page.locator("#training-curves")
     expect(curves).to_contain_text("Base run, Fashion-MNIST", timeout=30_000)
-    expect(curves).to_contain_text("Then photo BatchNorm layers")
-    expect(curves).to_contain_text("photo validation (strict)")
+    expect(curves).to_contain_text("Then photo layers")
+    expect(curves).to_contain_text("photo selection part (strict)")
     expect(page.locator("#training-note")).to_contain_text("held out no validation images")
     page.wait_for_timeout(1000)                               # the plots draw after they appear
     shoot(page, "training_curves.png", curves, page.locator("#training-note"))
