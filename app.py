@@ -51,7 +51,7 @@ from PIL import Image
 import explain
 from modelrepo import hub
 from dashboard import api, panels, uploads
-from dashboard.image_cache import make_image_cache_atomic
+from dashboard import image_files
 from dashboard.insight import Insight
 from dashboard.insight_panel import insight_section, insight_values
 from dashboard.mistakes_panel import mistakes_tab, wire_cell_filter
@@ -242,7 +242,7 @@ def ui_analyse(given, methods, target, progress=gr.Progress()):  # noqa: B008  (
     # The gallery's height follows its rows, so one row of maps leaves no empty box below.
     # The maps go on to the insight section only when they are the predicted class's, as its own are.
     kept_maps = maps if summary["target"] == summary["predicted"] else None
-    return (view, verdict, label, gr.Gallery(gallery, height=rows * MAP_ROW_PX + 50), score_table(summary),
+    return (view, verdict, label, gr.update(value=gallery, height=rows * MAP_ROW_PX + 50), score_table(summary),
             summary, kept_maps)
 
 
@@ -329,7 +329,7 @@ def explain_tab():
                 gr.Markdown("\n".join(f"- **{n}** ({'signed' if m.signed else 'magnitude'}): "
                                       f"{m.description} [paper]({m.reference})" for n, m in explain.METHODS.items()))
         with gr.Column(scale=3):
-            kept = gr.Image(label="Your image: the outline is what was kept", type="numpy", format="png",
+            kept = image_files.Image(label="Your image: the outline is what was kept", type="numpy", format="png",
                             interactive=False, height=VIEW_SIZE, buttons=[], elem_id="explain-kept", render=False)
             outputs = result_panel("explain", kept)
             insight = insight_section("explain")
@@ -407,8 +407,7 @@ def stop_on_sigterm(signum, frame):
 def launch(**kwargs):
     """Serve the page and the inference API (dashboard/api.py) on one server; `kwargs` go to
     `demo.launch` (a test passes prevent_thread_lock=True). What only a serving process needs
-    happens here, not at import: the image-cache fix, the upload janitor, the frozen heap."""
-    make_image_cache_atomic()
+    happens here, not at import: the upload janitor, the frozen heap."""
     janitor = uploads.UploadJanitor(UPLOAD_ROOTS[0], MAX_UPLOAD_FOLDER_BYTES,
                                     keep=lambda: set().union(*(getattr(b, "keep_in_cache", set())
                                                                for b in demo.blocks.values())))

@@ -1,5 +1,5 @@
 """The service in process (weights fallback, locks, batching, a failing Hub), the start-up options
-of a running app, the server's event loop, and the image-cache fix (dashboard/image_cache.py).
+of a running app, the server's event loop, and output images as files written whole (dashboard/image_files.py).
 
     pytest tests/test_app_service.py -q
 """
@@ -270,31 +270,40 @@ def test_the_server_takes_the_fast_event_loop_and_http_parser_that_requirements_
         loop.close()
 
 
-def test_a_cached_output_image_is_never_seen_half_written(tmp_path):
-    """dashboard/image_cache.py: two requests that produce the same image share its cache path;
-    while one saves it, a download by the other must read the whole file, never a truncated one.
-    One thread saves the same image over and over, another reads it as a client's download would."""
-    from gradio import processing_utils
-
-    from dashboard.image_cache import make_image_cache_atomic
-    make_image_cache_atomic()
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (224, 224, 3), dtype=np.uint8))
-    path = Path(processing_utils.save_img_array_to_cache(np.asarray(image), str(tmp_path), format="png"))
-    size, stop, bad = path.stat().st_size, threading.Event(), []
-
-    def save_again():
-        while not stop.is_set():
-            assert processing_utils.save_img_array_to_cache(np.asarray(image), str(tmp_path), format="png") == str(path)
-
-    writer = threading.Thread(target=save_again)
-    writer.start()
-    try:
-        for _ in range(3000):
-            got = len(path.read_bytes())
-            if got != size:
+def test_an_output_image_file_is_never_seen_half_written(tmp_path):
+    """dashboard/image_files.py: two requests that produce the same image share its file; while one
+    writes it, a download by the other must read the whole file, never a truncated one. Each round
+    starts from an empty folder, so the file is created while two writers race and a reader polls."""
+    from dashboard.image_files import png_file
+    image = np.random.default_rng(0).integers(0, 255, (224, 224, 3), dtype=np.uint8)
+    size = Path(png_file(image, tmp_path / "size")).stat().st_size
+    bad = []
+    for round_ in range(100):
+        folder = tmp_path / str(round_)
+        writers = [threading.Thread(target=png_file, args=(image, folder)) for _ in range(2)]
+        for w in writers:
+            w.start()
+        path = folder / Path(png_file(image, tmp_path / "size")).name
+        while any(w.is_alive() for w in writers):
+            if path.exists() and (got := len(path.read_bytes())) != size:
                 bad.append(got)
-    finally:
-        stop.set()
-        writer.join()
+        for w in writers:
+            w.join()
+        assert path.stat().st_size == size and [p.name for p in folder.iterdir()] == [path.name]   # no staging file left
     assert not bad, f"{len(bad)} reads saw {sorted(set(bad))[:5]} bytes instead of {size}"
-    assert [p.name for p in path.parent.iterdir()] == [path.name]          # no staging file left
+
+
+def test_the_app_hands_gradio_files_not_pixels(tmp_path):
+    """The output components write arrays as files (Gradio copies a file into its cache whole) and
+    leave a path or None alone; the same image is one file."""
+    from dashboard import image_files
+    image = np.random.default_rng(1).integers(0, 255, (56, 56), dtype=np.uint8)
+    shown = image_files.Image(format="png").postprocess(image)
+    items = image_files.Gallery(format="png").postprocess([(image, "a"), (Image.fromarray(image), "b")]).root
+    folder = image_files.gradio_upload_folder() / image_files.OUTPUT_FOLDER
+    assert Path(shown.path).parent == folder and {Path(i.image.path) for i in items} == {Path(shown.path)}
+    assert [i.caption for i in items] == ["a", "b"]
+    assert np.array_equal(np.asarray(Image.open(shown.path)), image)
+    assert image_files.as_file(None) is None and image_files.as_file(shown.path) == shown.path
+    with pytest.raises(TypeError, match="uint8"):
+        image_files.png_file(image.astype(np.float32), tmp_path)
