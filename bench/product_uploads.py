@@ -85,10 +85,9 @@ def accuracy(pred: np.ndarray, labels: np.ndarray) -> dict:
 
 
 def run(cli) -> dict:
-    from training.data import open_split
+    from training.data import open_split, split_train_val
     if cli.validation:
         import train
-        from training.data import split_train_val
         defaults = train.parse_args([])
         ds = open_split(cli.dataset, "train")
         ds = ds.select(split_train_val(len(ds), defaults.val_size, defaults.seed)[1].tolist())

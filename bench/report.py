@@ -81,7 +81,8 @@ def training_time(m: dict, trained: str) -> str:
     if not base or is_fine_tune(base.get("source")) or not m.get("train_seconds"):   # rerun on the fine-tune itself
         return f"fine-tuned {trained}, after the training of the model it started from"
     total = (base["train_seconds"] + m["train_seconds"]) / 60
-    what = f"{photo_layers(m['command'])} trained" if photo_layers(m["command"]) else "fine-tuned"
+    layers = photo_layers(m["command"])
+    what = f"{layers} trained" if layers else "fine-tuned"
     return (f"{what} {trained} from the Fashion-MNIST model ({base['train_seconds'] / 60:.1f} min): "
             f"{total:.1f} min of training in all")
 
@@ -242,8 +243,8 @@ def results_block() -> str:
     rows += serving_rows()
     command = (metrics or {}).get("command")
     verb = "fine-tuned (its start: docs/results.md)" if is_fine_tune(command) else "trained"
-    if photo_layers(command):
-        verb = f"given their {photo_layers(command)} (the start and why: docs/results.md)"
+    if trained := photo_layers(command):
+        verb = f"given their {trained} (the start and why: docs/results.md)"
     tail = ["", f"The shipped weights were {verb} with `{command}`."] if command else []
     return "\n".join(rows + tail)
 

@@ -228,17 +228,11 @@ def build_index(model: FashionCNN, looks: torch.Tensor, labels: torch.Tensor, pe
 def load_split(dataset: str | Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Looks (N, 28, 28) in [0, 1] and labels (N,) of a Fashion-MNIST split (a local folder in the Hub
     layout or a Hub id), through imaging's `fashion_look` as served."""
-    import tempfile
-
-    from datasets import load_dataset
     from imaging.preprocess import fashion_look
-    # A cache of its own: datasets keys a local folder's cache by the folder's name, so the full set
-    # and tests/data's slice (both named fashion_mnist) would share one.
-    with tempfile.TemporaryDirectory() as cache:
-        ds = load_dataset(str(dataset), split=split, cache_dir=cache)
-        looks = np.stack([fashion_look(np.asarray(img.convert("L"), dtype=np.uint8)) for img in ds["image"]])
-        labels = torch.tensor(ds["label"], dtype=torch.long)
-    return torch.from_numpy(looks), labels
+    from modelrepo.hub import open_split
+    ds = open_split(dataset, split)
+    looks = np.stack([fashion_look(np.asarray(img.convert("L"), dtype=np.uint8)) for img in ds["image"]])
+    return torch.from_numpy(looks), torch.tensor(ds["label"], dtype=torch.long)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ read the token from HF_TOKEN or the saved login and never print it.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from pathlib import Path
@@ -57,6 +58,33 @@ def resolve_dataset_dir(source: str | os.PathLike = HUB_DATASET, timeout: float 
     if path.is_dir():
         return path
     return _bounded_snapshot(str(source), timeout, repo_type="dataset", allow_patterns=["*.parquet", "README.md"])
+
+
+def local_cache_dir(dataset: str) -> str | None:
+    """A cache folder of its own for a local dataset folder; None (the default cache) for a Hub id.
+
+    datasets keys its cache of a local folder by the folder's name and layout, not its path or
+    contents, so two folders named fashion_mnist (the test slice and the full set) would share one
+    cache. Keying by the resolved path and the files' sizes and times keeps them apart.
+    """
+    from datasets import config
+    folder = Path(dataset)
+    if not folder.is_dir():
+        return None
+    stamp = [str(folder.resolve())] + [f"{p.relative_to(folder)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+                                       for p in sorted(folder.rglob("*")) if p.is_file()]
+    key = hashlib.sha256("\n".join(stamp).encode()).hexdigest()[:16]
+    return str(Path(config.HF_DATASETS_CACHE) / "local" / f"{folder.resolve().name}-{key}")
+
+
+def open_split(dataset: str | Path, split: str):
+    """One split of a Hub id or a local folder in the Hub layout, as a `datasets.Dataset`.
+
+    Every read of a dataset goes through here, so that a local folder meets its own cache
+    (`local_cache_dir`) and never the rows of another folder of the same name."""
+    from datasets import load_dataset
+    dataset = str(dataset)                          # datasets takes a string, not a Path
+    return load_dataset(dataset, split=split, cache_dir=local_cache_dir(dataset))
 
 
 def _bounded_snapshot(repo_id: str, timeout: float, **kwargs) -> Path:

@@ -1,7 +1,7 @@
 """Two local dataset folders of the same name are read as themselves, whichever was read first.
 
 datasets keys its cache of a local folder by the folder's name and layout: without
-`training.data.open_split`'s own cache per folder, a bench reading the full Fashion-MNIST after the
+`modelrepo.hub.open_split`'s own cache per folder, a bench reading the full Fashion-MNIST after the
 tests had read tests/data's slice got the slice's 200 images as "the test set".
 
     pytest tests/test_data_cache.py -q

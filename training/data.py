@@ -13,39 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from modelrepo.hub import HUB_DATASET
+from modelrepo.hub import HUB_DATASET, open_split
 from model import CLASS_NAMES, INPUT_SIZE
 from imaging.preprocess import fashion_look
 
-__all__ = ["HUB_DATASET", "open_split", "load_images", "split_train_val", "local_cache_dir", "PHOTO_FOLDERS", "load_photos",
+__all__ = ["HUB_DATASET", "open_split", "load_images", "split_train_val", "PHOTO_FOLDERS", "load_photos",
            "load_photo_looks", "photo_selection_split", "PHOTO_FIT", "PHOTO_SELECTION", "PHOTO_REPORT"]
-
-
-def local_cache_dir(dataset: str) -> str | None:
-    """A cache folder of its own for a local dataset folder; None (the default cache) for a Hub id.
-
-    datasets keys its cache of a local folder by the folder's name and layout, not its path or
-    contents, so two folders named fashion_mnist (the test slice and the full set) would share one
-    cache. Keying by the resolved path and the files' sizes and times keeps them apart.
-    """
-    from datasets import config
-    folder = Path(dataset)
-    if not folder.is_dir():
-        return None
-    stamp = [str(folder.resolve())] + [f"{p.relative_to(folder)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
-                                       for p in sorted(folder.rglob("*")) if p.is_file()]
-    key = hashlib.sha256("\n".join(stamp).encode()).hexdigest()[:16]
-    return str(Path(config.HF_DATASETS_CACHE) / "local" / f"{folder.resolve().name}-{key}")
-
-
-def open_split(dataset: str | Path, split: str):
-    """One split of a Hub id or a local folder in the Hub layout, as a `datasets.Dataset`.
-
-    Every read of a dataset goes through here, so that a local folder meets its own cache
-    (`local_cache_dir`) and never the rows of another folder of the same name."""
-    from datasets import load_dataset
-    dataset = str(dataset)                          # datasets takes a string, not a Path
-    return load_dataset(dataset, split=split, cache_dir=local_cache_dir(dataset))
 
 
 def load_images(dataset: str | Path, split: str) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
