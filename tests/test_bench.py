@@ -133,6 +133,14 @@ def test_load_checks_every_answer_of_the_real_app(tmp_path, tiny_weights):
     assert data["memory"]["warm_mib"] > 0 and "after - warm-up (MiB)" in (results / "load.md").read_text()
 
 
+def test_session_cost_measures_the_real_page(tmp_path):
+    run(["bench/session_cost.py", "--sessions", "100", "--rounds", "2", "--calls", "3", "--results-dir", str(tmp_path)],
+        timeout=180)
+    data = json.loads((tmp_path / "session_cost.json").read_text())
+    assert data["sessions"] == 100 and data["blocks"] > 50 and data["per_session_kib"] > 0 and len(data["explain_rss_mib"]) == 3
+    assert data["bound_mib"] == data["per_session_kib"] * data["state_session_capacity"] / 1024
+
+
 def test_throughput_compares_float32_with_bf16(tmp_path):
     run(["bench/throughput.py", "--steps", "2", "--batch-size", "16", "--results-dir", str(tmp_path)], timeout=300)
     data = json.loads((tmp_path / "throughput.json").read_text())
