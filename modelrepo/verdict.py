@@ -4,7 +4,12 @@ The Fashion-MNIST detector (modelrepo/ood.py) was fitted on the training images;
 input the app routes neither as a photo nor as a drawing. A segmented photo is judged instead by the
 photo detector kept here (`PhotoDetector`): Gaussians of the photo network's features
 (`FashionCNN.for_photos`, its pooled stages plus `ood.look_stats`) of garment photos, one per photo
-folder, with a threshold set on held-out photos. A drawing (`preprocess.Seen.drawing`) is judged by
+folder, with a threshold set on held-out photos; with a background model (Gaussians of the same
+features of photo crops that hold no garment), the score is the likelihood ratio of the two (Ren et
+al. 2019, "Likelihood Ratios for Out-of-Distribution Detection", NeurIPS, arXiv:1906.02845: a density
+of in-distribution data alone also rates highly what is merely simple or common in any photo, such as
+a plain ground or a texture; dividing by a density of such background takes that part out). A drawing
+(`preprocess.Seen.drawing`) is judged by
 a detector of the same kind fitted on garment drawings, one Gaussian per class, over the features of
 the network as trained (drawings meet its BatchNorm): a drawn silhouette, evenly lit with a sharp
 edge, is as far from every Fashion-MNIST image as a digit is, but near the other garment drawings. Photos of garments differ from
@@ -18,7 +23,8 @@ is like the garment photos.
     >>> verdict.kind(photo=True, flagged=verdict.detector.flag(score))     # "garment-photo" or "not-a-garment"
     >>> verdict.reliability(0.83)                               # how often photos this confident were right
 
-Two files beside the weights: `verdict.safetensors` (means, whiten, log_prior) and `verdict.json`
+Two files beside the weights: `verdict.safetensors` (means, whiten, log_prior, and the background's
+background_means, background_whiten, background_log_prior) and `verdict.json`
 (the folders, the threshold, the reliability bins of held-out photos, the protocol, the weights'
 sha256); the drawings' detector in two more of the same format (DRAWING_FILES, no bins).
 training/fit_verdict.py writes them. This module imports model and modelrepo only.
@@ -40,12 +46,13 @@ KINDS = (FASHION_MNIST_LIKE, GARMENT_PHOTO, NOT_A_GARMENT)
 VERDICT_TENSORS, VERDICT_META = "verdict.safetensors", "verdict.json"
 VERDICT_FILES = (VERDICT_META, VERDICT_TENSORS)
 DRAWING_FILES = ("verdict_drawing.json", "verdict_drawing.safetensors")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 # The photo features: every pooled stage and the look's statistics (ood.py's "gda-layers+look"):
 # a segmented scene or texture can pool like a garment at the last stage while its look (ink, edges,
 # inside texture) is unlike a garment's.
 FEATURES = "gda-layers+look"
 TENSOR_FIELDS = ("means", "whiten", "log_prior")
+BACKGROUND_FIELDS = tuple(f"background_{k}" for k in TENSOR_FIELDS)
 
 
 class VerdictError(ValueError):
@@ -63,7 +70,13 @@ def kind(photo: bool, flagged: bool) -> str:
 class PhotoDetector:
     """Gaussians (one per photo folder) of the photo network's features; scores above `threshold` are flagged.
 
-    means (G, D), whiten (K, D, D) with K = 1 (one covariance shared) or G, log_prior (G,).
+    means (G, D), whiten (K, D, D) with K = 1 (one covariance shared) or G, log_prior (G,); the
+    score is minus their log density. With the background Gaussians (background_means,
+    background_whiten, background_log_prior, of the same shapes with their own G), two margins are
+    taken and the score is the larger: the likelihood ratio (the background's log density minus the
+    garments') over `ratio_threshold`, and minus the garments' log density over `density_threshold`,
+    the far end of the garments' own scores. The second keeps what is unlike any photo (noise), on
+    which both densities are so low that their ratio says nothing; `threshold` is then 0.
     Same calls as ood.OODDetector, so the service serves either alike.
     """
     means: torch.Tensor
@@ -71,11 +84,36 @@ class PhotoDetector:
     log_prior: torch.Tensor
     threshold: float = math.inf
     score_name: str = f"photo {FEATURES}"
+    background_means: torch.Tensor | None = None
+    background_whiten: torch.Tensor | None = None
+    background_log_prior: torch.Tensor | None = None
+    ratio_threshold: float = math.inf
+    density_threshold: float = math.inf
+
+    @property
+    def has_background(self) -> bool:
+        return self.background_means is not None
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {k: getattr(self, k) for k in TENSOR_FIELDS + (BACKGROUND_FIELDS if self.has_background else ())}
+
+    @torch.no_grad()
+    def parts(self, model: FashionCNN, views: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(minus the garments' log density, the likelihood ratio or None without a background), each (B,),
+        from served_features (V, B, F) and the normalised input x (B, 1, 28, 28)."""
+        f = density_input(model, FEATURES, views, x)
+        garments = -log_density(f, self.means, self.whiten, self.log_prior)
+        if not self.has_background:
+            return garments, None
+        return garments, garments + log_density(f, self.background_means, self.background_whiten, self.background_log_prior)
 
     @torch.no_grad()
     def score_views(self, model: FashionCNN, views: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Scores (B,), minus the log density, from served_features (V, B, F) and the normalised input x (B, 1, 28, 28)."""
-        return -log_density(density_input(model, FEATURES, views, x), self.means, self.whiten, self.log_prior)
+        """Scores (B,) from served_features (V, B, F) and the normalised input x (B, 1, 28, 28)."""
+        garments, ratio = self.parts(model, views, x)
+        if ratio is None:
+            return garments
+        return torch.maximum(ratio - self.ratio_threshold, garments - self.density_threshold)
 
     @torch.no_grad()
     def score(self, model: FashionCNN, x: torch.Tensor) -> torch.Tensor:
@@ -111,15 +149,17 @@ class Verdict:
         the sha256 of `weights` (default: the folder's model.safetensors)."""
         from safetensors.torch import save_file
         d = self.detector
-        if not math.isfinite(d.threshold):
+        margins = (d.ratio_threshold, d.density_threshold) if d.has_background else ()
+        if not all(math.isfinite(t) for t in (d.threshold, *margins)):
             raise VerdictError("the photo detector has no threshold yet")
         folder, (meta_file, tensor_file) = Path(folder), files
         weights = Path(weights) if weights else folder / WEIGHTS_FILE
         folder.mkdir(parents=True, exist_ok=True)
-        tensors = {k: getattr(d, k).contiguous() for k in TENSOR_FIELDS}
+        tensors = {k: v.contiguous() for k, v in d.tensors().items()}
         save_file(tensors, str(folder / tensor_file))
         meta = {**self.meta, "format_version": FORMAT_VERSION, "features": FEATURES, "score_name": d.score_name,
-                "threshold": d.threshold,
+                "threshold": d.threshold, "background": d.has_background,
+                **({"ratio_threshold": d.ratio_threshold, "density_threshold": d.density_threshold} if d.has_background else {}),
                 "higher_is_not_a_garment": True, "folders": self.folders, "reliability_bins": self.bins,
                 "shapes": {k: list(v.shape) for k, v in tensors.items()},
                 "weights_sha256": file_sha256(weights) if weights.is_file() else None}
@@ -140,14 +180,16 @@ class Verdict:
         if recorded and weights.is_file() and file_sha256(weights) != recorded:
             raise VerdictError(f"{folder / meta_file}: fitted for other weights than {weights}: "
                                "refit with python -m training.fit_verdict")
+        margins = {k: float(meta[k]) for k in ("ratio_threshold", "density_threshold") if BACKGROUND_FIELDS[0] in tensors}
         detector = PhotoDetector(threshold=float(meta["threshold"]), score_name=str(meta.get("score_name", f"photo {FEATURES}")),
-                                 **{k: v.float().clone() for k, v in tensors.items()})
+                                 **margins, **{k: v.float().clone() for k, v in tensors.items()})
         if model is not None:
             widths = model.config.widths
             if detector.means.shape[1] != sum(widths) + LOOK_STATS:
                 raise VerdictError(f"{folder / tensor_file}: {detector.means.shape[1]} features, this model has "
                                    f"{sum(widths) + LOOK_STATS}: fitted for other weights?")
-        rest = {k: v for k, v in meta.items() if k not in ("folders", "reliability_bins", "shapes", "threshold")}
+        rest = {k: v for k, v in meta.items() if k not in ("folders", "reliability_bins", "shapes", "threshold",
+                                                            "ratio_threshold", "density_threshold")}
         return cls(detector, list(meta["folders"]), list(meta["reliability_bins"]), rest)
 
 
@@ -165,9 +207,10 @@ def _read_meta(path: Path) -> dict:
     if meta.get("format_version") != FORMAT_VERSION or meta["features"] != FEATURES:
         raise VerdictError(f"{path}: format {meta.get('format_version')!r} of {meta['features']!r} features; "
                            f"this code reads {FORMAT_VERSION} of {FEATURES!r}")
-    t = meta["threshold"]
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
-        raise VerdictError(f"{path}: threshold {t!r} is not a finite number")
+    for key in ("threshold",) + (("ratio_threshold", "density_threshold") if meta.get("background") else ()):
+        t = meta.get(key)
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
+            raise VerdictError(f"{path}: {key} {t!r} is not a finite number")
     for b in meta["reliability_bins"]:
         if not (isinstance(b, dict) and {"lo", "hi", "count", "accuracy"} <= set(b)):
             raise VerdictError(f"{path}: a reliability bin needs lo, hi, count and accuracy, got {b!r}"[:300])
@@ -182,15 +225,23 @@ def _read_tensors(path: Path, meta: dict) -> dict[str, torch.Tensor]:
         raise VerdictError(f"{path}: missing (its json is there, the statistics it describes are not)") from None
     except Exception as e:  # safetensors raises several types for truncated or garbled files
         raise VerdictError(f"{path}: not a readable safetensors file ({e})"[:400]) from None
-    if set(tensors) != set(TENSOR_FIELDS):
-        raise VerdictError(f"{path}: needs tensors {list(TENSOR_FIELDS)}, has {sorted(tensors)}")
+    if set(tensors) not in (set(TENSOR_FIELDS), set(TENSOR_FIELDS + BACKGROUND_FIELDS)):
+        raise VerdictError(f"{path}: needs tensors {list(TENSOR_FIELDS)}, and either all or none of "
+                           f"{list(BACKGROUND_FIELDS)}; has {sorted(tensors)}")
+    if bool(meta.get("background")) != (BACKGROUND_FIELDS[0] in tensors):
+        raise VerdictError(f"{path}: its json says background {meta.get('background')!r}, its tensors do not agree")
     for k, v in tensors.items():
         if list(v.shape) != meta["shapes"].get(k) or not v.is_floating_point() or not torch.isfinite(v).all():
             raise VerdictError(f"{path}: {k} is not {meta['shapes'].get(k)} finite floating-point values")
     g, d = tensors["means"].shape
-    if tensors["whiten"].shape[0] not in (1, g) or tuple(tensors["whiten"].shape[1:]) != (d, d) \
-            or list(tensors["log_prior"].shape) != [g] or len(meta["folders"]) != g:
-        raise VerdictError(f"{path}: shapes {meta['shapes']} do not fit {g} folders of {d} features")
-    if not (tensors["whiten"].diagonal(dim1=-2, dim2=-1) > 0).all() or tensors["whiten"].triu(1).any():
-        raise VerdictError(f"{path}: whiten is not a whitening factor (lower triangular, positive diagonal)")
+    if len(meta["folders"]) != g:
+        raise VerdictError(f"{path}: {g} Gaussians for {len(meta['folders'])} folders")
+    for prefix in ("", "background_") if BACKGROUND_FIELDS[0] in tensors else ("",):
+        means, whiten, log_prior = (tensors[prefix + k] for k in TENSOR_FIELDS)
+        n = len(means)
+        if means.shape[1] != d or whiten.shape[0] not in (1, n) or tuple(whiten.shape[1:]) != (d, d) \
+                or list(log_prior.shape) != [n]:
+            raise VerdictError(f"{path}: shapes {meta['shapes']} do not fit {g} folders of {d} features")
+        if not (whiten.diagonal(dim1=-2, dim2=-1) > 0).all() or whiten.triu(1).any():
+            raise VerdictError(f"{path}: {prefix}whiten is not a whitening factor (lower triangular, positive diagonal)")
     return tensors

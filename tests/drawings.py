@@ -10,8 +10,10 @@ as Fashion-MNIST shows them; a bag's handle is a stroke over its body, never fil
 
 `drawings()` is the reported set (bench/drawings.py): `SHAPES`, `SEEDS`. `validation_drawings()`
 is a second set: two other drawings of each class (`VALIDATION_SETS`), other seeds and a stronger
-jitter (each drawing stretched or squeezed, its corners wobbling more). Preprocessing parameters are
-chosen on that set only, so the reported figure is not fitted to the shapes it is measured on.
+jitter (each drawing stretched or squeezed, its corners wobbling more); its variants end with the
+shape set they were drawn from (`shapes0`, `shapes1`), so a choice can be checked on shapes it did not
+see. Preprocessing parameters are chosen on that set only, so the reported figure is not fitted to
+the shapes it is measured on.
 
     python tests/drawings.py /tmp/drawings      # write the PNGs to look at them
     python tests/drawings.py /tmp/validation-drawings --validation    # the validation set, a folder per class
@@ -78,6 +80,7 @@ COLOURS = {"black": (0, 0, 0), "blue": (30, 60, 200)}
 SEEDS = (0, 1)
 VALIDATION_SEEDS, VALIDATION_JITTER = (100, 101, 102, 103, 104, 105), 0.15
 WOBBLE = 2.0                   # px at the canvas: a steady hand
+SHAPE_SET = "shapes"           # the validation variants' last part: shapes0, shapes1
 
 
 def draw(points: list[tuple[float, float]], style: str, width: int, colour: tuple[int, int, int],
@@ -133,9 +136,10 @@ def drawings(seeds: tuple[int, ...] = SEEDS, jitter: float = 0.0, shapes: dict =
 
 
 def validation_drawings() -> list[tuple[str, str, Image.Image]]:
-    """The validation set: every shape of VALIDATION_SETS, jittered, with VALIDATION_SEEDS."""
-    return [d for shapes, details in VALIDATION_SETS
-            for d in drawings(VALIDATION_SEEDS, VALIDATION_JITTER, shapes, details)]
+    """The validation set: every shape of VALIDATION_SETS, jittered, with VALIDATION_SEEDS; each
+    variant ends with `-shapes<k>`, k the index of its shape set in VALIDATION_SETS."""
+    return [(name, f"{variant}-{SHAPE_SET}{k}", image) for k, (shapes, details) in enumerate(VALIDATION_SETS)
+            for name, variant, image in drawings(VALIDATION_SEEDS, VALIDATION_JITTER, shapes, details)]
 
 
 def slug(name: str) -> str:
@@ -148,9 +152,9 @@ if __name__ == "__main__":
     folder.mkdir(parents=True, exist_ok=True)
     if "--validation" in sys.argv[2:]:
         made = validation_drawings()
-        for i, (name, variant, image) in enumerate(made):      # two shapes per class share variant names
+        for name, variant, image in made:
             (folder / slug(name)).mkdir(exist_ok=True)
-            image.save(folder / slug(name) / f"{i:04d}-{variant}.png")
+            image.save(folder / slug(name) / f"{variant}.png")
     else:
         made = drawings()
         for name, variant, image in made:

@@ -21,14 +21,14 @@ import torch
 from gradio_client import handle_file
 from PIL import Image
 
-from drawings import SHAPES
+from drawings import SHAPES, slug
 from helpers import REPO
 from model import load_model
 from modelrepo import ood
-from modelrepo.verdict import (DRAWING_FILES, FASHION_MNIST_LIKE, GARMENT_PHOTO, KINDS, NOT_A_GARMENT, VERDICT_META,
+from modelrepo.verdict import (DRAWING_FILES, FASHION_MNIST_LIKE, FEATURES, GARMENT_PHOTO, KINDS, NOT_A_GARMENT, VERDICT_META,
                                VERDICT_TENSORS, PhotoDetector, Verdict, VerdictError, kind)
 from training.data import PHOTO_FOLDERS
-from training.fit_verdict import fit_detector, reliability_bins
+from training.fit_verdict import drawing_items, fit_detector, reliability_bins, set_margins
 
 WEIGHTS = REPO / "weights"
 PHOTOS = REPO / "examples" / "photos"
@@ -55,7 +55,10 @@ def small_verdict(model, tmp_path) -> tuple[Verdict, torch.Tensor, Path]:
     looks, labels, _ = load_images(str(SLICE), "test")
     x = ood.as_input(model, looks)
     detector = fit_detector(model, x, (labels >= 5).long(), 2, tied=True)
-    detector.threshold = ood.threshold_at(detector.score(model, x), 0.9)
+    background = fit_detector(model, x[labels < 3], torch.zeros(int((labels < 3).sum()), dtype=torch.long), 1, tied=True)
+    detector.background_means, detector.background_whiten = background.means, background.whiten
+    detector.background_log_prior = background.log_prior
+    set_margins(detector, *detector.parts(model, model.served_features(x), x), 0.9)
     top = model.predict_proba(x).amax(1)
     v = Verdict(detector, ["low", "high"], reliability_bins(top, torch.ones(len(x), dtype=torch.bool)), {"protocol": {}})
     v.save(tmp_path, weights=WEIGHTS / "model.safetensors")
@@ -72,8 +75,24 @@ def test_a_saved_verdict_reads_back_with_the_same_scores(model, small_verdict):
     assert back.reliability(0.999)["hi"] == 1.0 and back.reliability(0.0) is None
 
 
+def test_with_a_background_the_score_is_the_larger_margin_of_the_ratio_and_the_density(model, small_verdict):
+    """The likelihood ratio (the background's log density minus the garments') over its threshold, or
+    minus the garments' log density over its own, whichever is larger; 0.9 of the fitted images pass."""
+    v, x, _ = small_verdict
+    d = v.detector
+    f = ood.density_input(model, FEATURES, model.served_features(x), x)
+    garments = ood.log_density(f, d.means, d.whiten, d.log_prior)
+    background = ood.log_density(f, d.background_means, d.background_whiten, d.background_log_prior)
+    expected = torch.maximum(background - garments - d.ratio_threshold, -garments - d.density_threshold)
+    torch.testing.assert_close(d.score(model, x), expected)
+    assert d.threshold == 0 and abs(float((expected <= 0).double().mean()) - 0.9) < 0.01
+    assert float((-garments > d.density_threshold).double().mean()) <= 0.011     # the density: its far end only
+    alone = PhotoDetector(d.means, d.whiten, d.log_prior)
+    torch.testing.assert_close(alone.score(model, x), -garments)
+
+
 @pytest.mark.parametrize("damage", ["no tensors", "garbled tensors", "no json", "nan threshold", "other weights",
-                                    "other width"])
+                                    "other width", "half a background"])
 def test_a_damaged_verdict_is_refused_with_the_reason(model, small_verdict, damage):
     _, _, folder = small_verdict
     meta = json.loads((folder / VERDICT_META).read_text())
@@ -88,6 +107,11 @@ def test_a_damaged_verdict_is_refused_with_the_reason(model, small_verdict, dama
     elif damage == "other weights":
         shutil.copy(WEIGHTS / "model.safetensors", folder / "model.safetensors")
         (folder / VERDICT_META).write_text(json.dumps(meta | {"weights_sha256": "0" * 64}))
+    elif damage == "half a background":
+        from safetensors.torch import load_file, save_file
+        t = load_file(str(folder / VERDICT_TENSORS))
+        del t["background_whiten"]
+        save_file(t, str(folder / VERDICT_TENSORS))
     else:
         from safetensors.torch import load_file, save_file
         t = load_file(str(folder / VERDICT_TENSORS))
@@ -105,6 +129,7 @@ def test_the_committed_weights_carry_a_verdict_fitted_on_train_photos_only(model
     assert isinstance(v.detector, PhotoDetector) and math.isfinite(v.detector.threshold)
     protocol = v.meta["protocol"]
     assert protocol["split"] == "train" and "validation" not in json.dumps(protocol)
+    assert v.detector.has_background and protocol["background"]["routed_as_photos"] > 500
     assert set(v.folders) == {f for f, m in PHOTO_FOLDERS.items() if m.strict}
     assert sum(b["count"] for b in v.bins) > 100 and all(b["accuracy"] is None or 0 <= b["accuracy"] <= 1 for b in v.bins)
 
@@ -116,6 +141,19 @@ def test_the_committed_weights_carry_a_drawing_verdict_fitted_on_validation_draw
     protocol = v.meta["protocol"]
     assert protocol["fit_drawings"] > 500 and protocol["selection_drawings"] > 100 and protocol["not_read_as_drawings"] == 0
     assert set(v.folders) == set(SHAPES)
+    assert "held-out shape sets: ['shapes" in protocol["selection_split"]
+
+
+def test_the_drawings_threshold_is_set_on_shapes_the_gaussians_never_saw(tmp_path, model):
+    """drawing_items holds out whole shape sets: no shape of the selection part is in the fit part."""
+    from drawings import validation_drawings
+    for name, variant, _ in validation_drawings():
+        (tmp_path / slug(name)).mkdir(exist_ok=True)
+        (tmp_path / slug(name) / f"{variant}.png").touch()
+    fit, selection = drawing_items(tmp_path, model.label_names)
+    shape_set = lambda items: {p.stem.rsplit("-", 1)[-1] for p, _ in items}     # noqa: E731
+    assert fit and selection and not shape_set(fit) & shape_set(selection)
+    assert shape_set(fit) | shape_set(selection) == {"shapes0", "shapes1"}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,7 +6,9 @@ Protocol (no photo of the validation split is read):
 2. They are split into the fit part and the held-out *selection* part (`data.photo_selection_split`,
    the split every photo choice of the project uses).
 3. Gaussians of the photo network's features, one per folder (one covariance shared by the folders
-   with --covariance tied), are fitted on the fit part.
+   with --covariance tied), are fitted on the fit part; and a background Gaussian on crops of the
+   fit part's photos that hold almost no garment (floors, beds, walls, carpets: `background_crops`),
+   so that the score is the likelihood ratio of the two (modelrepo/verdict.py).
 4. The threshold is the --keep quantile of the selection photos' scores: that share of held-out
    garment photos is called a garment photo.
 5. The reliability bins (how often the top class was right, by the top probability) are counted on
@@ -14,7 +16,7 @@ Protocol (no photo of the validation split is read):
 
 The drawings' detector (--part drawings) follows the same steps on garment drawings, a folder per
 class (tests/drawings.py's validation set, never the reported drawings nor the browser test's):
-the selection part is every drawing of a share of the drawing seeds (the photos' fraction and hash seed),
+the selection part is every drawing of a held-out set of shapes (the photos' fraction and hash seed),
 one Gaussian per class over the features of the network as trained, the threshold at --keep.
 
     python -m training.fit_verdict --model weights --photos ../shared/data/clothing_photos
@@ -34,7 +36,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from imaging.preprocess import look_and_mask
+from imaging.preprocess import WORK_SIZE, look_and_mask
 from model import load_model
 from modelrepo import ood
 from modelrepo.verdict import DRAWING_FILES, FEATURES, VERDICT_FILES, PhotoDetector, Verdict
@@ -44,6 +46,12 @@ from training import data
 # bins with tens of photos each; finer bins would report noise.
 BIN_EDGES = (0.0, 0.5, 0.7, 0.9, 1.0)
 IN_CLASS = tuple(f for f, m in data.PHOTO_FOLDERS.items() if m.strict)
+# Background crops: a crop is kept when at most this share of it is garment (the segmentation's mask);
+# its side is 25-60% of the photo's, at least CROP_MIN_SIDE px, shrunk or grown to a photo's working size.
+CROP_MAX_GARMENT, CROP_SIDES, CROP_MIN_SIDE, CROP_TRIES = 0.1, (0.25, 0.6), 40, 60
+# With a background, the garments' density alone flags only the photos beyond this share of the
+# selection photos' scores: the likelihood ratio does the rest, within the same --keep.
+DENSITY_KEEP = 0.99
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -58,6 +66,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--keep", type=float, default=0.95, help="share of held-out selection photos called garment photos")
     p.add_argument("--covariance", choices=("tied", "per-folder"), default="tied",
                    help="one covariance shared by the folders, or one per folder")
+    p.add_argument("--background-crops", type=int, default=3,
+                   help="background crops per fit photo for the likelihood ratio (0: the garments' density alone)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the background crops")
     args = p.parse_args(argv)
     args.out = Path(args.out or args.model)
     return args
@@ -66,13 +77,40 @@ def parse_args(argv=None) -> argparse.Namespace:
 def photo_looks(items: list[tuple[Path, object]], route: str = "photo") -> tuple[torch.Tensor, torch.Tensor]:
     """Looks (N, 28, 28) and whether the app routes each as `route` ("photo" or "drawing") (N,), as
     the app sees an upload."""
-    looks, routed = [], []
+    seen = [look_and_mask(upright(path)) for path, _ in items]
+    return torch.from_numpy(np.stack([s.look for s in seen])), torch.tensor([getattr(s, route) for s in seen])
+
+
+def upright(path: Path) -> Image.Image:
+    with Image.open(path) as img:                     # upright, as the app shows it: EXIF rotation applied
+        return ImageOps.exif_transpose(img).convert("RGB")
+
+
+def background_crops(items: list[tuple[Path, object]], per_photo: int, seed: int) -> list[Image.Image]:
+    """Up to `per_photo` crops of each photo that hold at most CROP_MAX_GARMENT of its garment mask:
+    real photo grounds and textures, none of them a garment, none from the selection or validation
+    parts when `items` is the fit part."""
+    rng, crops = np.random.default_rng(seed), []
     for path, _ in items:
-        with Image.open(path) as img:                 # upright, as the app shows it: EXIF rotation applied
-            seen = look_and_mask(ImageOps.exif_transpose(img).convert("RGB"))
-        looks.append(seen.look)
-        routed.append(getattr(seen, route))
-    return torch.from_numpy(np.stack(looks)), torch.tensor(routed)
+        seen = look_and_mask(upright(path))
+        if seen.mask is None:
+            continue
+        h, w = seen.mask.shape
+        kept = 0
+        for _ in range(CROP_TRIES):
+            if kept == per_photo:
+                break
+            side = rng.uniform(*CROP_SIDES)
+            ch, cw = (min(n, int(n * side * rng.uniform(0.7, 1.3))) for n in (h, w))
+            if min(ch, cw) < CROP_MIN_SIDE:
+                continue
+            y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+            if seen.mask[y:y + ch, x:x + cw].mean() <= CROP_MAX_GARMENT:
+                crop = Image.fromarray((np.clip(seen.work[y:y + ch, x:x + cw], 0, 1) * 255).astype(np.uint8))
+                scale = WORK_SIZE / max(ch, cw)
+                crops.append(crop.resize((max(1, round(cw * scale)), max(1, round(ch * scale))), Image.BICUBIC))
+                kept += 1
+    return crops
 
 
 def fit_detector(network, x: torch.Tensor, groups: torch.Tensor, n_groups: int, tied: bool) -> PhotoDetector:
@@ -80,6 +118,16 @@ def fit_detector(network, x: torch.Tensor, groups: torch.Tensor, n_groups: int, 
     views = ood.views_in_batches(network, x)
     means, whiten, log_prior = ood.fit_gaussians(ood.density_input(network, FEATURES, views, x), groups, n_groups, tied)
     return PhotoDetector(means, whiten, log_prior)
+
+
+def set_margins(detector: PhotoDetector, garments: torch.Tensor, ratio: torch.Tensor, keep: float) -> None:
+    """The thresholds of a detector with a background, from the selection photos' parts: the density's
+    at DENSITY_KEEP of them (only the far end: what is unlike any garment photo), then the ratio's so
+    that `keep` of them pass both; the score is then a margin, flagged above 0."""
+    detector.density_threshold = ood.threshold_at(garments, DENSITY_KEEP)
+    inside = ratio[garments <= detector.density_threshold]
+    detector.ratio_threshold = ood.threshold_at(inside, min(keep * len(ratio) / len(inside), 1 - 1e-9))
+    detector.threshold = 0.0
 
 
 def reliability_bins(top: torch.Tensor, right: torch.Tensor, edges=BIN_EDGES) -> list[dict]:
@@ -107,15 +155,29 @@ def fit(args) -> Verdict:
     fit_idx = torch.tensor([i for i in fit_idx if routed[i]])
     sel_idx = torch.tensor([i for i in sel_idx if routed[i]])
     detector = fit_detector(network, x[fit_idx], group[fit_idx], len(folders), args.covariance == "tied")
+    background = {"crops_per_photo": args.background_crops}
+    if args.background_crops:
+        crops = background_crops([items[i] for i in fit_idx.tolist()], args.background_crops, args.seed)
+        seen = [look_and_mask(c) for c in crops]
+        bx = ood.as_input(model, torch.from_numpy(np.stack([s.look for s in seen])))[[s.photo for s in seen]]
+        print(f"[fit_verdict] background: {len(crops)} crops of fit photos, {len(bx)} routed as photos", flush=True)
+        b = fit_detector(network, bx, torch.zeros(len(bx), dtype=torch.long), 1, tied=True)
+        detector.background_means, detector.background_whiten, detector.background_log_prior = b.means, b.whiten, b.log_prior
+        detector.score_name = f"photo {FEATURES}: background ratio or density"
+        set_margins(detector, *detector.parts(network, network.served_features(x[sel_idx]), x[sel_idx]), args.keep)
+        background |= {"crops": len(crops), "routed_as_photos": len(bx), "seed": args.seed,
+                       "rule": f"crops of the fit photos, {CROP_SIDES[0]:.0%}-{CROP_SIDES[1]:.0%} of a side, "
+                               f"at most {CROP_MAX_GARMENT:.0%} of them garment (the segmentation's mask)"}
     probs, scores = detector.predict(network, x[sel_idx])
-    detector.threshold = ood.threshold_at(scores, args.keep)
+    if not detector.has_background:
+        detector.threshold = ood.threshold_at(scores, args.keep)
     passed = ~detector.flag(scores)
     names = [model.label_names[i] for i in probs.argmax(1).tolist()]
     right = torch.tensor([n in data.PHOTO_FOLDERS[items[i][1]].strict for n, i in zip(names, sel_idx.tolist())])
     bins = reliability_bins(probs.amax(1)[passed], right[passed])
     meta = {"protocol": {"photos": str(args.photos), "split": "train", "folders": list(IN_CLASS),
                          "fit_photos": len(fit_idx), "selection_photos": len(sel_idx), "keep": args.keep,
-                         "covariance": args.covariance, "routed_as_photos": int(routed.sum()),
+                         "covariance": args.covariance, "routed_as_photos": int(routed.sum()), "background": background,
                          "not_routed_as_photos": int((~routed).sum()),
                          "selection_split": "training.data.photo_selection_split "
                                             f"({data.SELECTION_FRACTION:.0%} of each folder, seed {data.SELECTION_SEED})",
@@ -130,24 +192,30 @@ def slug(name: str) -> str:
 
 
 def drawing_items(folder: str | Path, label_names: list[str]) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]]]:
-    """The drawings of `folder` (<class slug>/<...>-<seed>.png) cut into (fit, selection), each
-    [(path, class index)]: selection is every drawing of the round(SELECTION_FRACTION * n) seeds of
-    smallest hash. A seed's wobble is shared by its outline, filled and scribbled drawings, in every
-    pen and colour, which give nearly the same silhouette: a cut by file would leave near-copies of
-    each held-out drawing in the fit part, and a threshold far too tight for a new hand."""
+    """The drawings of `folder` (<class slug>/<...>-<shape set>.png) cut into (fit, selection), each
+    [(path, class index)]: selection is every drawing of the round(SELECTION_FRACTION * n) shape sets
+    (at least one) of smallest hash. A visitor draws a shape of their own, which neither the fit part
+    nor the threshold has seen: a threshold set on other seeds of the fitted shapes (the same outlines
+    wobbled anew) is far too tight for it, so the held-out part is drawn from shapes the Gaussians
+    never saw."""
     slugs = {slug(n): i for i, n in enumerate(label_names)}
     items = []
     for sub in sorted(p for p in Path(folder).iterdir() if p.is_dir()):
         if sub.name not in slugs:
             raise SystemExit(f"{sub}: not a class folder (expected one of {sorted(slugs)})")
         items += [(p, slugs[sub.name]) for p in sorted(sub.glob("*.png"))]
-    seeds = sorted({p.stem.rsplit("-", 1)[-1] for p, _ in items},
-                   key=lambda s: data._selection_rank(Path(s), data.SELECTION_SEED))
-    held = set(seeds[:max(1, round(data.SELECTION_FRACTION * len(seeds)))])
-    selection = [(p, c) for p, c in items if p.stem.rsplit("-", 1)[-1] in held]
+    shape_sets = sorted({_shape_set(p) for p, _ in items},
+                        key=lambda s: data._selection_rank(Path(s), data.SELECTION_SEED))
+    held = set(shape_sets[:max(1, round(data.SELECTION_FRACTION * len(shape_sets)))])
+    selection = [(p, c) for p, c in items if _shape_set(p) in held]
     if not selection or len(selection) == len(items):
-        raise SystemExit(f"{folder}: needs drawings of at least two seeds in class folders")
-    return [(p, c) for p, c in items if p.stem.rsplit("-", 1)[-1] not in held], selection
+        raise SystemExit(f"{folder}: needs drawings of at least two shape sets (names ending in -shapes0, -shapes1: "
+                         "python tests/drawings.py <folder> --validation)")
+    return [(p, c) for p, c in items if _shape_set(p) not in held], selection
+
+
+def _shape_set(path: Path) -> str:
+    return path.stem.rsplit("-", 1)[-1]
 
 
 def fit_drawings(args) -> Verdict:
@@ -170,7 +238,8 @@ def fit_drawings(args) -> Verdict:
     meta = {"protocol": {"drawings": str(args.drawings), "fit_drawings": len(fit_idx), "selection_drawings": len(sel_idx),
                          "keep": args.keep, "covariance": args.covariance, "not_read_as_drawings": int((~drawn).sum()),
                          "selection_split": "training.fit_verdict.drawing_items "
-                                            f"({data.SELECTION_FRACTION:.0%} of the seeds, hash seed {data.SELECTION_SEED})"},
+                                            f"(held-out shape sets: {sorted({_shape_set(p) for p, _ in sel_items})}, "
+                                            f"hash seed {data.SELECTION_SEED})"},
             "network": "as trained (drawings meet the Fashion-MNIST BatchNorm)"}
     return Verdict(detector, [model.label_names[c] for c in classes], [], meta)
 
