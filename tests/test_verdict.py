@@ -28,6 +28,7 @@ from modelrepo import ood
 from modelrepo.verdict import (DRAWING_FILES, FASHION_MNIST_LIKE, FEATURES, GARMENT_PHOTO, KINDS, NOT_A_GARMENT, VERDICT_META,
                                VERDICT_TENSORS, PhotoDetector, Verdict, VerdictError, kind)
 from training.data import PHOTO_FOLDERS
+from training.not_garments import PACKAGES
 from training.fit_verdict import drawing_items, fit_detector, reliability_bins, set_margins
 
 WEIGHTS = REPO / "weights"
@@ -130,6 +131,12 @@ def test_the_committed_weights_carry_a_verdict_fitted_on_train_photos_only(model
     protocol = v.meta["protocol"]
     assert protocol["split"] == "train" and "validation" not in json.dumps(protocol)
     assert v.detector.has_background and protocol["background"]["routed_as_photos"] > 500
+    # The background: the fit photos' grounds, and real images of other things with their composites
+    # (training/not_garments.py), each its own Gaussian; none of them from the photo set's validation.
+    gaussians = protocol["background"]["gaussians"]
+    assert list(gaussians) == ["crops", "composites", "images"] and all(routed > 100 for _, routed in gaussians.values())
+    assert len(v.detector.background_means) == 3 and len(v.detector.background_whiten) == 3
+    assert set(protocol["background"]["not_garments"]["packages"]) == set(PACKAGES)
     assert set(v.folders) == {f for f, m in PHOTO_FOLDERS.items() if m.strict}
     assert sum(b["count"] for b in v.bins) > 100 and all(b["accuracy"] is None or 0 <= b["accuracy"] <= 1 for b in v.bins)
 

@@ -6,9 +6,11 @@ Protocol (no photo of the validation split is read):
 2. They are split into the fit part and the held-out *selection* part (`data.photo_selection_split`,
    the split every photo choice of the project uses).
 3. Gaussians of the photo network's features, one per folder (one covariance shared by the folders
-   with --covariance tied), are fitted on the fit part; and a background Gaussian on crops of the
-   fit part's photos that hold almost no garment (floors, beds, walls, carpets: `background_crops`),
-   so that the score is the likelihood ratio of the two (modelrepo/verdict.py).
+   with --covariance tied), are fitted on the fit part; and background Gaussians, each with its own
+   covariance: one on crops of the fit part's photos that hold almost no garment (floors, beds,
+   walls, carpets: `background_crops`), and with --not-garments one per subfolder of real images of
+   other things (training/not_garments.py: objects, animals, plants, textures), so that the score
+   is the likelihood ratio of the garments and the background (modelrepo/verdict.py).
 4. The threshold is the --keep quantile of the selection photos' scores: that share of held-out
    garment photos is called a garment photo.
 5. The reliability bins (how often the top class was right, by the top probability) are counted on
@@ -19,7 +21,8 @@ class (tests/drawings.py's validation set, never the reported drawings nor the b
 the selection part is every drawing of a held-out set of shapes (the photos' fraction and hash seed),
 one Gaussian per class over the features of the network as trained, the threshold at --keep.
 
-    python -m training.fit_verdict --model weights --photos ../shared/data/clothing_photos
+    python -m training.not_garments --out /tmp/not-garments
+    python -m training.fit_verdict --model weights --photos ../shared/data/clothing_photos --not-garments /tmp/not-garments
     python -m training.fit_verdict --model weights --out /tmp/verdict      # a trial that leaves weights/ alone
     python tests/drawings.py /tmp/validation-drawings --validation
     python -m training.fit_verdict --model weights --part drawings --drawings /tmp/validation-drawings
@@ -30,6 +33,7 @@ verdict_drawing.* (default out: the model folder).
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +73,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--background-crops", type=int, default=3,
                    help="background crops per fit photo for the likelihood ratio (0: the garments' density alone)")
     p.add_argument("--seed", type=int, default=0, help="seed of the background crops")
+    p.add_argument("--not-garments", default=None,
+                   help="folder of images that are not garments, one background Gaussian per subfolder "
+                        "(python -m training.not_garments writes one)")
     args = p.parse_args(argv)
     args.out = Path(args.out or args.model)
     return args
@@ -111,6 +118,34 @@ def background_crops(items: list[tuple[Path, object]], per_photo: int, seed: int
                 crops.append(crop.resize((max(1, round(cw * scale)), max(1, round(ch * scale))), Image.BICUBIC))
                 kept += 1
     return crops
+
+
+def not_garment_groups(folder: str | Path | None) -> dict[str, list[Path]]:
+    """{subfolder name: its images} of a --not-garments folder (none without one)."""
+    if folder is None:
+        return {}
+    groups = {sub.name: sorted(sub.glob("*.png")) + sorted(sub.glob("*.jpg"))
+              for sub in sorted(Path(folder).iterdir()) if sub.is_dir() and not sub.name.startswith(".")}
+    groups = {name: paths for name, paths in groups.items() if paths}
+    if not groups:
+        raise SystemExit(f"{folder}: no subfolder of images (python -m training.not_garments --out {folder})")
+    return groups
+
+
+def routed_photo_inputs(model, images) -> torch.Tensor:
+    """The network inputs (N, 1, 28, 28) of those `images` (PIL images or paths, read as the app reads
+    an upload: transparency on white) that the app routes as photos: only those meet the photo detector."""
+    seen = [look_and_mask(_opened(i)) for i in images]
+    x = ood.as_input(model, torch.from_numpy(np.stack([s.look for s in seen])))
+    return x[torch.tensor([s.photo for s in seen])]
+
+
+def _opened(image):
+    if isinstance(image, Image.Image):
+        return image
+    with Image.open(image) as img:
+        img.load()
+        return ImageOps.exif_transpose(img)
 
 
 def fit_detector(network, x: torch.Tensor, groups: torch.Tensor, n_groups: int, tied: bool) -> PhotoDetector:
@@ -158,16 +193,23 @@ def fit(args) -> Verdict:
     background = {"crops_per_photo": args.background_crops}
     if args.background_crops:
         crops = background_crops([items[i] for i in fit_idx.tolist()], args.background_crops, args.seed)
-        seen = [look_and_mask(c) for c in crops]
-        bx = ood.as_input(model, torch.from_numpy(np.stack([s.look for s in seen])))[[s.photo for s in seen]]
-        print(f"[fit_verdict] background: {len(crops)} crops of fit photos, {len(bx)} routed as photos", flush=True)
-        b = fit_detector(network, bx, torch.zeros(len(bx), dtype=torch.long), 1, tied=True)
+        groups = {"crops": crops} | not_garment_groups(args.not_garments)
+        bxs = [routed_photo_inputs(model, images) for images in groups.values()]
+        routed_bg = {name: [len(images), len(bx)] for (name, images), bx in zip(groups.items(), bxs)}
+        print(f"[fit_verdict] background, [images, routed as photos] per Gaussian: {routed_bg}", flush=True)
+        # Each background Gaussian keeps its own covariance: floors, objects and composites spread unalike.
+        b = fit_detector(network, torch.cat(bxs), torch.cat([torch.full((len(bx),), k) for k, bx in enumerate(bxs)]),
+                         len(bxs), tied=False)
         detector.background_means, detector.background_whiten, detector.background_log_prior = b.means, b.whiten, b.log_prior
         detector.score_name = f"photo {FEATURES}: background ratio or density"
         set_margins(detector, *detector.parts(network, network.served_features(x[sel_idx]), x[sel_idx]), args.keep)
-        background |= {"crops": len(crops), "routed_as_photos": len(bx), "seed": args.seed,
+        background |= {"crops": len(crops), "routed_as_photos": sum(len(bx) for bx in bxs), "seed": args.seed,
+                       "gaussians": routed_bg, "covariance": "per Gaussian",
                        "rule": f"crops of the fit photos, {CROP_SIDES[0]:.0%}-{CROP_SIDES[1]:.0%} of a side, "
                                f"at most {CROP_MAX_GARMENT:.0%} of them garment (the segmentation's mask)"}
+        if args.not_garments:
+            sources = Path(args.not_garments) / "sources.json"
+            background["not_garments"] = json.loads(sources.read_text()) if sources.is_file() else str(args.not_garments)
     probs, scores = detector.predict(network, x[sel_idx])
     if not detector.has_background:
         detector.threshold = ood.threshold_at(scores, args.keep)
