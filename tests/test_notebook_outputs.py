@@ -108,3 +108,9 @@ def test_the_ablation_numbers_are_those_of_ablation_json(notebook):
         assert shown["per_seed_test"][name] == pytest.approx(accuracies), name
     assert set(shown["verdicts"]) == {"augmentation (shift, flip, erase)", "EMA of the weights", "label smoothing",
                                       "test-time flip"}
+
+
+def test_the_verdict_numbers_are_those_of_verdict_json(notebook):
+    verdict = json.loads((ROOT / "bench" / "results" / "verdict.json").read_text())
+    _, shown = stored(notebook, "verdict")
+    assert shown == pytest.approx({name: s["not_a_garment"] for name, s in verdict["sets"].items()})
