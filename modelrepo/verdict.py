@@ -5,7 +5,8 @@ input the app routes neither as a photo nor as a drawing. A segmented photo is j
 photo detector kept here (`PhotoDetector`): Gaussians of the photo network's features
 (`FashionCNN.for_photos`, its pooled stages plus `ood.look_stats`) of garment photos, one per photo
 folder, with a threshold set on held-out photos; with a background model (Gaussians of the same
-features of photo crops that hold no garment), the score is the likelihood ratio of the two (Ren et
+features of photo crops that hold no garment, and of real images of other things: objects, animals,
+plants, textures; training/not_garments.py), the score is the likelihood ratio of the two (Ren et
 al. 2019, "Likelihood Ratios for Out-of-Distribution Detection", NeurIPS, arXiv:1906.02845: a density
 of in-distribution data alone also rates highly what is merely simple or common in any photo, such as
 a plain ground or a texture; dividing by a density of such background takes that part out). A drawing
