@@ -36,6 +36,7 @@ from PIL import Image  # noqa: E402
 from imaging import segment  # noqa: E402
 from _looks import routed, run_timed, segmented_look, threshold_look  # noqa: E402
 from model import CLASS_NAMES, load_model  # noqa: E402
+from training.product_style import product_upload  # noqa: E402
 
 TARGET_ACCURACY = 0.90
 
@@ -51,24 +52,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "writes product_uploads_validation.*")
     p.add_argument("--out", default=str(common.RESULTS), help="results folder")
     return p.parse_args(argv)
-
-
-def product_upload(raw: np.ndarray, rng: np.random.Generator) -> Image.Image:
-    """(28, 28) uint8 light-on-black -> an RGB product photo: dark garment on white, tinted box, off-centre."""
-    img = (255 - raw.astype(np.float32))[..., None].repeat(3, axis=2)          # (28, 28, 3), white ground
-    ys, xs = np.nonzero(raw > 0)
-    if len(ys):
-        m = rng.integers(1, 5, size=4)                                         # margin on each side, px
-        top, bottom = max(0, ys.min() - m[0]), min(28, ys.max() + 1 + m[1])
-        left, right = max(0, xs.min() - m[2]), min(28, xs.max() + 1 + m[3])
-        img[top:bottom, left:right] *= 1.0 - rng.uniform(0.03, 0.10, size=3)  # a slight colour cast
-    k = rng.uniform(6, 14)
-    side = round(28 * k)
-    garment = Image.fromarray(np.round(img).astype(np.uint8)).resize((side, side), Image.Resampling.BICUBIC)
-    cw, ch = (round(side * rng.uniform(1.2, 2.0)) for _ in range(2))
-    canvas = Image.new("RGB", (cw, ch), (255, 255, 255))
-    canvas.paste(garment, (int(rng.integers(0, cw - side + 1)), int(rng.integers(0, ch - side + 1))))
-    return canvas
 
 
 def predict(model, looks: list[np.ndarray]) -> np.ndarray:

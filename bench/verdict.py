@@ -36,6 +36,7 @@ from modelrepo.folder import open_model  # noqa: E402
 from ood_sets import PER_FAMILY, PHOTO_CLASSES, PHOTO_OUTSIDE, constants, photos, sketches, uniform_noise  # noqa: E402
 from training.data import load_images  # noqa: E402
 from training.evaluate import wilson_interval  # noqa: E402
+from training.product_style import product_upload  # noqa: E402
 
 DATA = common.REPO.parent / "shared" / "data"
 NATURAL = common.REPO / "tests" / "data" / "natural"
@@ -87,7 +88,6 @@ def reported_sets(args) -> dict[str, list]:
     sets[DRAWN] = [img for _, _, img in drawings()]
     # A garment enlarged on a white ground, as a shop shows it: routed as a photo, though no garment
     # photo of the photo set looks like it; reported, so that what the detector makes of it is known.
-    from product_uploads import product_upload
     sets[PRODUCT] = [product_upload(raw, rng) for raw in sets[FMNIST][:args.per_family]]
     sets[OUTSIDE] = [img for img, _ in photos(args.photos, "validation", PHOTO_OUTSIDE)]
     sets[IN_CLASS] = photos(args.photos, "validation", PHOTO_CLASSES)

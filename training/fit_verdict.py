@@ -11,6 +11,8 @@ Protocol (no photo of the validation split is read):
    walls, carpets: `background_crops`), and with --not-garments one per subfolder of real images of
    other things (training/not_garments.py: objects, animals, plants, textures), so that the score
    is the likelihood ratio of the garments and the background (modelrepo/verdict.py).
+   With --product-style, Fashion-MNIST *train* garments dressed as shop uploads (training/product_style.py)
+   are one more garment Gaussian: a garment that is not a phone photo is still a garment.
 4. The threshold is the --keep quantile of the selection photos' scores: that share of held-out
    garment photos is called a garment photo.
 5. The reliability bins (how often the top class was right, by the top probability) are counted on
@@ -22,7 +24,8 @@ the selection part is every drawing of a held-out set of shapes (the photos' fra
 one Gaussian per class over the features of the network as trained, the threshold at --keep.
 
     python -m training.not_garments --out /tmp/not-garments
-    python -m training.fit_verdict --model weights --photos ../shared/data/clothing_photos --not-garments /tmp/not-garments
+    python -m training.fit_verdict --model weights --photos ../shared/data/clothing_photos --not-garments /tmp/not-garments \
+        --product-style 2000 --fashion-mnist ../shared/data/fashion_mnist
     python -m training.fit_verdict --model weights --out /tmp/verdict      # a trial that leaves weights/ alone
     python tests/drawings.py /tmp/validation-drawings --validation
     python -m training.fit_verdict --model weights --part drawings --drawings /tmp/validation-drawings
@@ -44,7 +47,8 @@ from imaging.preprocess import WORK_SIZE, look_and_mask
 from model import load_model
 from modelrepo import ood
 from modelrepo.verdict import DRAWING_FILES, FEATURES, VERDICT_FILES, PhotoDetector, Verdict
-from training import data
+from modelrepo.hub import HUB_DATASET
+from training import data, product_style
 
 # Edges of the reliability bins of the top probability: a few hundred held-out photos fill four
 # bins with tens of photos each; finer bins would report noise.
@@ -56,6 +60,8 @@ CROP_MAX_GARMENT, CROP_SIDES, CROP_MIN_SIDE, CROP_TRIES = 0.1, (0.25, 0.6), 40, 
 # With a background, the garments' density alone flags only the photos beyond this share of the
 # selection photos' scores: the likelihood ratio does the rest, within the same --keep.
 DENSITY_KEEP = 0.99
+# The garment Gaussian of --product-style, named as the photo folders' are in verdict.json.
+PRODUCT_STYLE = "product-style"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -73,6 +79,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--background-crops", type=int, default=3,
                    help="background crops per fit photo for the likelihood ratio (0: the garments' density alone)")
     p.add_argument("--seed", type=int, default=0, help="seed of the background crops")
+    p.add_argument("--product-style", type=int, default=0,
+                   help="Fashion-MNIST train images dressed as shop uploads, a garment Gaussian of their own (0: none)")
+    p.add_argument("--fashion-mnist", default=HUB_DATASET,
+                   help="with --product-style: the Fashion-MNIST dataset (Hub id or folder)")
     p.add_argument("--not-garments", default=None,
                    help="folder of images that are not garments, one background Gaussian per subfolder "
                         "(python -m training.not_garments writes one)")
@@ -189,7 +199,17 @@ def fit(args) -> Verdict:
     group = torch.tensor([folders.index(f) for _, f in items])
     fit_idx = torch.tensor([i for i in fit_idx if routed[i]])
     sel_idx = torch.tensor([i for i in sel_idx if routed[i]])
-    detector = fit_detector(network, x[fit_idx], group[fit_idx], len(folders), args.covariance == "tied")
+    gx, gg = x[fit_idx], group[fit_idx]
+    product = {"images": args.product_style}
+    if args.product_style:
+        px = routed_photo_inputs(model, product_style.train_uploads(args.fashion_mnist, args.product_style))
+        gx, gg = torch.cat([gx, px]), torch.cat([gg, torch.full((len(px),), len(folders))])
+        folders = folders + [PRODUCT_STYLE]
+        product |= {"routed_as_photos": len(px), "dataset": str(args.fashion_mnist), "split": "train",
+                    "rule": "training.product_style.train_uploads (a seeded permutation of the train split, seed 0)"}
+        print(f"[fit_verdict] {PRODUCT_STYLE}: {args.product_style} Fashion-MNIST train images, "
+              f"{len(px)} routed as photos", flush=True)
+    detector = fit_detector(network, gx, gg, len(folders), args.covariance == "tied")
     background = {"crops_per_photo": args.background_crops}
     if args.background_crops:
         crops = background_crops([items[i] for i in fit_idx.tolist()], args.background_crops, args.seed)
@@ -220,6 +240,7 @@ def fit(args) -> Verdict:
     meta = {"protocol": {"photos": str(args.photos), "split": "train", "folders": list(IN_CLASS),
                          "fit_photos": len(fit_idx), "selection_photos": len(sel_idx), "keep": args.keep,
                          "covariance": args.covariance, "routed_as_photos": int(routed.sum()), "background": background,
+                         "product_style": product,
                          "not_routed_as_photos": int((~routed).sum()),
                          "selection_split": "training.data.photo_selection_split "
                                             f"({data.SELECTION_FRACTION:.0%} of each folder, seed {data.SELECTION_SEED})",
