@@ -55,7 +55,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 def download(cache: Path, packages=PACKAGES) -> dict[str, str]:
     """apt-get download each package into `cache` and unpack it into cache/root -> {package: version}."""
     cache.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["apt-get", "download", *packages], cwd=cache, check=True)
+    try:
+        subprocess.run(["apt-get", "download", *packages], cwd=cache, check=True)
+    except FileNotFoundError:
+        raise SystemExit("apt-get not found: the images come from Debian's archive, so this step runs on a "
+                         "Debian or Ubuntu machine; its output folder can then be copied anywhere") from None
+    except subprocess.CalledProcessError as e:
+        raise SystemExit(f"apt-get download failed (exit {e.returncode}): is the package index current "
+                         "(apt-get update)?") from None
     versions = {}
     for deb in sorted(cache.glob("*.deb")):
         name = subprocess.run(["dpkg-deb", "-f", str(deb), "Package"], capture_output=True, text=True, check=True).stdout.strip()
