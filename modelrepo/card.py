@@ -192,6 +192,12 @@ Trained on {trained_on}.
 The network answers one of the ten classes for any input: a person wearing clothes, a busy
 background, a different object. The project's out-of-distribution detector
 (`ood.json` and `ood.safetensors` beside the weights, fitted by `train.py --fit-ood`; `open_model`
-reads it as `opened.detector`) flags inputs unlike the training images. The classes with the lowest F1 on the
+reads it as `opened.detector`) flags inputs unlike the training images. The app judges photos and
+drawings with detectors of their own, beside the weights once `python -m training.fit_verdict` has
+fitted them (`verdict.json` and `verdict.safetensors`, `verdict_drawing.json` and
+`verdict_drawing.safetensors`): the photo detector's Gaussians are of garment photos of the photo
+set's train split and, as its background, of images of other things (`verdict.json` names their
+sources, versions and licences).
+The classes with the lowest F1 on the
 test set: {", ".join(confused)}.
 """
