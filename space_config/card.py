@@ -93,8 +93,9 @@ DeepLIFT, guided backprop) show which pixels drove the answer, side by side on o
 - **Model**: architecture, test accuracy, calibration and training curves.
 
 Uploads are turned into the Fashion-MNIST look first (grayscale, light garment on black, centred
-at 28x28), so a garment alone on a plain background works best; anything else is still forced
-into one of the ten classes. Model: [{model_id}]({_hub_url("", model_id)}).
+at 28x28), so a garment alone on a plain background works best. Anything is still answered with one
+of the ten classes, under a verdict: like the training images, a garment photo (with how often
+held-out photos that confident were right), or probably not a garment. Model: [{model_id}]({_hub_url("", model_id)}).
 """
 
 
