@@ -2,9 +2,9 @@
 
 A visitor uploads garments that are not phone photos too: a shop's product shot, a clip-art. The
 app routes such an image as a photo (it is large and has a ground to cut away), but no photo of the
-photo set looks like it, so the photo detector needs garments of that kind among its Gaussians
-(training/fit_verdict.py --product-style), and bench/product_uploads.py and bench/verdict.py measure
-the same kind of image made from *test* images.
+photo set looks like it. training/fit_verdict.py --product-style can give the photo detector such
+garments, made from *train* images, as a Gaussian of their own; bench/product_uploads.py and
+bench/verdict.py measure the same kind of image made from *test* images.
 
     >>> from training.product_style import product_upload
     >>> product_upload(raw_28x28_uint8, np.random.default_rng(0))      # -> PIL RGB image
