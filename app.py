@@ -51,7 +51,7 @@ from PIL import Image
 import explain
 from modelrepo import hub
 from dashboard import api, panels, uploads
-from dashboard import image_files
+from dashboard.image_files import as_file, gallery_files
 from dashboard.insight import Insight
 from dashboard.insight_panel import insight_section, insight_values
 from dashboard.mistakes_panel import mistakes_tab, wire_cell_filter
@@ -190,12 +190,12 @@ def analyse_look(given: tuple, methods, target=PREDICTED, progress=None) -> tupl
     except RequestError as e:
         raise gr.Error(str(e)) from None
     scale = explain.common_scale(list(maps.values()))
-    gallery = [(explain.render_overlay(look, maps[n], scale, explain.METHODS[n].signed, size=VIEW_SIZE),
+    gallery = [(as_file(explain.render_overlay(look, maps[n], scale, explain.METHODS[n].signed, size=VIEW_SIZE)),
                 f"{n} · deletion AUC {s['deletion_auc']:.2f} · insertion AUC {s['insertion_auc']:.2f}")
                for n, s in scores.items()]
     summary = {"predicted": LABELS[int(a.probs.argmax())], "target": LABELS[t],
                "target_probability": float(a.probs[t]), "scale": float(scale), "methods": scores}
-    return view_image(look), SERVICE.confidences(a.probs), gallery, summary, a, maps
+    return as_file(view_image(look)), SERVICE.confidences(a.probs), gallery, summary, a, maps
 
 
 def explain_image(image, methods=DEFAULT_METHODS, target=PREDICTED, progress=gr.Progress()) -> tuple:  # noqa: B008  (Gradio injects the tracker)
@@ -225,7 +225,7 @@ def ui_decode(image, sketch: bool = False):
     kept = "the outlined region was kept as the garment; " if seen.mask is not None else ""
     if seen.photo and SERVICE.photo_model is not SERVICE.model:
         kept += "a photo, so the model read it with its photo layers; "
-    return ((seen.look, seen.photo, seen.mask), outline_image(seen.work, seen.mask),
+    return ((seen.look, seen.photo, seen.mask), as_file(outline_image(seen.work, seen.mask)),
             f"Classified: {kept}the maps explain the class under *Explain class*.")
 
 
@@ -250,10 +250,18 @@ def ui_insight(given, methods, maps, target=PREDICTED):
     """The insight section under the Explain view's result panel; a bad request clears it with a warning.
     A class under *Explain class* other than the predicted one is the contrast's B ("why not Shirt?")."""
     try:
-        return insight_values(INSIGHT, given, methods, maps, versus=None if target == PREDICTED else target)
+        values = insight_values(INSIGHT, given, methods, maps, versus=None if target == PREDICTED else target)
     except gr.Error as e:
         gr.Warning(e.message)
-        return insight_values(INSIGHT, None, methods)
+        values = insight_values(INSIGHT, None, methods)
+    values[0], values[4] = gallery_files(values[0]), as_file(values[4])     # the neighbours, the consensus
+    return values
+
+
+def ui_mistakes(true_class: str, pred_class: str):
+    """The Mistakes view's gallery (as files), the rows it shows and its count line."""
+    gallery, shown, text = VIEWS.filter_mistakes(true_class, pred_class)
+    return gallery_files(gallery), shown, text
 
 
 def select_mistake(shown: list[int], evt: gr.SelectData):
@@ -329,7 +337,7 @@ def explain_tab():
                 gr.Markdown("\n".join(f"- **{n}** ({'signed' if m.signed else 'magnitude'}): "
                                       f"{m.description} [paper]({m.reference})" for n, m in explain.METHODS.items()))
         with gr.Column(scale=3):
-            kept = image_files.Image(label="Your image: the outline is what was kept", type="numpy", format="png",
+            kept = gr.Image(label="Your image: the outline is what was kept", type="numpy", format="png",
                             interactive=False, height=VIEW_SIZE, buttons=[], elem_id="explain-kept", render=False)
             outputs = result_panel("explain", kept)
             insight = insight_section("explain")
@@ -372,8 +380,8 @@ def build_demo() -> gr.Blocks:
         m = mistakes
         filters = ([m.true_class, m.predicted], [m.gallery, shown_rows, m.text])
         for control in (m.true_class, m.predicted):
-            control.change(VIEWS.filter_mistakes, *filters, **private)
-        demo.load(VIEWS.filter_mistakes, *filters, **private)
+            control.change(ui_mistakes, *filters, **private)
+        demo.load(ui_mistakes, *filters, **private)
         wire_cell_filter(m, VIEWS, **private)
         m.gallery.select(select_mistake, shown_rows, [mistake_look, m.note], **private) \
             .then(ui_analyse, [mistake_look, m.methods, m.target], m.outputs, **private, **explaining)

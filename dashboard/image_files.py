@@ -1,5 +1,5 @@
-"""The app's output images as files written whole: `Image` and `Gallery`, Gradio's own components
-with a `postprocess` that hands Gradio a finished file instead of pixels.
+"""The app's output images as files written whole: the handlers hand Gradio a finished PNG file
+(a path, which gr.Image and gr.Gallery take as an output value) instead of pixels.
 
 Gradio 6.31 saves an output image given as an array or a PIL image in place: `save_pil_to_cache`
 truncates and rewrites the file named by the hash of its bytes each time. Two requests producing
@@ -7,9 +7,9 @@ the same image (the same example clicked by two visitors, the same mistake in th
 that file, and a client downloading it while the other request rewrites it gets an empty or cut-off
 body (docs/gradio-image-cache-issue.md has the reproduction and the upstream report). A file path
 takes the other road: Gradio copies it into its cache under a temporary name and renames it into
-place. So these components write each image once as a PNG named by the hash of its bytes, under a
-temporary name renamed into place, and pass the path on; `postprocess` is the documented hook a
-component converts its value in, and the handlers keep returning arrays.
+place. So each output image is written once as a PNG named by the hash of its bytes, under a
+temporary name renamed into place, and its path is what the handler returns; the views keep
+computing arrays, and app.py turns them into files where it hands them to the page.
 
 The files live in Gradio's upload folder (`uploads.gradio_upload_folder()`), whose size the upload
 janitor already bounds, oldest first.
@@ -22,7 +22,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import gradio as gr
 import numpy as np
 from PIL import Image as PILImage
 
@@ -61,17 +60,6 @@ def as_file(value):
     return png_file(value) if isinstance(value, (np.ndarray, PILImage.Image)) else value
 
 
-class Image(gr.Image):
-    """gr.Image whose array or PIL outputs reach Gradio as files written whole."""
-
-    def postprocess(self, value):
-        return super().postprocess(as_file(value))
-
-
-class Gallery(gr.Gallery):
-    """gr.Gallery whose array or PIL items (captioned or not) reach Gradio as files written whole."""
-
-    def postprocess(self, value):
-        if value is not None and not isinstance(value, str):
-            value = [(as_file(v[0]), v[1]) if isinstance(v, (tuple, list)) else as_file(v) for v in value]
-        return super().postprocess(value)
+def gallery_files(items):
+    """Gallery items, (image, caption) pairs or images, with each array or PIL image as `png_file`'s path."""
+    return [(as_file(v[0]), v[1]) if isinstance(v, (tuple, list)) else as_file(v) for v in items]

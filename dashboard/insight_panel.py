@@ -13,7 +13,7 @@ import pandas as pd
 
 from dashboard.insight import Insight, consensus_image, contrast_gallery, neighbour_gallery
 from dashboard.service import RequestError
-from dashboard import image_files
+from dashboard.image_files import gallery_files
 
 ROAD_COLUMNS = ["Method", "ROAD MoRF AUC ↓", "ROAD LeRF AUC ↑", "Inside the garment mask"]
 
@@ -24,17 +24,17 @@ def insight_section(prefix: str) -> list:
                       "network's feature space, with their cosine distance", open=True,
                       elem_id=f"{prefix}-insight-neighbours"):
         # No label: its badge would cover the top of these small images.
-        neighbours = image_files.Gallery(columns=6, height=150, format="png", object_fit="contain", show_label=False,
+        neighbours = gr.Gallery(columns=6, height=150, format="png", object_fit="contain", show_label=False,
                                 label="Nearest training images", elem_id=f"{prefix}-neighbours")
         distances = gr.Markdown(elem_id=f"{prefix}-class-distances")
     with gr.Accordion("Why this class and not another? Do the methods agree?", open=False,
                       elem_id=f"{prefix}-insight-contrast"):
-        contrast = image_files.Gallery(columns=3, height=260, format="png", object_fit="contain",
+        contrast = gr.Gallery(columns=3, height=260, format="png", object_fit="contain",
                               label="Evidence for the predicted class over the runner-up, or over the class "
                                     "under Explain class (logit difference)",
                               elem_id=f"{prefix}-contrast")
         agreement = gr.Markdown(elem_id=f"{prefix}-agreement")
-        consensus = image_files.Image(label="Consensus of the chosen methods (mean rank)", type="numpy", format="png",
+        consensus = gr.Image(label="Consensus of the chosen methods (mean rank)", type="numpy", format="png",
                              interactive=False, height=224, width=224, buttons=[], elem_id=f"{prefix}-consensus")
         road = gr.Dataframe(label="ROAD for this image: the class probability as the map's top pixels (MoRF, lower "
                                   "is better) or its bottom pixels (LeRF, higher is better) are replaced by noisy "
@@ -78,7 +78,7 @@ def insight_values(insight: Insight, given: tuple | None, methods, maps: dict | 
         return [neighbour_gallery(answer), class_distances_markdown(answer), [], str(e), None, empty_road]
     answer = result["neighbours"]
     c = result["contrast"]
-    contrast = image_files.Gallery(contrast_gallery(result, look),
+    contrast = gr.Gallery(gallery_files(contrast_gallery(result, look)),
                           label=f"Evidence for {c['a']} over {c['b']} (logit difference): red for {c['a']}, "
                                 f"blue for {c['b']}; {', '.join(c['maps'])}")
     return [neighbour_gallery(answer), class_distances_markdown(answer), contrast,

@@ -11,7 +11,6 @@ import gradio as gr
 
 from dashboard.result_panel import method_controls, result_panel
 from dashboard.views import Views
-from dashboard import image_files
 
 
 @dataclass
@@ -35,7 +34,7 @@ def mistakes_tab(views: Views, labels: list[str]) -> MistakesView:
                 true_f = gr.Dropdown(["All"] + labels, value="All", label="True class", elem_id="mistakes-true")
                 pred_f = gr.Dropdown(["All"] + labels, value="All", label="Predicted as", elem_id="mistakes-pred")
             text = gr.Markdown(elem_id="mistakes-count")
-            gallery = image_files.Gallery(label="Misclassified test images (true → predicted)", columns=4, height=480,
+            gallery = gr.Gallery(label="Misclassified test images (true → predicted)", columns=4, height=480,
                                  format="png", allow_preview=False, elem_id="mistakes")
         with gr.Column(scale=3):
             note = gr.Markdown("Select an image to explain it.")

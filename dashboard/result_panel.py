@@ -9,7 +9,6 @@ import pandas as pd
 
 import explain
 from dashboard.service import DEFAULT_METHODS, PREDICTED, VIEW_SIZE
-from dashboard import image_files
 
 MAP_COLUMNS, MAP_ROW_PX = 4, 200       # attribution gallery layout
 SCORE_COLUMNS = ["Method", "Deletion AUC ↓", "Insertion AUC ↑", "Time (ms)"]
@@ -22,12 +21,12 @@ def result_panel(prefix: str, kept=None) -> tuple:
     with gr.Row():
         if kept is not None:
             kept.render()
-        view = image_files.Image(label="What the model saw (28x28)", type="numpy", format="png", interactive=False,
+        view = gr.Image(label="What the model saw (28x28)", type="numpy", format="png", interactive=False,
                         height=VIEW_SIZE, width=VIEW_SIZE, buttons=[], elem_id=f"{prefix}-view")
         with gr.Column():
             verdict = gr.Markdown(elem_id=f"{prefix}-verdict")
             label = gr.Label(num_top_classes=3, label="Prediction (top 3)", elem_id=f"{prefix}-label")
-    gallery = image_files.Gallery(label="Attribution maps (one colour scale for all)", columns=MAP_COLUMNS,
+    gallery = gr.Gallery(label="Attribution maps (one colour scale for all)", columns=MAP_COLUMNS,
                          height=MAP_ROW_PX + 50, format="png", object_fit="contain", allow_preview=True,
                          elem_id=f"{prefix}-maps")
     table = gr.Dataframe(label="How faithful is each map for this image? Deletion: the class probability as the "

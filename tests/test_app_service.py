@@ -294,16 +294,39 @@ def test_an_output_image_file_is_never_seen_half_written(tmp_path):
 
 
 def test_the_app_hands_gradio_files_not_pixels(tmp_path):
-    """The output components write arrays as files (Gradio copies a file into its cache whole) and
-    leave a path or None alone; the same image is one file."""
+    """The handlers turn arrays into files (Gradio copies a file into its cache whole) and leave a
+    path or None alone; the same image is one file; Gradio's own components take those paths."""
+    import gradio as gr
     from dashboard import image_files
     image = np.random.default_rng(1).integers(0, 255, (56, 56), dtype=np.uint8)
-    shown = image_files.Image(format="png").postprocess(image)
-    items = image_files.Gallery(format="png").postprocess([(image, "a"), (Image.fromarray(image), "b")]).root
+    shown = image_files.as_file(image)
+    items = image_files.gallery_files([(image, "a"), (Image.fromarray(image), "b")])
     folder = image_files.gradio_upload_folder() / image_files.OUTPUT_FOLDER
-    assert Path(shown.path).parent == folder and {Path(i.image.path) for i in items} == {Path(shown.path)}
-    assert [i.caption for i in items] == ["a", "b"]
-    assert np.array_equal(np.asarray(Image.open(shown.path)), image)
-    assert image_files.as_file(None) is None and image_files.as_file(shown.path) == shown.path
+    assert Path(shown).parent == folder and {Path(path) for path, _ in items} == {Path(shown)}
+    assert [caption for _, caption in items] == ["a", "b"]
+    assert np.array_equal(np.asarray(Image.open(shown)), image)
+    assert image_files.as_file(None) is None and image_files.as_file(shown) == shown
+    assert gr.Image(format="png").postprocess(shown).path == shown
+    assert [i.image.path for i in gr.Gallery(format="png").postprocess(items).root] == [shown, shown]
     with pytest.raises(TypeError, match="uint8"):
         image_files.png_file(image.astype(np.float32), tmp_path)
+
+
+def test_every_output_image_the_handlers_return_is_a_file(test_images):
+    """What app.py hands the page's image components (the model's view, the maps, the outline, the
+    neighbours, the consensus, the mistakes) is a path of dashboard/image_files.py's folder, never
+    pixels that Gradio would rewrite in place."""
+    import app
+    from dashboard.image_files import OUTPUT_FOLDER, gradio_upload_folder
+    folder = gradio_upload_folder() / OUTPUT_FOLDER
+    is_file = lambda v: isinstance(v, str) and Path(v).parent == folder and Path(v).is_file()   # noqa: E731
+    raw = test_images[0][0]
+    view, _, gallery, _ = app.explain_image(raw, ["Saliency", "Grad-CAM"], progress=None)
+    assert is_file(view) and len(gallery) == 2 and all(is_file(path) for path, _ in gallery)
+    given, outline, _ = app.ui_decode(raw)
+    assert is_file(outline)
+    insight = app.ui_insight(given, ["Saliency"], None)
+    assert insight[0] and all(is_file(path) for path, _ in insight[0]) and is_file(insight[4])
+    assert insight[2].value and all(is_file(item["image"]["path"]) for item in insight[2].value)
+    mistakes, shown, _ = app.ui_mistakes("All", "All")
+    assert len(mistakes) == len(shown) > 0 and all(is_file(path) for path, _ in mistakes)
