@@ -137,14 +137,14 @@ def write(share: Path, out: Path, seed: int) -> dict[str, int]:
         raise SystemExit(f"{share}: no images of {PACKAGES} (unpacked?)")
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "composites").mkdir(exist_ok=True)
-    stamps, grounds = [], []
+    stamps, grounds = [], []                 # read once, for the images and the composites alike
     for name, path in found:
         img = read(path)
         img.save(out / "images" / (name.replace("/", "__").rsplit(".", 1)[0] + ".png"))
-        (stamps if name.startswith("stamps/") else grounds).append(path)
+        (stamps if name.startswith("stamps/") else grounds).append((path, img))
     rng = random.Random(seed)
-    for k, path in enumerate(stamps):
-        composite(read(path), read(rng.choice(grounds)), rng).save(out / "composites" / f"{k:04d}-{path.stem}.png")
+    for k, (path, stamp) in enumerate(stamps):
+        composite(stamp, rng.choice(grounds)[1], rng).save(out / "composites" / f"{k:04d}-{path.stem}.png")
     return {"images": len(found), "composites": len(stamps)}
 
 
