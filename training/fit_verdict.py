@@ -8,7 +8,7 @@ Protocol (no photo of the validation split is read):
 3. Gaussians of the photo network's features, one per folder (one covariance shared by the folders
    with --covariance tied), are fitted on the fit part; and background Gaussians, each with its own
    covariance: one on crops of the fit part's photos that hold almost no garment (floors, beds,
-   walls, carpets: `background_crops`), and with --not-garments one per subfolder of real images of
+   walls, carpets: `ground_crops`), and with --not-garments one per subfolder of real images of
    other things (training/not_garments.py: objects, animals, plants, textures), so that the score
    is the likelihood ratio of the garments and the background (modelrepo/verdict.py).
    With --product-style, Fashion-MNIST *train* garments dressed as shop uploads (training/product_style.py)
@@ -91,11 +91,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def photo_looks(items: list[tuple[Path, object]], route: str = "photo") -> tuple[torch.Tensor, torch.Tensor]:
-    """Looks (N, 28, 28) and whether the app routes each as `route` ("photo" or "drawing") (N,), as
-    the app sees an upload."""
-    seen = [look_and_mask(upright(path)) for path, _ in items]
-    return torch.from_numpy(np.stack([s.look for s in seen])), torch.tensor([getattr(s, route) for s in seen])
+def looks_of(images, route: str = "photo", on_routed=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Looks (N, 28, 28) of `images` (PIL images, as the app sees an upload) and whether the app routes
+    each as `route` ("photo" or "drawing") (N,). Only the look is kept of each; `on_routed(i, seen)` is
+    called with the whole `preprocess.Seen` of each routed one, while it is still at hand."""
+    looks, routed = [], []
+    for i, image in enumerate(images):
+        seen = look_and_mask(image)
+        looks.append(seen.look)
+        routed.append(getattr(seen, route))
+        if on_routed is not None and routed[-1]:
+            on_routed(i, seen)
+    return torch.from_numpy(np.stack(looks)), torch.tensor(routed)
 
 
 def upright(path: Path) -> Image.Image:
@@ -103,30 +110,25 @@ def upright(path: Path) -> Image.Image:
         return ImageOps.exif_transpose(img).convert("RGB")
 
 
-def background_crops(items: list[tuple[Path, object]], per_photo: int, seed: int) -> list[Image.Image]:
-    """Up to `per_photo` crops of each photo that hold at most CROP_MAX_GARMENT of its garment mask:
-    real photo grounds and textures, none of them a garment, none from the selection or validation
-    parts when `items` is the fit part."""
-    rng, crops = np.random.default_rng(seed), []
-    for path, _ in items:
-        seen = look_and_mask(upright(path))
-        if seen.mask is None:
+def ground_crops(seen, per_photo: int, rng: np.random.Generator) -> list[Image.Image]:
+    """Up to `per_photo` crops of a segmented photo (`preprocess.Seen`) that hold at most
+    CROP_MAX_GARMENT of its garment mask: real photo grounds and textures, none of them a garment."""
+    if seen.mask is None:
+        return []
+    h, w = seen.mask.shape
+    crops = []
+    for _ in range(CROP_TRIES):
+        if len(crops) == per_photo:
+            break
+        side = rng.uniform(*CROP_SIDES)
+        ch, cw = (min(n, int(n * side * rng.uniform(0.7, 1.3))) for n in (h, w))
+        if min(ch, cw) < CROP_MIN_SIDE:
             continue
-        h, w = seen.mask.shape
-        kept = 0
-        for _ in range(CROP_TRIES):
-            if kept == per_photo:
-                break
-            side = rng.uniform(*CROP_SIDES)
-            ch, cw = (min(n, int(n * side * rng.uniform(0.7, 1.3))) for n in (h, w))
-            if min(ch, cw) < CROP_MIN_SIDE:
-                continue
-            y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-            if seen.mask[y:y + ch, x:x + cw].mean() <= CROP_MAX_GARMENT:
-                crop = Image.fromarray((np.clip(seen.work[y:y + ch, x:x + cw], 0, 1) * 255).astype(np.uint8))
-                scale = WORK_SIZE / max(ch, cw)
-                crops.append(crop.resize((max(1, round(cw * scale)), max(1, round(ch * scale))), Image.BICUBIC))
-                kept += 1
+        y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+        if seen.mask[y:y + ch, x:x + cw].mean() <= CROP_MAX_GARMENT:
+            crop = Image.fromarray((np.clip(seen.work[y:y + ch, x:x + cw], 0, 1) * 255).astype(np.uint8))
+            scale = WORK_SIZE / max(ch, cw)
+            crops.append(crop.resize((max(1, round(cw * scale)), max(1, round(ch * scale))), Image.BICUBIC))
     return crops
 
 
@@ -145,9 +147,8 @@ def not_garment_groups(folder: str | Path | None) -> dict[str, list[Path]]:
 def routed_photo_inputs(model, images) -> torch.Tensor:
     """The network inputs (N, 1, 28, 28) of those `images` (PIL images or paths, read as the app reads
     an upload: transparency on white) that the app routes as photos: only those meet the photo detector."""
-    seen = [look_and_mask(_opened(i)) for i in images]
-    x = ood.as_input(model, torch.from_numpy(np.stack([s.look for s in seen])))
-    return x[torch.tensor([s.photo for s in seen])]
+    looks, routed = looks_of(_opened(i) for i in images)
+    return ood.as_input(model, looks)[routed]
 
 
 def _opened(image):
@@ -193,26 +194,32 @@ def fit(args) -> Verdict:
     fit_idx, sel_idx = range(len(fit_items)), range(len(fit_items), len(items))
     print(f"[fit_verdict] {len(items)} in-class train photos: {len(fit_idx)} fit, {len(sel_idx)} selection; "
           "preprocessing ...", flush=True)
-    looks, routed = photo_looks(items)
+    # One segmentation of each photo: the background crops are cut from the routed fit photos as they pass.
+    rng, crops = np.random.default_rng(args.seed), []
+
+    def cut_crops(i, seen):
+        if i < len(fit_items):
+            crops.extend(ground_crops(seen, args.background_crops, rng))
+
+    looks, routed = looks_of((upright(path) for path, _ in items), on_routed=cut_crops)
     x = ood.as_input(model, looks)
     folders = sorted({f for _, f in items}, key=IN_CLASS.index)
     group = torch.tensor([folders.index(f) for _, f in items])
     fit_idx = torch.tensor([i for i in fit_idx if routed[i]])
     sel_idx = torch.tensor([i for i in sel_idx if routed[i]])
     gx, gg = x[fit_idx], group[fit_idx]
-    product = {"images": args.product_style}
     if args.product_style:
         px = routed_photo_inputs(model, product_style.train_uploads(args.fashion_mnist, args.product_style))
         gx, gg = torch.cat([gx, px]), torch.cat([gg, torch.full((len(px),), len(folders))])
         folders = folders + [PRODUCT_STYLE]
-        product |= {"routed_as_photos": len(px), "dataset": str(args.fashion_mnist), "split": "train",
-                    "rule": "training.product_style.train_uploads (a seeded permutation of the train split, seed 0)"}
+        product = {"images": args.product_style, "routed_as_photos": len(px), "dataset": str(args.fashion_mnist),
+                   "split": "train",
+                   "rule": "training.product_style.train_uploads (a seeded permutation of the train split, seed 0)"}
         print(f"[fit_verdict] {PRODUCT_STYLE}: {args.product_style} Fashion-MNIST train images, "
               f"{len(px)} routed as photos", flush=True)
     detector = fit_detector(network, gx, gg, len(folders), args.covariance == "tied")
     background = {"crops_per_photo": args.background_crops}
     if args.background_crops:
-        crops = background_crops([items[i] for i in fit_idx.tolist()], args.background_crops, args.seed)
         groups = {"crops": crops} | not_garment_groups(args.not_garments)
         bxs = [routed_photo_inputs(model, images) for images in groups.values()]
         routed_bg = {name: [len(images), len(bx)] for (name, images), bx in zip(groups.items(), bxs)}
@@ -240,7 +247,7 @@ def fit(args) -> Verdict:
     meta = {"protocol": {"photos": str(args.photos), "split": "train", "folders": list(IN_CLASS),
                          "fit_photos": len(fit_idx), "selection_photos": len(sel_idx), "keep": args.keep,
                          "covariance": args.covariance, "routed_as_photos": int(routed.sum()), "background": background,
-                         "product_style": product,
+                         **({"product_style": product} if args.product_style else {}),
                          "not_routed_as_photos": int((~routed).sum()),
                          "selection_split": "training.data.photo_selection_split "
                                             f"({data.SELECTION_FRACTION:.0%} of each folder, seed {data.SELECTION_SEED})",
@@ -289,7 +296,7 @@ def fit_drawings(args) -> Verdict:
     model = load_model(args.model)
     fit_items, sel_items = drawing_items(args.drawings, model.label_names)
     items = fit_items + sel_items
-    looks, drawn = photo_looks(items, route="drawing")
+    looks, drawn = looks_of((upright(path) for path, _ in items), route="drawing")
     x = ood.as_input(model, looks)
     classes = sorted({c for _, c in items})
     group = torch.tensor([classes.index(c) for _, c in items])
