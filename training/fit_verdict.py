@@ -106,8 +106,8 @@ def looks_of(images, route: str = "photo", on_routed=None) -> tuple[torch.Tensor
 
 
 def upright(path: Path) -> Image.Image:
-    with Image.open(path) as img:                     # upright, as the app shows it: EXIF rotation applied
-        return ImageOps.exif_transpose(img).convert("RGB")
+    """A photo as RGB, upright as the app shows it."""
+    return opened(path).convert("RGB")
 
 
 def ground_crops(seen, per_photo: int, rng: np.random.Generator) -> list[Image.Image]:
@@ -147,11 +147,12 @@ def not_garment_groups(folder: str | Path | None) -> dict[str, list[Path]]:
 def routed_photo_inputs(model, images) -> torch.Tensor:
     """The network inputs (N, 1, 28, 28) of those `images` (PIL images or paths, read as the app reads
     an upload: transparency on white) that the app routes as photos: only those meet the photo detector."""
-    looks, routed = looks_of(_opened(i) for i in images)
+    looks, routed = looks_of(opened(i) for i in images)
     return ood.as_input(model, looks)[routed]
 
 
-def _opened(image):
+def opened(image) -> Image.Image:
+    """A PIL image as it is, or a path's image read whole, its EXIF rotation applied (as the app does)."""
     if isinstance(image, Image.Image):
         return image
     with Image.open(image) as img:
