@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from imaging import segment
+from imaging import material, segment
 from imaging import strokes
 from model import INPUT_SIZE, MEAN, STD
 
@@ -213,6 +213,9 @@ class Seen(NamedTuple):
     mask: np.ndarray | None     # (H, W) bool over `work`: what was kept, when segmented or read from strokes
     work: np.ndarray            # the input at most WORK_SIZE a side, (H, W) or (H, W, 3) in [0, 1]
     photo: bool                 # segmented from a photo: answered by `FashionCNN.for_photos`
+    # (material.MATERIAL,) float32 for a segmented photo: what its region is made of, which the
+    # photo verdict weighs beside the network's features; None otherwise.
+    material: np.ndarray | None = None
 
     @property
     def drawing(self) -> bool:
@@ -221,10 +224,11 @@ class Seen(NamedTuple):
 
 
 def look_and_mask(image, size: int = INPUT_SIZE) -> Seen:
-    """Any image -> its look, the mask of what was kept, the working image, and whether it is a photo.
+    """Any image -> its look, the mask of what was kept, the working image, whether it is a photo,
+    and for a photo what its region is made of.
 
     The mask is given when the garment was segmented from a light or textured ground or read from a
-    drawing's strokes; `photo` only for the former.
+    drawing's strokes; `photo` and `material` only for the former.
 
     Raises:
         InvalidImageError: the input is not an image (wrong type, shape, NaN, too large).
@@ -234,7 +238,8 @@ def look_and_mask(image, size: int = INPUT_SIZE) -> Seen:
         drawn = strokes.drawing_look(work, size)
         if drawn is not None:
             return Seen(*drawn, work, False)
-        return Seen(*segment.photo_look(work, size), work, True)
+        look, mask = segment.photo_look(work, size)
+        return Seen(look, mask, work, True, material.describe(work, mask))
     gray = luma(work)
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     if np.median(border) > 0.5:
