@@ -51,6 +51,7 @@ from PIL import Image
 import explain
 from modelrepo import hub
 from dashboard import api, panels, uploads
+from dashboard.uploads import Given
 from dashboard.image_files import as_file, gallery_files
 from dashboard.insight import Insight
 from dashboard.insight_panel import insight_section, insight_values
@@ -118,19 +119,12 @@ def decoded(image, sketch: bool = False) -> Seen:
         raise gr.Error(str(e)) from None
 
 
-def input_of(image, sketch: bool = False) -> tuple[np.ndarray, bool]:
-    """(look, whether it is a segmented photo): what the service answers."""
-    seen = decoded(image, sketch)
-    return seen.look, seen.photo
-
-
-async def input_of_async(image, sketch: bool = False) -> tuple[np.ndarray, bool]:
-    """`input_of` for a coroutine (uploads.decode_async: a photo is decoded in a worker thread)."""
+async def decoded_async(image, sketch: bool = False) -> Seen:
+    """`decoded` for a coroutine (uploads.decode_async: a photo is decoded in a worker thread)."""
     try:
-        seen = await uploads.decode_async(image, UPLOAD_ROOTS, sketch)
+        return await uploads.decode_async(image, UPLOAD_ROOTS, sketch)
     except InvalidImageError as e:
         raise gr.Error(str(e)) from None
-    return seen.look, seen.photo
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,25 +135,23 @@ async def input_of_async(image, sketch: bool = False) -> tuple[np.ndarray, bool]
 
 async def classify(image: dict) -> dict:
     """An uploaded image file -> the top class and the top-3 classes with their probabilities."""
-    return SERVICE.label_value(await SERVICE.predict_async(*await input_of_async(image)))
+    seen = await decoded_async(image)
+    return SERVICE.label_value(await SERVICE.predict_async(seen.look, seen.photo, seen.material))
 
 
 async def classify_sketch(sketch: dict) -> dict:
     """A Sketchpad value ({"composite": file}) -> classify's output; empty: "Draw something first"."""
-    return SERVICE.label_value(await SERVICE.predict_async(*await input_of_async(sketch, sketch=True)))
+    seen = await decoded_async(sketch, sketch=True)
+    return SERVICE.label_value(await SERVICE.predict_async(seen.look, seen.photo, seen.material))
 
 
 async def analyse(image: dict) -> dict:
     """An uploaded image file -> label, probabilities, whether it looks like the training data
     (in_distribution, ood_score: higher is further), the confidence in words, and the nearest
     training images with the distance to each class (from the prediction's own forward pass)."""
-    try:
-        seen = await uploads.decode_async(image, UPLOAD_ROOTS)
-    except InvalidImageError as e:
-        raise gr.Error(str(e)) from None
-    look, photo = seen.look, seen.photo
-    a = await SERVICE.assess_async(look, photo, seen.drawing)
-    return {**SERVICE.analysis(a), **INSIGHT.neighbours(look, photo, features=a.features)}
+    seen = await decoded_async(image)
+    a = await SERVICE.assess_async(seen.look, seen.photo, seen.drawing, seen.material)
+    return {**SERVICE.analysis(a), **INSIGHT.neighbours(seen.look, seen.photo, features=a.features)}
 
 
 def explain_json(image: dict, methods: list[str] = list(DEFAULT_METHODS), pair: list[str] | None = None) -> dict:  # noqa: B006  (read only)
@@ -169,7 +161,7 @@ def explain_json(image: dict, methods: list[str] = list(DEFAULT_METHODS), pair: 
     seen = decoded(image)
     try:
         return INSIGHT.explain(seen.look, methods, photo=seen.photo, pair=pair,
-                               mask=seen.mask if seen.photo else None)
+                               mask=seen.mask if seen.photo else None, material=seen.material)
     except RequestError as e:
         raise gr.Error(str(e)) from None
 
@@ -180,13 +172,13 @@ def model_info() -> dict:
 
 
 def analyse_look(given: tuple, methods, target=PREDICTED, progress=None) -> tuple:
-    """(28x28 look, whether it is a segmented photo[, mask]) -> (model view, label confidences, gallery
-    [(overlay, caption)], scores summary, the Assessment: the verdict the page shows, the maps).
-    A mask without a photo is a drawing's: it is judged against garment drawings."""
-    look, photo = given[:2]
-    drawing = len(given) > 2 and given[2] is not None and not photo
+    """An input as the page keeps it (uploads.Given) -> (model view, label confidences, gallery
+    [(overlay, caption)], scores summary, the Assessment: the verdict the page shows, the maps)."""
+    g = Given(*given)
+    look = g.look
     try:
-        a, t, maps, scores = SERVICE.explain(look, methods, target, progress, photo=photo, drawing=drawing)
+        a, t, maps, scores = SERVICE.explain(look, methods, target, progress, photo=g.photo, drawing=g.drawing,
+                                             material=g.material)
     except RequestError as e:
         raise gr.Error(str(e)) from None
     scale = explain.common_scale(list(maps.values()))
@@ -200,7 +192,7 @@ def analyse_look(given: tuple, methods, target=PREDICTED, progress=None) -> tupl
 
 def explain_image(image, methods=DEFAULT_METHODS, target=PREDICTED, progress=gr.Progress()) -> tuple:  # noqa: B008  (Gradio injects the tracker)
     """Any accepted image -> analyse_look's outputs but the Assessment (the /explain endpoint)."""
-    return analyse_look(input_of(image), methods, target, progress)[:4]
+    return analyse_look(Given.of(decoded(image)), methods, target, progress)[:4]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,7 +202,7 @@ def explain_image(image, methods=DEFAULT_METHODS, target=PREDICTED, progress=gr.
 
 
 def ui_decode(image, sketch: bool = False):
-    """A UI image -> ((look, photo) or None, the image with the outline of what was kept, status markdown)."""
+    """A UI image -> (uploads.Given or None, the image with the outline of what was kept, status markdown)."""
     if image is None or (isinstance(image, dict) and not image.get("path")
                          and not any(image.get(k) for k in ("composite", "layers", "background"))):
         if sketch:
@@ -225,7 +217,7 @@ def ui_decode(image, sketch: bool = False):
     kept = "the outlined region was kept as the garment; " if seen.mask is not None else ""
     if seen.photo and SERVICE.photo_model is not SERVICE.model:
         kept += "a photo, so the model read it with its photo layers; "
-    return ((seen.look, seen.photo, seen.mask), as_file(outline_image(seen.work, seen.mask)),
+    return (Given.of(seen), as_file(outline_image(seen.work, seen.mask)),
             f"Classified: {kept}the maps explain the class under *Explain class*.")
 
 
@@ -266,7 +258,7 @@ def ui_mistakes(true_class: str, pred_class: str):
 
 def select_mistake(shown: list[int], evt: gr.SelectData):
     look, text = VIEWS.mistake_detail(shown, evt.index)
-    return (look, False), text                    # a test image: not a photo
+    return Given(look, False), text               # a test image: not a photo
 
 
 def write_examples(samples: dict | None) -> tuple[list[list[str]], list[str]]:

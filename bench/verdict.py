@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from imaging.material import MATERIAL  # noqa: E402
 from imaging.preprocess import look_and_mask  # noqa: E402
 from modelrepo import ood, verdict  # noqa: E402
 from modelrepo.folder import open_model  # noqa: E402
@@ -101,16 +102,19 @@ def served_verdicts(model, detector, photo_verdict, images, drawing_verdict=None
     seen = [look_and_mask(img) for img in images]
     x = ood.as_input(model, torch.from_numpy(np.stack([s.look for s in seen])))
     photo = torch.tensor([s.photo for s in seen])
+    material = torch.from_numpy(np.stack([s.material if s.photo else np.zeros(MATERIAL, np.float32) for s in seen]))
     drawing = torch.tensor([s.drawing for s in seen]) & (drawing_verdict is not None)
     probs, scores, flagged = torch.empty(len(x), model.config.num_classes), torch.empty(len(x)), torch.empty(len(x), dtype=torch.bool)
-    routes = [(~photo & ~drawing, model, detector), (photo, model.for_photos(), photo_verdict.detector)]
+    # The photo detector weighs each photo's material as well (when its features say so).
+    routes = [(~photo & ~drawing, model, detector, False),
+              (photo, model.for_photos(), photo_verdict.detector, photo_verdict.detector.uses_material)]
     if drawing_verdict is not None:
-        routes.append((drawing, model, drawing_verdict.detector))
-    for route, network, judge in routes:
+        routes.append((drawing, model, drawing_verdict.detector, False))
+    for route, network, judge, weighs_material in routes:
         idx = route.nonzero()[:, 0]
         for part in idx.split(1000):
             if len(part):
-                probs[part], scores[part] = judge.predict(network, x[part])
+                probs[part], scores[part] = judge.predict(network, x[part], *((material[part],) if weighs_material else ()))
                 flagged[part] = judge.flag(scores[part])
     kinds = [verdict.kind(bool(p), bool(f)) for p, f in zip(photo, flagged)]
     return {"photo": photo, "drawing": drawing, "probs": probs, "scores": scores, "kinds": kinds}
@@ -199,6 +203,12 @@ def met(row: dict, bar: dict | None) -> str:
     return "yes" if ok else "**no**"
 
 
+def product_style_part(protocol: dict) -> str:
+    """", and N Fashion-MNIST train images dressed as shop uploads" when the photo detector has that Gaussian."""
+    p = protocol.get("product_style")
+    return f" and {p['routed_as_photos']:,} Fashion-MNIST train images dressed as shop uploads" if p else ""
+
+
 def markdown(r: dict) -> str:
     photo, drawing = r["detectors"]["photo"], r["detectors"].get("drawing") or {}
     proto, dproto = photo.get("protocol") or {}, drawing.get("protocol") or {}
@@ -210,7 +220,8 @@ def markdown(r: dict) -> str:
              f"{r['detectors']['fashion_mnist']['threshold']:.6g}); segmented photos by the photo detector "
              f"({photo['score']}, threshold {photo['threshold']:.6g}: the {proto.get('keep', 0):.0%} quantile of "
              f"{proto.get('selection_photos', '?')} held-out selection photos of the train split; Gaussians fitted on "
-             f"{proto.get('fit_photos', '?')} fit photos, covariance {proto.get('covariance', '?')}); drawings by the "
+             f"{proto.get('fit_photos', '?')} fit photos{product_style_part(proto)}, covariance {proto.get('covariance', '?')}); "
+             "drawings by the "
              f"drawings' detector ({drawing.get('score', '?')}, threshold {drawing.get('threshold', float('nan')):.6g}: the "
              f"{dproto.get('keep', 0):.0%} quantile of {dproto.get('selection_drawings', '?')} held-out validation drawings; "
              f"Gaussians fitted on {dproto.get('fit_drawings', '?')} others). Validation photos "

@@ -101,7 +101,7 @@ async def images_of(request: Request, field: str, max_files: int, limit: int) ->
 
 async def analysis_of(service: Service, data: bytes) -> dict:
     seen = await uploads.decode_async(data, NO_ROOTS)
-    return service.analysis(await service.assess_async(seen.look, seen.photo, seen.drawing))
+    return service.analysis(await service.assess_async(seen.look, seen.photo, seen.drawing, seen.material))
 
 
 def refusal(e: Exception) -> JSONResponse:

@@ -24,19 +24,21 @@ import torch
 class Batcher:
     """`batcher(x)` for one input (1, ...) returns `fn(batch)[i]`, its row of a batched call.
 
-    `fn` takes a batch (B, ...) and returns B per-item results. The batcher's thread runs `fn` on
+    `fn` takes a batch (B, ...) and returns B per-item results. An input may also be a tuple of
+    tensors (1, ...) (an image and what else describes it): each is batched along its first
+    dimension and `fn` takes them as its arguments. The batcher's thread runs `fn` on
     every input waiting when it is free (at most `max_batch`), then on those that came meanwhile.
     """
 
     def __init__(self, fn: Callable[[torch.Tensor], Sequence], max_batch: int = 32, name: str = "batcher"):
         self.fn, self.max_batch = fn, max_batch
-        self._waiting: deque[tuple[torch.Tensor, Future]] = deque()
+        self._waiting: deque[tuple[torch.Tensor | tuple[torch.Tensor, ...], Future]] = deque()
         self._arrived = threading.Condition()
         self.batch_sizes: deque[int] = deque(maxlen=1000)   # recent batch sizes, for bench/ and tests
         # Started by the first submit, not here: building the app (importing app.py) starts no thread.
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
 
-    def submit(self, x: torch.Tensor) -> Future:
+    def submit(self, x: torch.Tensor | tuple[torch.Tensor, ...]) -> Future:
         """The future row of `x` in a coming batch."""
         answer: Future = Future()
         with self._arrived:
@@ -46,10 +48,10 @@ class Batcher:
             self._arrived.notify()
         return answer
 
-    def __call__(self, x: torch.Tensor):
+    def __call__(self, x: torch.Tensor | tuple[torch.Tensor, ...]):
         return self.submit(x).result()
 
-    async def run(self, x: torch.Tensor):
+    async def run(self, x: torch.Tensor | tuple[torch.Tensor, ...]):
         """`batcher(x)` for a coroutine: the event loop serves others while the batch runs."""
         return await asyncio.wrap_future(self.submit(x))
 
@@ -61,9 +63,10 @@ class Batcher:
                 batch = [self._waiting.popleft() for _ in range(min(len(self._waiting), self.max_batch))]
             self._run(batch)
 
-    def _run(self, batch: list[tuple[torch.Tensor, Future]]) -> None:
+    def _run(self, batch: list[tuple[torch.Tensor | tuple[torch.Tensor, ...], Future]]) -> None:
         try:
-            results = self.fn(torch.cat([x for x, _ in batch]))
+            inputs = [x if isinstance(x, tuple) else (x,) for x, _ in batch]
+            results = self.fn(*(torch.cat(part) for part in zip(*inputs)))
             if len(results) != len(batch):
                 raise RuntimeError(f"the batch function returned {len(results)} rows for {len(batch)} inputs")
             for (_, answer), r in zip(batch, results):

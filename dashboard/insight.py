@@ -98,7 +98,8 @@ class Insight:
         return labels.index(pair[0]), labels.index(pair[1])
 
     def explain(self, look: np.ndarray, methods, photo: bool = False, pair=None, mask: np.ndarray | None = None,
-                contrast_methods=DEFAULT_CONTRAST_METHODS, maps: dict | None = None, versus: str | None = None) -> dict:
+                contrast_methods=DEFAULT_CONTRAST_METHODS, maps: dict | None = None, versus: str | None = None,
+                material: np.ndarray | None = None) -> dict:
         """Maps of `methods` for the predicted class, and what is said about them (see the module doc),
         with the nearest training images (`neighbours`' answer under "neighbours").
 
@@ -108,6 +109,7 @@ class Insight:
             versus: without `pair`, the class B of "the predicted class over B" (the page's *Explain
                 class*: "why not Shirt?"); the predicted class itself or None keep the top two;
             mask: the segmentation mask over the working image, for the localisation;
+            material: a photo's preprocess.Seen.material, which its verdict weighs;
             contrast_methods: signed methods for the contrast (those not in CONTRAST_METHODS are skipped);
             maps: the methods' maps for the predicted class when the caller has them already (the
                 page's result panel: `Service.explain` in shares); ranks, agreement and ROAD are
@@ -115,7 +117,7 @@ class Insight:
         """
         methods = checked_methods(methods)
         s = self.service
-        assessment = s.assess(look, photo)
+        assessment = s.assess(look, photo, material=material)
         model, serving = self._networks(photo)
         target = int(assessment.probs.argmax())
         a, b = self.pair(assessment.probs, pair)

@@ -14,6 +14,7 @@ import pandas as pd
 from dashboard.insight import Insight, consensus_image, contrast_gallery, neighbour_gallery
 from dashboard.service import RequestError
 from dashboard.image_files import gallery_files
+from dashboard.uploads import Given
 
 ROAD_COLUMNS = ["Method", "ROAD MoRF AUC ↓", "ROAD LeRF AUC ↑", "Inside the garment mask"]
 
@@ -63,16 +64,17 @@ def road_table(result: dict) -> pd.DataFrame:
 
 def insight_values(insight: Insight, given: tuple | None, methods, maps: dict | None = None,
                    versus: str | None = None) -> list:
-    """The section's values for a decoded input `given` = (look, photo[, mask]); empty for none.
+    """The section's values for a decoded input `given` (uploads.Given); empty for none.
     `maps`: the result panel's maps of the predicted class, reused rather than computed again;
     `versus`: the class the contrast sets against the predicted one (default: the runner-up)."""
     empty_road = pd.DataFrame(columns=ROAD_COLUMNS)
     if given is None:
         return [[], "", [], "", None, empty_road]
-    look, photo = np.asarray(given[0]), given[1]
-    mask = given[2] if len(given) > 2 and photo else None
+    g = Given(*given)
+    look, photo = np.asarray(g.look), g.photo
     try:
-        result = insight.explain(look, methods, photo=photo, mask=mask, maps=maps, versus=versus)
+        result = insight.explain(look, methods, photo=photo, mask=g.mask if photo else None, maps=maps, versus=versus,
+                                 material=g.material)
     except RequestError as e:
         answer = insight.neighbours(look, photo=photo)
         return [neighbour_gallery(answer), class_distances_markdown(answer), [], str(e), None, empty_road]

@@ -168,7 +168,8 @@ class Service:
         if self.photo_model is not self.model:
             self.photo_serving = copy.deepcopy(self.photo_model).optimize_for_inference_()
         if self.photo_serving is not self.serving or self.photo_detector is not self.detector:
-            self.photo_batcher = Batcher(lambda x: self._forward(self.photo_serving, x, self.photo_detector))
+            self.photo_batcher = Batcher(lambda x, material=None: self._forward(self.photo_serving, x, self.photo_detector,
+                                                                                material))
         self.artefacts = load_artefacts(loaded.folder, short_path)
         self.labels = list(self.model.label_names)
         self._explain_lock = threading.Lock()
@@ -194,11 +195,21 @@ class Service:
         cfg = self.model.config
         return normalize(look, cfg.mean, cfg.std)[None, None]      # (1, 1, 28, 28)
 
+    def _batch_input(self, look: np.ndarray, photo: bool, material: np.ndarray | None):
+        """What a batcher takes for one look: the input, and for a photo judged by its material
+        (`verdict.PhotoDetector.uses_material`) the material (1, MATERIAL) beside it."""
+        x = self._input(look)
+        if not (photo and getattr(self.photo_detector, "uses_material", False)):
+            return x
+        if material is None:
+            raise ValueError("a segmented photo is judged by its material as well: pass preprocess.Seen.material")
+        return x, torch.as_tensor(np.asarray(material, dtype=np.float32))[None]
+
     @torch.inference_mode()
-    def _forward(self, serving: FashionCNN, x: torch.Tensor, detector=None
+    def _forward(self, serving: FashionCNN, x: torch.Tensor, detector=None, material: torch.Tensor | None = None
                  ) -> list[tuple[np.ndarray, float | None, np.ndarray]]:
         """(probabilities, OOD score or None, penultimate features (D,)) per image of a batch, from
-        one pass of a serving copy.
+        one pass of a serving copy (`material` (B, MATERIAL): for a photo detector that weighs it).
 
         Every prediction carries its score and features: in a batch they cost little, and one path
         means /classify and /analyse can never disagree on the probabilities.
@@ -206,35 +217,41 @@ class Service:
         detector = self.detector if detector is None else detector
         views = serving.served_features(x)                                 # (V, B, F)
         probs = serving.served_proba(views).numpy()
-        scores = detector.score_views(serving, views, x).tolist() if detector is not None else [None] * len(x)
+        extra = () if material is None else (material,)
+        scores = detector.score_views(serving, views, x, *extra).tolist() if detector is not None else [None] * len(x)
         return list(zip(probs, scores, penultimate(serving, views).mean(0).numpy()))
 
-    def _predict(self, look: np.ndarray, photo: bool) -> tuple[np.ndarray, float | None, np.ndarray]:
-        out = (self.photo_batcher if photo else self.batcher)(self._input(look))
+    def _predict(self, look: np.ndarray, photo: bool, material=None) -> tuple[np.ndarray, float | None, np.ndarray]:
+        out = (self.photo_batcher if photo else self.batcher)(self._batch_input(look, photo, material))
         self.on_use()
         return out
 
-    async def _predict_async(self, look: np.ndarray, photo: bool) -> tuple[np.ndarray, float | None, np.ndarray]:
-        out = await (self.photo_batcher if photo else self.batcher).run(self._input(look))
+    async def _predict_async(self, look: np.ndarray, photo: bool, material=None) -> tuple[np.ndarray, float | None, np.ndarray]:
+        out = await (self.photo_batcher if photo else self.batcher).run(self._batch_input(look, photo, material))
         self.on_use()
         return out
 
-    def predict(self, look: np.ndarray, photo: bool = False) -> np.ndarray:
-        """Served class probabilities (num_classes,) for a 28x28 look (of a segmented photo: `photo`)."""
-        return self._predict(look, photo)[0]
+    def predict(self, look: np.ndarray, photo: bool = False, material: np.ndarray | None = None) -> np.ndarray:
+        """Served class probabilities (num_classes,) for a 28x28 look (of a segmented photo: `photo`,
+        with its `material`, preprocess.Seen.material)."""
+        return self._predict(look, photo, material)[0]
 
-    async def predict_async(self, look: np.ndarray, photo: bool = False) -> np.ndarray:
+    async def predict_async(self, look: np.ndarray, photo: bool = False, material: np.ndarray | None = None) -> np.ndarray:
         """`predict` for a coroutine: awaits the batch on the event loop instead of blocking a thread."""
-        return (await self._predict_async(look, photo))[0]
+        return (await self._predict_async(look, photo, material))[0]
 
-    def assess(self, look: np.ndarray, photo: bool = False, drawing: bool = False) -> Assessment:
+    def assess(self, look: np.ndarray, photo: bool = False, drawing: bool = False,
+               material: np.ndarray | None = None) -> Assessment:
         """Probabilities, the out-of-distribution score and verdict, and the confidence in words
-        (a drawing, `preprocess.Seen.drawing`, is judged against garment drawings)."""
-        return self._assessment(*self._predict(look, photo), photo, self._drawing_score(look, drawing))
+        (a drawing, `preprocess.Seen.drawing`, is judged against garment drawings; a photo with its
+        `material`)."""
+        return self._assessment(*self._predict(look, photo, material), photo, self._drawing_score(look, drawing))
 
-    async def assess_async(self, look: np.ndarray, photo: bool = False, drawing: bool = False) -> Assessment:
+    async def assess_async(self, look: np.ndarray, photo: bool = False, drawing: bool = False,
+                           material: np.ndarray | None = None) -> Assessment:
         """`assess` for a coroutine."""
-        return self._assessment(*(await self._predict_async(look, photo)), photo, self._drawing_score(look, drawing))
+        return self._assessment(*(await self._predict_async(look, photo, material)), photo,
+                                self._drawing_score(look, drawing))
 
     @torch.inference_mode()
     def _drawing_score(self, look: np.ndarray, drawing: bool) -> float | None:
@@ -300,7 +317,7 @@ class Service:
         return self.labels.index(target)
 
     def explain(self, look: np.ndarray, methods, target=PREDICTED, progress=None, photo: bool = False,
-                drawing: bool = False) -> tuple:
+                drawing: bool = False, material: np.ndarray | None = None) -> tuple:
         """A 28x28 look -> (Assessment, target index, {method: map in shares}, {method: scores}).
 
         Each map is expressed as shares of its total, so maps of different methods can share one
@@ -310,7 +327,7 @@ class Service:
         rounding, faster, and free of the explainers' hooks, so no lock).
         """
         methods = checked_methods(methods)
-        assessment = self.assess(look, photo, drawing)
+        assessment = self.assess(look, photo, drawing, material)
         model, serving = (self.photo_model, self.photo_serving) if photo else (self.model, self.serving)
         t = self.target_index(target, assessment.probs)
         x = self._input(look)[0]                                            # (1, 28, 28)

@@ -23,6 +23,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -247,6 +248,25 @@ def header_pixels(image, roots: list[Path]) -> int | None:
             return img.size[0] * img.size[1]
     except (InvalidImageError, OSError, ValueError, Image.DecompressionBombError):
         return None
+
+
+class Given(NamedTuple):
+    """What the page keeps of a decoded input between events (a gr.State), and what the service
+    answers: the Seen less its working image. A shorter tuple (look, photo[, mask]) reads as one
+    with the rest None: a test image from the mistakes gallery is (look, False)."""
+    look: np.ndarray
+    photo: bool
+    mask: np.ndarray | None = None
+    material: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, seen: Seen) -> "Given":
+        return cls(seen.look, seen.photo, seen.mask, seen.material)
+
+    @property
+    def drawing(self) -> bool:
+        """Read from a drawing's strokes (a mask without a photo): judged against garment drawings."""
+        return self.mask is not None and not self.photo
 
 
 # An image as small as the model's input (a 28x28 upload) is decoded on the event loop, in less

@@ -3,7 +3,8 @@
 The Fashion-MNIST detector (modelrepo/ood.py) was fitted on the training images; it judges every
 input the app routes neither as a photo nor as a drawing. A segmented photo is judged instead by the
 photo detector kept here (`PhotoDetector`): Gaussians of the photo network's features
-(`FashionCNN.for_photos`, its pooled stages plus `ood.look_stats`) of garment photos, one per photo
+(`FashionCNN.for_photos`, its pooled stages plus `ood.look_stats`) and of what the segmented region
+is made of (imaging/material.py) of garment photos, one per photo
 folder, with a threshold set on held-out photos; with a background model (Gaussians of the same
 features of photo crops that hold no garment, and of real images of other things: objects, animals,
 plants, textures; training/not_garments.py), the score is the likelihood ratio of the two (Ren et
@@ -20,7 +21,7 @@ is like the garment photos.
 
     >>> from modelrepo.verdict import Verdict
     >>> verdict = Verdict.load("weights", model)                # None-free: raises VerdictError if absent
-    >>> probs, score = verdict.detector.predict(model.for_photos(), x)
+    >>> probs, score = verdict.detector.predict(model.for_photos(), x, material)   # material: Seen.material, (B, MATERIAL)
     >>> verdict.kind(photo=True, flagged=verdict.detector.flag(score))     # "garment-photo" or "not-a-garment"
     >>> verdict.reliability(0.83)                               # how often photos this confident were right
 
@@ -28,7 +29,7 @@ Two files beside the weights: `verdict.safetensors` (means, whiten, log_prior, a
 background_means, background_whiten, background_log_prior) and `verdict.json`
 (the folders, the threshold, the reliability bins of held-out photos, the protocol, the weights'
 sha256); the drawings' detector in two more of the same format (DRAWING_FILES, no bins).
-training/fit_verdict.py writes them. This module imports model and modelrepo only.
+training/fit_verdict.py writes them. This module imports model, modelrepo and imaging.material only.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ from pathlib import Path
 
 import torch
 
+from imaging.material import MATERIAL
 from model import WEIGHTS_FILE, FashionCNN
 from modelrepo.ood import LOOK_STATS, density_input, file_sha256, log_density
 
@@ -52,6 +54,11 @@ FORMAT_VERSION = 2
 # a segmented scene or texture can pool like a garment at the last stage while its look (ink, edges,
 # inside texture) is unlike a garment's.
 FEATURES = "gda-layers+look"
+# The photo detector's features: those, then what the segmented region is made of
+# (imaging/material.py: colour, grain, highlights), measured at the working resolution before the
+# look is made. A coin, the moon or a page cut from its ground has a garment's silhouette and a flat
+# inside at 28x28; its material is not fabric's. The drawings' detector keeps FEATURES.
+MATERIAL_FEATURES = FEATURES + "+material"
 TENSOR_FIELDS = ("means", "whiten", "log_prior")
 BACKGROUND_FIELDS = tuple(f"background_{k}" for k in TENSOR_FIELDS)
 
@@ -78,13 +85,16 @@ class PhotoDetector:
     garments') over `ratio_threshold`, and minus the garments' log density over `density_threshold`,
     the far end of the garments' own scores. The second keeps what is unlike any photo (noise), on
     which both densities are so low that their ratio says nothing; `threshold` is then 0.
-    Same calls as ood.OODDetector, so the service serves either alike.
+    With `features` MATERIAL_FEATURES the last MATERIAL features are the input's material
+    (preprocess.Seen.material), given to every call as `material` (B, MATERIAL).
+    Same calls as ood.OODDetector (and `material`), so the service serves either alike.
     """
     means: torch.Tensor
     whiten: torch.Tensor
     log_prior: torch.Tensor
     threshold: float = math.inf
     score_name: str = f"photo {FEATURES}"
+    features: str = FEATURES
     background_means: torch.Tensor | None = None
     background_whiten: torch.Tensor | None = None
     background_log_prior: torch.Tensor | None = None
@@ -95,36 +105,56 @@ class PhotoDetector:
     def has_background(self) -> bool:
         return self.background_means is not None
 
+    @property
+    def uses_material(self) -> bool:
+        return self.features == MATERIAL_FEATURES
+
     def tensors(self) -> dict[str, torch.Tensor]:
         return {k: getattr(self, k) for k in TENSOR_FIELDS + (BACKGROUND_FIELDS if self.has_background else ())}
 
-    @torch.no_grad()
-    def parts(self, model: FashionCNN, views: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(minus the garments' log density, the likelihood ratio or None without a background), each (B,),
-        from served_features (V, B, F) and the normalised input x (B, 1, 28, 28)."""
+    def density_features(self, model: FashionCNN, views: torch.Tensor, x: torch.Tensor,
+                         material: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, D): what the Gaussians are of, from served_features (V, B, F), the normalised input
+        x (B, 1, 28, 28) and, with MATERIAL_FEATURES, its material (B, MATERIAL)."""
         f = density_input(model, FEATURES, views, x)
+        if not self.uses_material:
+            return f
+        if material is None or tuple(material.shape) != (len(f), MATERIAL):
+            raise ValueError(f"this photo detector weighs the material of each photo: give material of shape "
+                             f"({len(f)}, {MATERIAL}) (preprocess.Seen.material), not "
+                             f"{None if material is None else tuple(material.shape)}")
+        return torch.cat([f, material.to(f.dtype)], dim=1)
+
+    @torch.no_grad()
+    def parts(self, model: FashionCNN, views: torch.Tensor, x: torch.Tensor, material: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(minus the garments' log density, the likelihood ratio or None without a background), each (B,),
+        from the inputs of `density_features`."""
+        f = self.density_features(model, views, x, material)
         garments = -log_density(f, self.means, self.whiten, self.log_prior)
         if not self.has_background:
             return garments, None
         return garments, garments + log_density(f, self.background_means, self.background_whiten, self.background_log_prior)
 
     @torch.no_grad()
-    def score_views(self, model: FashionCNN, views: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Scores (B,) from served_features (V, B, F) and the normalised input x (B, 1, 28, 28)."""
-        garments, ratio = self.parts(model, views, x)
+    def score_views(self, model: FashionCNN, views: torch.Tensor, x: torch.Tensor,
+                    material: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores (B,) from served_features (V, B, F), the normalised input x (B, 1, 28, 28) and its material."""
+        garments, ratio = self.parts(model, views, x, material)
         if ratio is None:
             return garments
         return torch.maximum(ratio - self.ratio_threshold, garments - self.density_threshold)
 
     @torch.no_grad()
-    def score(self, model: FashionCNN, x: torch.Tensor) -> torch.Tensor:
-        return self.score_views(model, model.served_features(x), x)
+    def score(self, model: FashionCNN, x: torch.Tensor, material: torch.Tensor | None = None) -> torch.Tensor:
+        return self.score_views(model, model.served_features(x), x, material)
 
     @torch.no_grad()
-    def predict(self, model: FashionCNN, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict(self, model: FashionCNN, x: torch.Tensor, material: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         """(served probabilities (B, C), scores (B,)) from one forward pass of `model` (the photo network)."""
         views = model.served_features(x)
-        return model.served_proba(views), self.score_views(model, views, x)
+        return model.served_proba(views), self.score_views(model, views, x, material)
 
     def flag(self, scores: torch.Tensor) -> torch.Tensor:
         """True where a photo is unlike the garment photos: not a garment."""
@@ -158,7 +188,7 @@ class Verdict:
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.contiguous() for k, v in d.tensors().items()}
         save_file(tensors, str(folder / tensor_file))
-        meta = {**self.meta, "format_version": FORMAT_VERSION, "features": FEATURES, "score_name": d.score_name,
+        meta = {**self.meta, "format_version": FORMAT_VERSION, "features": d.features, "score_name": d.score_name,
                 "threshold": d.threshold, "background": d.has_background,
                 **({"ratio_threshold": d.ratio_threshold, "density_threshold": d.density_threshold} if d.has_background else {}),
                 "higher_is_not_a_garment": True, "folders": self.folders, "reliability_bins": self.bins,
@@ -183,12 +213,12 @@ class Verdict:
                                "refit with python -m training.fit_verdict")
         margins = {k: float(meta[k]) for k in ("ratio_threshold", "density_threshold") if BACKGROUND_FIELDS[0] in tensors}
         detector = PhotoDetector(threshold=float(meta["threshold"]), score_name=str(meta.get("score_name", f"photo {FEATURES}")),
-                                 **margins, **{k: v.float().clone() for k, v in tensors.items()})
+                                 features=meta["features"], **margins, **{k: v.float().clone() for k, v in tensors.items()})
         if model is not None:
-            widths = model.config.widths
-            if detector.means.shape[1] != sum(widths) + LOOK_STATS:
+            width = sum(model.config.widths) + LOOK_STATS + (MATERIAL if detector.uses_material else 0)
+            if detector.means.shape[1] != width:
                 raise VerdictError(f"{folder / tensor_file}: {detector.means.shape[1]} features, this model has "
-                                   f"{sum(widths) + LOOK_STATS}: fitted for other weights?")
+                                   f"{width} of {detector.features}: fitted for other weights?")
         rest = {k: v for k, v in meta.items() if k not in ("folders", "reliability_bins", "shapes", "threshold",
                                                             "ratio_threshold", "density_threshold")}
         return cls(detector, list(meta["folders"]), list(meta["reliability_bins"]), rest)
@@ -205,9 +235,9 @@ def _read_meta(path: Path) -> dict:
     need = {"threshold", "folders", "reliability_bins", "shapes", "features"}
     if not isinstance(meta, dict) or not need <= set(meta):
         raise VerdictError(f"{path}: expected an object with {sorted(need)}")
-    if meta.get("format_version") != FORMAT_VERSION or meta["features"] != FEATURES:
+    if meta.get("format_version") != FORMAT_VERSION or meta["features"] not in (FEATURES, MATERIAL_FEATURES):
         raise VerdictError(f"{path}: format {meta.get('format_version')!r} of {meta['features']!r} features; "
-                           f"this code reads {FORMAT_VERSION} of {FEATURES!r}")
+                           f"this code reads {FORMAT_VERSION} of {FEATURES!r} or {MATERIAL_FEATURES!r}")
     for key in ("threshold",) + (("ratio_threshold", "density_threshold") if meta.get("background") else ()):
         t = meta.get(key)
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):

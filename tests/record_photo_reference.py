@@ -39,7 +39,7 @@ def record(service: Service, weights: Path) -> dict:
         seen = look_and_mask(ImageOps.exif_transpose(Image.open(PHOTOS / name)).convert("RGB"))
         looks.append(seen.look)
         routed.append(seen.photo)
-        probs.append(service.assess(seen.look, photo=seen.photo).probs)
+        probs.append(service.assess(seen.look, photo=seen.photo, material=seen.material).probs)
         x = normalize(seen.look, cfg.mean, cfg.std)[None, None]
         scores.append(float(service.detector.score(service.photo_serving, x)[0]))
     return {"photo_names": np.array(names), "photo_looks": np.stack(looks).astype(np.float32),

@@ -67,9 +67,10 @@ def test_explain_answers_contrast_agreement_road_and_localisation(insight, test_
     looks, _ = test_slice
     photo = ImageOps.exif_transpose(Image.open(REPO / "examples" / "photos" / "009b3c31-dress.jpg")).convert("RGB")
     seen = look_and_mask(photo)
-    out = insight.explain(seen.look, ["Saliency", "Grad-CAM", "Integrated Gradients"], photo=seen.photo, mask=seen.mask)
+    out = insight.explain(seen.look, ["Saliency", "Grad-CAM", "Integrated Gradients"], photo=seen.photo, mask=seen.mask,
+                          material=seen.material)
     json.dumps(out)
-    probs = insight.service.assess(seen.look, seen.photo).probs
+    probs = insight.service.assess(seen.look, seen.photo, material=seen.material).probs
     top2 = [insight.service.labels[i] for i in np.argsort(-probs)[:2]]
     assert [out["contrast"]["a"], out["contrast"]["b"]] == top2
     assert set(out["contrast"]["maps"]) == {"Integrated Gradients", "Occlusion"}

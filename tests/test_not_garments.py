@@ -10,6 +10,7 @@ from PIL import Image
 from helpers import REPO
 from model import load_model
 from training import not_garments
+from imaging.material import MATERIAL
 from training.fit_verdict import not_garment_groups, routed_photo_inputs
 
 
@@ -69,7 +70,8 @@ def test_write_gives_one_folder_per_background_gaussian_that_fit_verdict_reads(s
     assert stamp.mode == "RGBA"                                       # the app composites it on white, as an upload
     groups = not_garment_groups(out)
     assert sorted(groups) == ["composites", "images"] and len(groups["images"]) == 3
-    x = routed_photo_inputs(model, groups["images"] + groups["composites"])
+    x, material = routed_photo_inputs(model, groups["images"] + groups["composites"])
     assert x.ndim == 4 and tuple(x.shape[1:]) == (1, 28, 28) and len(x) <= 4 and torch.isfinite(x).all()
+    assert material.shape == (len(x), MATERIAL) and torch.isfinite(material).all()
     with pytest.raises(SystemExit, match="no subfolder of images"):
         not_garment_groups(tmp_path / "share" / "gimp")

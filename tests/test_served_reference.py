@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageOps
 
 from dashboard.service import Service, load_weights
@@ -55,7 +56,7 @@ def test_photo_looks_and_answers_are_unchanged(service):
         seen = look_and_mask(ImageOps.exif_transpose(Image.open(REPO / "examples" / "photos" / name)).convert("RGB"))
         assert seen.photo == bool(REFERENCE["photo_routed"][i]), name
         np.testing.assert_allclose(seen.look, REFERENCE["photo_looks"][i], rtol=0, atol=1e-6, err_msg=name)
-        a = service.assess(seen.look, photo=seen.photo)
+        a = service.assess(seen.look, photo=seen.photo, material=seen.material)
         np.testing.assert_allclose(a.probs, REFERENCE["photo_probs"][i], rtol=0, atol=1e-6, err_msg=name)
         # Since the three-way verdict (modelrepo/verdict.py) a photo's served score is the photo
         # detector's; the Fashion-MNIST detector's score of the photo network is still the recorded one.
@@ -63,5 +64,6 @@ def test_photo_looks_and_answers_are_unchanged(service):
         x = normalize(seen.look, cfg.mean, cfg.std)[None, None]
         recorded = float(service.detector.score(service.photo_serving, x)[0])
         np.testing.assert_allclose(recorded, REFERENCE["photo_scores"][i], rtol=1e-5, atol=1e-4, err_msg=name)
-        photo_score = float(service.photo_detector.score(service.photo_serving, x)[0])
+        material = None if seen.material is None else torch.from_numpy(seen.material)[None]
+        photo_score = float(service.photo_detector.score(service.photo_serving, x, material)[0])
         np.testing.assert_allclose(a.ood_score, photo_score, rtol=1e-5, atol=1e-4, err_msg=name)

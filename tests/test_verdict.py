@@ -25,8 +25,9 @@ from drawings import SHAPES, slug
 from helpers import REPO
 from model import load_model
 from modelrepo import ood
-from modelrepo.verdict import (DRAWING_FILES, FASHION_MNIST_LIKE, FEATURES, GARMENT_PHOTO, KINDS, NOT_A_GARMENT, VERDICT_META,
-                               VERDICT_TENSORS, PhotoDetector, Verdict, VerdictError, kind)
+from imaging.material import MATERIAL
+from modelrepo.verdict import (DRAWING_FILES, FASHION_MNIST_LIKE, FEATURES, GARMENT_PHOTO, KINDS, MATERIAL_FEATURES,
+                               NOT_A_GARMENT, VERDICT_META, VERDICT_TENSORS, PhotoDetector, Verdict, VerdictError, kind)
 from training.data import PHOTO_FOLDERS
 from training.not_garments import PACKAGES
 from training.fit_verdict import drawing_items, fit_detector, reliability_bins, set_margins
@@ -92,8 +93,29 @@ def test_with_a_background_the_score_is_the_larger_margin_of_the_ratio_and_the_d
     torch.testing.assert_close(alone.score(model, x), -garments)
 
 
+def test_a_detector_that_weighs_material_appends_it_reads_back_and_asks_for_it(model, tmp_path):
+    """With MATERIAL_FEATURES the Gaussians are of the network's features followed by the material;
+    the features' name is written and read back, and a call without material is refused."""
+    from training.data import load_images
+    looks, labels, _ = load_images(str(SLICE), "test")
+    x = ood.as_input(model, looks)
+    material = torch.rand(len(x), MATERIAL, generator=torch.Generator().manual_seed(0))
+    d = fit_detector(model, x, (labels >= 5).long(), 2, tied=True, material=material)
+    assert d.uses_material and d.means.shape[1] == sum(model.config.widths) + ood.LOOK_STATS + MATERIAL
+    f = torch.cat([ood.density_input(model, FEATURES, model.served_features(x), x), material], dim=1)
+    torch.testing.assert_close(d.score(model, x, material), -ood.log_density(f, d.means, d.whiten, d.log_prior))
+    with pytest.raises(ValueError, match="material"):
+        d.score(model, x)
+    d.threshold = float(d.score(model, x, material).median())
+    Verdict(d, ["low", "high"], [], {"protocol": {}}).save(tmp_path, weights=WEIGHTS / "model.safetensors")
+    assert json.loads((tmp_path / VERDICT_META).read_text())["features"] == MATERIAL_FEATURES
+    back = Verdict.load(tmp_path, model).detector
+    assert back.features == MATERIAL_FEATURES
+    assert torch.equal(back.score(model, x, material), d.score(model, x, material))
+
+
 @pytest.mark.parametrize("damage", ["no tensors", "garbled tensors", "no json", "nan threshold", "other weights",
-                                    "other width", "half a background"])
+                                    "other width", "half a background", "material named, not fitted", "unknown features"])
 def test_a_damaged_verdict_is_refused_with_the_reason(model, small_verdict, damage):
     _, _, folder = small_verdict
     meta = json.loads((folder / VERDICT_META).read_text())
@@ -108,6 +130,9 @@ def test_a_damaged_verdict_is_refused_with_the_reason(model, small_verdict, dama
     elif damage == "other weights":
         shutil.copy(WEIGHTS / "model.safetensors", folder / "model.safetensors")
         (folder / VERDICT_META).write_text(json.dumps(meta | {"weights_sha256": "0" * 64}))
+    elif damage in ("material named, not fitted", "unknown features"):
+        features = MATERIAL_FEATURES if damage.startswith("material") else "gda-layers+look+colour"
+        (folder / VERDICT_META).write_text(json.dumps(meta | {"features": features}))
     elif damage == "half a background":
         from safetensors.torch import load_file, save_file
         t = load_file(str(folder / VERDICT_TENSORS))
@@ -252,7 +277,7 @@ def test_weights_without_a_verdict_judge_photos_with_the_fashion_mnist_detector(
     garment = next(p for p in sorted(PHOTOS.glob("*.jpg")) if PHOTO_FOLDERS[p.stem.split("-", 1)[1]].strict)
     with Image.open(garment) as img:
         seen = look_and_mask(img.convert("RGB"))
-    a = service.assess(seen.look, photo=seen.photo)
+    a = service.assess(seen.look, photo=seen.photo, material=seen.material)
     assert seen.photo and a.ood_threshold == service.detector.threshold
     assert a.kind in (GARMENT_PHOTO, NOT_A_GARMENT) and a.in_distribution == (a.kind == GARMENT_PHOTO)
     if a.kind == GARMENT_PHOTO:

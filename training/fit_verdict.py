@@ -5,7 +5,8 @@ Protocol (no photo of the validation split is read):
    serving preprocessing; those the app routes as photos (`Seen.photo`) are used.
 2. They are split into the fit part and the held-out *selection* part (`data.photo_selection_split`,
    the split every photo choice of the project uses).
-3. Gaussians of the photo network's features, one per folder (one covariance shared by the folders
+3. Gaussians of the photo network's features and of the segmented region's material
+   (modelrepo/verdict.MATERIAL_FEATURES), one per folder (one covariance shared by the folders
    with --covariance tied), are fitted on the fit part; and background Gaussians, each with its own
    covariance: one on crops of the fit part's photos that hold almost no garment (floors, beds,
    walls, carpets: `ground_crops`), and with --not-garments one per subfolder of real images of
@@ -43,10 +44,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from imaging.material import MATERIAL
 from imaging.preprocess import WORK_SIZE, look_and_mask
 from model import load_model
 from modelrepo import ood
-from modelrepo.verdict import DRAWING_FILES, FEATURES, VERDICT_FILES, PhotoDetector, Verdict
+from modelrepo.verdict import DRAWING_FILES, FEATURES, MATERIAL_FEATURES, VERDICT_FILES, PhotoDetector, Verdict
 from modelrepo.hub import HUB_DATASET
 from training import data, product_style
 
@@ -91,18 +93,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def looks_of(images, route: str = "photo", on_routed=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Looks (N, 28, 28) of `images` (PIL images, as the app sees an upload) and whether the app routes
-    each as `route` ("photo" or "drawing") (N,). Only the look is kept of each; `on_routed(i, seen)` is
-    called with the whole `preprocess.Seen` of each routed one, while it is still at hand."""
-    looks, routed = [], []
+def looks_of(images, route: str = "photo", on_routed=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Looks (N, 28, 28) of `images` (PIL images, as the app sees an upload), whether the app routes
+    each as `route` ("photo" or "drawing") (N,), and the material of each photo (N, MATERIAL; zeros
+    for the rest). Only those are kept of each; `on_routed(i, seen)` is called with the whole
+    `preprocess.Seen` of each routed one, while it is still at hand."""
+    looks, routed, materials = [], [], []
     for i, image in enumerate(images):
         seen = look_and_mask(image)
         looks.append(seen.look)
         routed.append(getattr(seen, route))
+        materials.append(seen.material if seen.material is not None else np.zeros(MATERIAL, np.float32))
         if on_routed is not None and routed[-1]:
             on_routed(i, seen)
-    return torch.from_numpy(np.stack(looks)), torch.tensor(routed)
+    return torch.from_numpy(np.stack(looks)), torch.tensor(routed), torch.from_numpy(np.stack(materials))
 
 
 def upright(path: Path) -> Image.Image:
@@ -144,11 +148,12 @@ def not_garment_groups(folder: str | Path | None) -> dict[str, list[Path]]:
     return groups
 
 
-def routed_photo_inputs(model, images) -> torch.Tensor:
-    """The network inputs (N, 1, 28, 28) of those `images` (PIL images or paths, read as the app reads
-    an upload: transparency on white) that the app routes as photos: only those meet the photo detector."""
-    looks, routed = looks_of(opened(i) for i in images)
-    return ood.as_input(model, looks)[routed]
+def routed_photo_inputs(model, images) -> tuple[torch.Tensor, torch.Tensor]:
+    """The network inputs (N, 1, 28, 28) and materials (N, MATERIAL) of those `images` (PIL images or
+    paths, read as the app reads an upload: transparency on white) that the app routes as photos:
+    only those meet the photo detector."""
+    looks, routed, material = looks_of(opened(i) for i in images)
+    return ood.as_input(model, looks)[routed], material[routed]
 
 
 def opened(image) -> Image.Image:
@@ -160,11 +165,15 @@ def opened(image) -> Image.Image:
         return ImageOps.exif_transpose(img)
 
 
-def fit_detector(network, x: torch.Tensor, groups: torch.Tensor, n_groups: int, tied: bool) -> PhotoDetector:
-    """Gaussians of FEATURES over the fit photos' inputs x (N, 1, 28, 28), one per group (N,)."""
-    views = ood.views_in_batches(network, x)
-    means, whiten, log_prior = ood.fit_gaussians(ood.density_input(network, FEATURES, views, x), groups, n_groups, tied)
-    return PhotoDetector(means, whiten, log_prior)
+def fit_detector(network, x: torch.Tensor, groups: torch.Tensor, n_groups: int, tied: bool,
+                 material: torch.Tensor | None = None) -> PhotoDetector:
+    """Gaussians over the fit inputs x (N, 1, 28, 28), one per group (N,): of FEATURES, or with
+    `material` (N, MATERIAL) of MATERIAL_FEATURES."""
+    detector = PhotoDetector(torch.empty(0), torch.empty(0), torch.empty(0),
+                             features=FEATURES if material is None else MATERIAL_FEATURES)
+    f = detector.density_features(network, ood.views_in_batches(network, x), x, material)
+    detector.means, detector.whiten, detector.log_prior = ood.fit_gaussians(f, groups, n_groups, tied)
+    return detector
 
 
 def set_margins(detector: PhotoDetector, garments: torch.Tensor, ratio: torch.Tensor, keep: float) -> None:
@@ -202,35 +211,36 @@ def fit(args) -> Verdict:
         if i < len(fit_items):
             crops.extend(ground_crops(seen, args.background_crops, rng))
 
-    looks, routed = looks_of((upright(path) for path, _ in items), on_routed=cut_crops)
+    looks, routed, material = looks_of((upright(path) for path, _ in items), on_routed=cut_crops)
     x = ood.as_input(model, looks)
     folders = sorted({f for _, f in items}, key=IN_CLASS.index)
     group = torch.tensor([folders.index(f) for _, f in items])
     fit_idx = torch.tensor([i for i in fit_idx if routed[i]])
     sel_idx = torch.tensor([i for i in sel_idx if routed[i]])
-    gx, gg = x[fit_idx], group[fit_idx]
+    gx, gg, gm = x[fit_idx], group[fit_idx], material[fit_idx]
     if args.product_style:
-        px = routed_photo_inputs(model, product_style.train_uploads(args.fashion_mnist, args.product_style))
-        gx, gg = torch.cat([gx, px]), torch.cat([gg, torch.full((len(px),), len(folders))])
+        px, pm = routed_photo_inputs(model, product_style.train_uploads(args.fashion_mnist, args.product_style))
+        gx, gg, gm = torch.cat([gx, px]), torch.cat([gg, torch.full((len(px),), len(folders))]), torch.cat([gm, pm])
         folders = folders + [PRODUCT_STYLE]
         product = {"images": args.product_style, "routed_as_photos": len(px), "dataset": str(args.fashion_mnist),
                    "split": "train",
                    "rule": "training.product_style.train_uploads (a seeded permutation of the train split, seed 0)"}
         print(f"[fit_verdict] {PRODUCT_STYLE}: {args.product_style} Fashion-MNIST train images, "
               f"{len(px)} routed as photos", flush=True)
-    detector = fit_detector(network, gx, gg, len(folders), args.covariance == "tied")
+    detector = fit_detector(network, gx, gg, len(folders), args.covariance == "tied", gm)
     background = {"crops_per_photo": args.background_crops}
     if args.background_crops:
         groups = {"crops": crops} | not_garment_groups(args.not_garments)
-        bxs = [routed_photo_inputs(model, images) for images in groups.values()]
+        bxs, bms = zip(*(routed_photo_inputs(model, images) for images in groups.values()))
         routed_bg = {name: [len(images), len(bx)] for (name, images), bx in zip(groups.items(), bxs)}
         print(f"[fit_verdict] background, [images, routed as photos] per Gaussian: {routed_bg}", flush=True)
         # Each background Gaussian keeps its own covariance: floors, objects and composites spread unalike.
         b = fit_detector(network, torch.cat(bxs), torch.cat([torch.full((len(bx),), k) for k, bx in enumerate(bxs)]),
-                         len(bxs), tied=False)
+                         len(bxs), tied=False, material=torch.cat(bms))
         detector.background_means, detector.background_whiten, detector.background_log_prior = b.means, b.whiten, b.log_prior
-        detector.score_name = f"photo {FEATURES}: background ratio or density"
-        set_margins(detector, *detector.parts(network, network.served_features(x[sel_idx]), x[sel_idx]), args.keep)
+        detector.score_name = f"photo {detector.features}: background ratio or density"
+        set_margins(detector, *detector.parts(network, network.served_features(x[sel_idx]), x[sel_idx], material[sel_idx]),
+                    args.keep)
         background |= {"crops": len(crops), "routed_as_photos": sum(len(bx) for bx in bxs), "seed": args.seed,
                        "gaussians": routed_bg, "covariance": "per Gaussian",
                        "rule": f"crops of the fit photos, {CROP_SIDES[0]:.0%}-{CROP_SIDES[1]:.0%} of a side, "
@@ -238,7 +248,7 @@ def fit(args) -> Verdict:
         if args.not_garments:
             sources = Path(args.not_garments) / "sources.json"
             background["not_garments"] = json.loads(sources.read_text()) if sources.is_file() else str(args.not_garments)
-    probs, scores = detector.predict(network, x[sel_idx])
+    probs, scores = detector.predict(network, x[sel_idx], material[sel_idx])
     if not detector.has_background:
         detector.threshold = ood.threshold_at(scores, args.keep)
     passed = ~detector.flag(scores)
@@ -297,7 +307,7 @@ def fit_drawings(args) -> Verdict:
     model = load_model(args.model)
     fit_items, sel_items = drawing_items(args.drawings, model.label_names)
     items = fit_items + sel_items
-    looks, drawn = looks_of((upright(path) for path, _ in items), route="drawing")
+    looks, drawn, _ = looks_of((upright(path) for path, _ in items), route="drawing")
     x = ood.as_input(model, looks)
     classes = sorted({c for _, c in items})
     group = torch.tensor([classes.index(c) for _, c in items])
