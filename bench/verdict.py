@@ -13,6 +13,7 @@ tests/drawings.validation_drawings (other shapes, seeds and jitter than the repo
 are read here once, for the bar, and reported with a 95% Wilson interval.
 
     python bench/verdict.py                                   # every set
+    python bench/fresh_natural.py --out /tmp/natural-fresh && python bench/verdict.py --fresh-natural /tmp/natural-fresh
     python bench/verdict.py --limit 200 --results-dir /tmp/bench   # a quicker look
 
 Writes <results-dir>/verdict.json and verdict.md (default bench/results/).
@@ -43,12 +44,14 @@ DATA = common.REPO.parent / "shared" / "data"
 NATURAL = common.REPO / "tests" / "data" / "natural"
 FMNIST, MNIST, NOISE, CONSTANT = "Fashion-MNIST test", "MNIST test digits", "uniform noise", "constant images"
 NATURAL_SET = "natural non-garment photos (tests/data/natural)"
+# A second natural set that no choice has seen (bench/fresh_natural.py), when --fresh-natural names it.
+FRESH_SET = "natural non-garment photos, fresh (bench/fresh_natural.py)"
 IN_CLASS, OUTSIDE = "photos, seven in-class folders (validation)", "photos: hat/shorts/skirt (validation)"
 DRAWN = "garment drawings (tests/drawings.py)"
 PRODUCT = "product-style uploads (Fashion-MNIST test, bench/product_uploads.py)"
 # Issue 30's bars on the share called not-a-garment: (at most, at least).
 BARS = {IN_CLASS: (0.10, None), MNIST: (None, 0.97), NOISE: (None, 1.0), CONSTANT: (None, 1.0),
-        NATURAL_SET: (None, 0.90), FMNIST: (0.05, None)}
+        NATURAL_SET: (None, 0.90), FRESH_SET: (None, 0.90), FMNIST: (0.05, None)}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -62,6 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--per-family", type=int, default=PER_FAMILY, help="images of uniform noise; sketches: a tenth")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic sets (stream 1, as bench/ood.py)")
     p.add_argument("--limit", type=int, default=0, help="only the first N images of each set (0: all)")
+    p.add_argument("--fresh-natural", default=None,
+                   help="folder of bench/fresh_natural.py: a second natural set, reported beside tests/data/natural")
     return p.parse_args(argv)
 
 
@@ -83,6 +88,8 @@ def reported_sets(args) -> dict[str, list]:
             MNIST: [np.asarray(im.convert("L")) for im in open_split(args.mnist, "test")["image"]],
             NOISE: uniform_noise(args.per_family, rng), CONSTANT: constants(min(args.per_family, 256)),
             NATURAL_SET: [img for img, _ in natural_photos()]}
+    if getattr(args, "fresh_natural", None):
+        sets[FRESH_SET] = [img for img, _ in natural_photos(Path(args.fresh_natural))]
     sets |= {f"sketches: {k}": v for k, v in sketches(args.per_family // 10, rng).items()}
     sys.path.insert(0, str(common.REPO / "tests"))
     from drawings import drawings
@@ -167,6 +174,9 @@ def main(argv=None) -> None:
                                                   "routed_as_drawings": float(result["drawing"].double().mean())}
         if name == NATURAL_SET:
             extra["natural_per_image"] = {n: k for (_, n), k in zip(natural_photos(), result["kinds"])}
+        if name == FRESH_SET:
+            extra["fresh_natural_per_image"] = {n: k for (_, n), k in zip(natural_photos(Path(args.fresh_natural)),
+                                                                          result["kinds"])}
         if folders:
             extra["in_class"] = in_class_rows(model, result, folders, photo_verdict)
         print(f"[verdict] {name:50s} n {rows[name]['n']:>6,} not-a-garment {rows[name]['not_a_garment']:.3f}", flush=True)
@@ -249,6 +259,14 @@ def markdown(r: dict) -> str:
                                     f"{pct(b['validation_accuracy'])} ({b['validation_count']})"] for b in ic["reliability"]])]
     if "natural_per_image" in r:
         lines += ["", "Natural photos, per image: " + ", ".join(f"{n} {k}" for n, k in r["natural_per_image"].items()) + "."]
+    if "fresh_natural_per_image" in r:
+        lines += ["", "Fresh natural photos, per image: "
+                  + ", ".join(f"{n} {k}" for n, k in r["fresh_natural_per_image"].items()) + "."]
+        both = [k for key in ("natural_per_image", "fresh_natural_per_image") for k in r.get(key, {}).values()]
+        k = sum(v == verdict.NOT_A_GARMENT for v in both)
+        lo, hi = wilson_interval(k, len(both))
+        lines += ["", f"Both natural sets together: {k} of {len(both)} called not-a-garment, {pct(k / len(both))} "
+                      f"({pct(lo)} to {pct(hi)}; bar >= 90%)."]
     return "\n".join(lines)
 
 

@@ -195,9 +195,10 @@ background, a different object. The project's out-of-distribution detector
 reads it as `opened.detector`) flags inputs unlike the training images. The app judges photos and
 drawings with detectors of their own, beside the weights once `python -m training.fit_verdict` has
 fitted them (`verdict.json` and `verdict.safetensors`, `verdict_drawing.json` and
-`verdict_drawing.safetensors`): the photo detector's Gaussians are of garment photos of the photo
-set's train split and, as its background, of images of other things (`verdict.json` names their
-sources, versions and licences).
+`verdict_drawing.safetensors`): the photo detector's Gaussians are of the photo network's features
+and of what the segmented region is made of (colour, grain, highlights) of garment photos of the photo
+set's train split and of Fashion-MNIST train garments dressed as shop uploads, and, as its background,
+of images of other things (`verdict.json` names their sources, versions and licences).
 The classes with the lowest F1 on the
 test set: {", ".join(confused)}.
 """

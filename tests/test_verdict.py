@@ -30,7 +30,7 @@ from modelrepo.verdict import (DRAWING_FILES, FASHION_MNIST_LIKE, FEATURES, GARM
                                NOT_A_GARMENT, VERDICT_META, VERDICT_TENSORS, PhotoDetector, Verdict, VerdictError, kind)
 from training.data import PHOTO_FOLDERS
 from training.not_garments import PACKAGES
-from training.fit_verdict import drawing_items, fit_detector, reliability_bins, set_margins
+from training.fit_verdict import PRODUCT_STYLE, drawing_items, fit_detector, reliability_bins, set_margins
 
 WEIGHTS = REPO / "weights"
 PHOTOS = REPO / "examples" / "photos"
@@ -162,7 +162,12 @@ def test_the_committed_weights_carry_a_verdict_fitted_on_train_photos_only(model
     assert list(gaussians) == ["crops", "composites", "images"] and all(routed > 100 for _, routed in gaussians.values())
     assert len(v.detector.background_means) == 3 and len(v.detector.background_whiten) == 3
     assert set(protocol["background"]["not_garments"]["packages"]) == set(PACKAGES)
-    assert set(v.folders) == {f for f, m in PHOTO_FOLDERS.items() if m.strict}
+    # One garment Gaussian per in-class photo folder, and one of Fashion-MNIST *train* garments dressed
+    # as shop uploads (training/product_style.py), not of the test images bench/verdict.py reports.
+    assert v.folders == [f for f, m in PHOTO_FOLDERS.items() if m.strict] + [PRODUCT_STYLE]
+    assert protocol["product_style"]["split"] == "train" and protocol["product_style"]["routed_as_photos"] > 1000
+    # The photo Gaussians weigh what the region is made of (imaging/material.py) as well.
+    assert v.detector.features == MATERIAL_FEATURES
     assert sum(b["count"] for b in v.bins) > 100 and all(b["accuracy"] is None or 0 <= b["accuracy"] <= 1 for b in v.bins)
 
 
