@@ -109,6 +109,15 @@ def ood_rows(o: dict) -> list[str]:
     return rows
 
 
+def both_natural(v: dict) -> str:
+    """"; both natural sets together ..." when bench/verdict.py read the fresh set too (the bar is on the two)."""
+    b = v.get("natural_both")
+    if not b:
+        return ""
+    return (f"; both natural sets together {pct(b['not_a_garment'])} ({pct(b['ci95'][0])} to {pct(b['ci95'][1])}, "
+            f"n={b['n']}, bar >= {pct(b['bar'], 0)} on the two together)")
+
+
 def verdict_rows() -> list[str]:
     """The three-way verdict (bench/verdict.py) against issue 30's bars, and the same through the app."""
     rows = []
@@ -123,7 +132,7 @@ def verdict_rows() -> list[str]:
         rows.append("| Three-way verdict (fashion-mnist-like / garment-photo / not-a-garment; photo threshold set on "
                     "held-out train photos, the drawings' on held-out validation drawings, validation photos read once) | "
                     "called not-a-garment (95% Wilson interval): "
-                    + "; ".join(cell(name, s) for name, s in v["sets"].items()) + " |")
+                    + "; ".join(cell(name, s) for name, s in v["sets"].items()) + both_natural(v) + " |")
     drawn = read(common.RESULTS / "draw_browser.json")
     if drawn:
         right, called = drawn["shares"]["right"], drawn["shares"]["not_a_garment"]

@@ -171,6 +171,14 @@ BREAKS = [
           replace_once("            if s.labels.index(versus) != target:\n",
                        "            if False:  # MUTATION: versus ignored\n"),
           ["tests/test_explain_insight.py::test_the_page_section_gets_a_value_for_each_component"]),
+    Break("material described over the whole photo, not the region kept (imaging/material.py describe)",
+          "imaging/material.py",
+          replace_once("    inside = _inside(mask)\n", "    inside = np.ones(mask.shape, bool)  # MUTATION: mask ignored\n"),
+          ["tests/test_material.py"]),
+    Break("a photo's material lost on its way to the batch (dashboard/service.py _batch_input)", "dashboard/service.py",
+          replace_once("        return x, torch.as_tensor(np.asarray(material, dtype=np.float32))[None]\n",
+                       "        return x, torch.zeros(1, len(material))  # MUTATION: material zeroed\n"),
+          ["tests/test_served_reference.py::test_photo_looks_and_answers_are_unchanged"]),
 ]
 
 

@@ -50,6 +50,28 @@ def test_coroutines_share_forward_passes_and_each_gets_its_own_row():
     assert ticks >= 5                 # the loop ran other coroutines while the batches ran
 
 
+def test_inputs_of_several_tensors_are_batched_part_by_part():
+    """A photo's input travels with its material: each part of a tuple is batched along its first
+    dimension, and each caller gets the row of its own pair."""
+    from dashboard.batcher import Batcher
+    calls = []
+
+    def fn(x, m):
+        time.sleep(0.05)
+        calls.append((len(x), len(m)))
+        return list(x.sum(dim=1) * 10 + m[:, 0])
+
+    batcher = Batcher(fn)
+
+    async def go():
+        return await asyncio.gather(*(batcher.run((torch.full((1, 3), float(i)), torch.full((1, 2), float(i % 5))))
+                                      for i in range(12)))
+
+    out = asyncio.run(go())
+    assert [float(o) for o in out] == [30.0 * i + i % 5 for i in range(12)]
+    assert all(a == b for a, b in calls) and sum(a for a, _ in calls) == 12 and max(a for a, _ in calls) > 1, calls
+
+
 def test_a_failing_batch_fails_its_coroutines_too():
     from dashboard.batcher import Batcher
 
