@@ -214,7 +214,7 @@ def ui_decode(image, sketch: bool = False):
     except gr.Error as e:
         gr.Warning(e.message)
         return None, None, f"**⚠ {e.message}**"
-    kept = "the outlined region was kept as the garment; " if seen.mask is not None else ""
+    kept = "the outlined region is what the model read; " if seen.mask is not None else ""
     if seen.photo and SERVICE.photo_model is not SERVICE.model:
         kept += "a photo, so the model read it with its photo layers; "
     return (Given.of(seen), as_file(outline_image(seen.work, seen.mask)),
