@@ -52,7 +52,7 @@ import explain
 from modelrepo import hub
 from dashboard import api, panels, uploads
 from dashboard.uploads import Given
-from dashboard.image_files import as_file, gallery_files
+from dashboard.image_files import as_file, gallery_files, output_folder
 from dashboard.insight import Insight
 from dashboard.insight_panel import insight_section, insight_values
 from dashboard.mistakes_panel import mistakes_tab, wire_cell_filter
@@ -62,7 +62,7 @@ from dashboard.service import (DEFAULT_METHODS, PREDICTED, VIEW_SIZE, RequestErr
 from dashboard.views import Views, outline_image
 from imaging.preprocess import InvalidImageError, Seen
 
-MAX_UPLOAD_FOLDER_BYTES = 512 * 2**20  # Gradio's upload folder is trimmed to this, oldest first
+MAX_OUTPUT_FOLDER_BYTES = 512 * 2**20  # the app's output images (image_files.py) are trimmed to this, oldest first
 CACHE_SWEEP = (60, 600)                # Gradio deletes its files older than 600 s, every 60 s
 # The queue. Predictions (decode, one row of a shared forward pass) are cheap and batched, so many
 # run at once; explanations (seconds of CPU under a crowd) get workers of their own, so a classify
@@ -407,11 +407,8 @@ def stop_on_sigterm(signum, frame):
 def launch(**kwargs):
     """Serve the page and the inference API (dashboard/api.py) on one server; `kwargs` go to
     `demo.launch` (a test passes prevent_thread_lock=True). What only a serving process needs
-    happens here, not at import: the upload janitor, the frozen heap."""
-    janitor = uploads.UploadJanitor(UPLOAD_ROOTS[0], MAX_UPLOAD_FOLDER_BYTES,
-                                    keep=lambda: set().union(*(getattr(b, "keep_in_cache", set())
-                                                               for b in demo.blocks.values())))
-    janitor.start()
+    happens here, not at import: the output folder's janitor, the frozen heap."""
+    uploads.FolderJanitor(output_folder(), MAX_OUTPUT_FOLDER_BYTES).start()
     dashboard.process.settle_heap()
     return demo.launch(**{"server_name": SETTINGS.host, "server_port": SETTINGS.port,
                           "max_file_size": api.MAX_IMAGE_BYTES, "show_error": False, "css": CSS,

@@ -11,8 +11,9 @@ place. So each output image is written once as a PNG named by the hash of its by
 temporary name renamed into place, and its path is what the handler returns; the views keep
 computing arrays, and app.py turns them into files where it hands them to the page.
 
-The files live in Gradio's upload folder (`uploads.gradio_upload_folder()`), whose size the upload
-janitor already bounds, oldest first.
+The files live in the app's own folder (`output_folder()`, under `uploads.process_folder()`), not
+in Gradio's: Gradio copies each into its cache and sweeps its copies itself (app.py's delete_cache).
+app.py's FolderJanitor bounds this folder's size, oldest first.
 """
 from __future__ import annotations
 
@@ -25,16 +26,21 @@ from pathlib import Path
 import numpy as np
 from PIL import Image as PILImage
 
-from dashboard.uploads import gradio_upload_folder
+from dashboard.uploads import process_folder
 
-OUTPUT_FOLDER = "fashion-dashboard-outputs"     # under Gradio's upload folder
+OUTPUT_FOLDER = "outputs"     # under the process's own folder
+
+
+def output_folder() -> Path:
+    """Where `png_file` writes by default: <process folder>/outputs."""
+    return process_folder() / OUTPUT_FOLDER
 
 
 def png_file(image, folder: Path | None = None) -> str:
     """A uint8 array (H, W) or (H, W, 3|4), or a PIL image, as a PNG file written whole; its path.
 
     The name is the hash of the PNG's bytes, so the same image is written once and found again."""
-    folder = Path(folder or gradio_upload_folder() / OUTPUT_FOLDER)
+    folder = Path(folder or output_folder())
     if not isinstance(image, PILImage.Image):
         array = np.asarray(image)
         if array.dtype != np.uint8:
@@ -45,7 +51,7 @@ def png_file(image, folder: Path | None = None) -> str:
     data = buffer.getvalue()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{hashlib.sha256(data).hexdigest()[:32]}.png"
-    if path.exists():                 # the same bytes: touched, so the janitor sees it as recent
+    if path.exists():                 # the same bytes: touched, so the folder's janitor sees it as recent
         os.utime(path)
         return str(path)
     fd, staging = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.")

@@ -6,13 +6,13 @@ app's own folder, and every refusal reads the same whether or not the file exist
 allow-list of formats, checks the pixel count and the decoded size (bit depth included) on the
 header, refuses animations, applies the EXIF rotation, and turns every failure into one sentence.
 
-The app's own temporary files live under one folder per process (`AppFolder`), removed at exit
-and, for processes that died without cleaning, at the next start.
+The app's own temporary files live under one folder per process (`AppFolder`, `process_folder`),
+removed at exit and, for processes that died without cleaning, at the next start. Gradio's upload
+folder is Gradio's: its `delete_cache` (app.py) sweeps it; the app only reads from it.
 """
 from __future__ import annotations
 
 import asyncio
-import functools
 import io
 import os
 import re
@@ -56,11 +56,19 @@ def gradio_upload_folder() -> Path:
     return Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio").resolve()
 
 
+APP_TEMP = "fashion-dashboard"       # under the system's temporary folder: one subfolder per process
+
+
+def process_folder() -> Path:
+    """This process's own temporary folder, <tmp>/fashion-dashboard/<pid> (`AppFolder` makes and removes it)."""
+    return Path(tempfile.gettempdir()) / APP_TEMP / str(os.getpid())
+
+
 class AppFolder:
-    """The app's own temporary folder: <tmp>/fashion-dashboard/<pid>; stale ones removed at start."""
+    """The app's own temporary folder, `process_folder()`; stale ones removed at start."""
 
     def __init__(self, base: Path | None = None):
-        self.base = Path(base or Path(tempfile.gettempdir()) / "fashion-dashboard")
+        self.base = Path(base) if base else process_folder().parent
         self.base.mkdir(parents=True, exist_ok=True)
         self._remove_stale()
         self.path = self.base / str(os.getpid())
@@ -99,29 +107,20 @@ def allowed_path(path, roots: list[Path]) -> Path:
 SWEEP_SHARE_INVERSE = 50            # the janitor rests 50 times as long as its last sweep took
 
 
-@functools.lru_cache(maxsize=4096)
-def _resolved(path: str) -> str:
-    # The kept files (cached examples) are the same at every sweep: each is resolved once.
-    return str(Path(path).resolve())
+class FolderJanitor(threading.Thread):
+    """Keeps one of the app's own folders (its output images, dashboard/image_files.py) under
+    `max_bytes`, removing the oldest files first: each distinct image a visitor is shown is a file
+    there, and nothing else would ever remove them before the process ends."""
 
-
-class UploadJanitor(threading.Thread):
-    """Keeps Gradio's upload folder under `max_bytes`, removing the oldest files first.
-
-    Gradio's own `delete_cache` removes files by age only; a client that uploads fast could fill
-    the disk in between. Files in `keep()` (cached examples) are never removed.
-    """
-
-    def __init__(self, folder: Path, max_bytes: int, keep=lambda: set(), every_s: float = 5.0):
-        super().__init__(name="upload-janitor", daemon=True)
-        # Resolved here, once: the sweep compares the paths it walks with the resolved `keep` paths.
-        self.folder, self.max_bytes, self.keep, self.every_s = Path(folder).resolve(), max_bytes, keep, every_s
+    def __init__(self, folder: Path, max_bytes: int, every_s: float = 5.0):
+        super().__init__(name="folder-janitor", daemon=True)
+        self.folder, self.max_bytes, self.every_s = Path(folder), max_bytes, every_s
 
     def run(self) -> None:
         took = 0.0
         while True:
-            # A sweep walks every file in the folder, which holds up to ten minutes of a crowd's
-            # uploads and outputs (tens of thousands of files), so it waits at least
+            # A sweep walks every file in the folder, which can hold a crowd's outputs (tens of
+            # thousands of files), so it waits at least
             # SWEEP_SHARE_INVERSE times its own duration: at most 2% of a core.
             time.sleep(max(self.every_s, took * SWEEP_SHARE_INVERSE))
             start = time.thread_time()
@@ -134,11 +133,9 @@ class UploadJanitor(threading.Thread):
     def sweep(self) -> int:
         """Remove the oldest files until the folder fits; returns how many were removed.
 
-        One lstat per file and no path resolution: the sweep runs every few seconds over a
-        folder that holds every recent upload, so its cost must stay small beside the requests.
-        os.walk never follows a link, so every path listed is the file's real path.
+        One lstat per file: the sweep runs every few seconds over a folder that holds every recent
+        output, so its cost must stay small beside the requests. os.walk never follows a link.
         """
-        keep = {_resolved(str(p)) for p in self.keep()}
         files = []
         for root, _, names in os.walk(self.folder):
             for name in names:
@@ -146,8 +143,8 @@ class UploadJanitor(threading.Thread):
                 try:
                     st = os.lstat(path)
                 except FileNotFoundError:
-                    continue                      # removed by Gradio's own sweep meanwhile
-                if stat.S_ISREG(st.st_mode) and path not in keep:
+                    continue                      # removed meanwhile
+                if stat.S_ISREG(st.st_mode):
                     files.append((st.st_mtime, st.st_size, path))
         total, removed = sum(size for _, size, _ in files), 0
         if total <= self.max_bytes:

@@ -301,7 +301,7 @@ def test_the_app_hands_gradio_files_not_pixels(tmp_path):
     image = np.random.default_rng(1).integers(0, 255, (56, 56), dtype=np.uint8)
     shown = image_files.as_file(image)
     items = image_files.gallery_files([(image, "a"), (Image.fromarray(image), "b")])
-    folder = image_files.gradio_upload_folder() / image_files.OUTPUT_FOLDER
+    folder = image_files.output_folder()
     assert Path(shown).parent == folder and {Path(path) for path, _ in items} == {Path(shown)}
     assert [caption for _, caption in items] == ["a", "b"]
     assert np.array_equal(np.asarray(Image.open(shown)), image)
@@ -317,8 +317,8 @@ def test_every_output_image_the_handlers_return_is_a_file(test_images):
     neighbours, the consensus, the mistakes) is a path of dashboard/image_files.py's folder, never
     pixels that Gradio would rewrite in place."""
     import app
-    from dashboard.image_files import OUTPUT_FOLDER, gradio_upload_folder
-    folder = gradio_upload_folder() / OUTPUT_FOLDER
+    from dashboard.image_files import output_folder
+    folder = output_folder()
     is_file = lambda v: isinstance(v, str) and Path(v).parent == folder and Path(v).is_file()   # noqa: E731
     raw = test_images[0][0]
     view, _, gallery, _ = app.explain_image(raw, ["Saliency", "Grad-CAM"], progress=None)
@@ -327,6 +327,10 @@ def test_every_output_image_the_handlers_return_is_a_file(test_images):
     assert is_file(outline)
     insight = app.ui_insight(given, ["Saliency"], None)
     assert insight[0] and all(is_file(path) for path, _ in insight[0]) and is_file(insight[4])
-    assert insight[2].value and all(is_file(item["image"]["path"]) for item in insight[2].value)
+    # A gr.Gallery made in the handler has already had Gradio copy its files into Gradio's cache
+    # (whole, by its public path); each copy is one of the PNGs written here, byte for byte.
+    copies = [Path(item["image"]["path"]) for item in insight[2].value]
+    assert copies and all(is_file(str(folder / c.name)) and c.read_bytes() == (folder / c.name).read_bytes()
+                          for c in copies)
     mistakes, shown, _ = app.ui_mistakes("All", "All")
     assert len(mistakes) == len(shown) > 0 and all(is_file(path) for path, _ in mistakes)

@@ -252,13 +252,13 @@ def test_sigterm_removes_the_apps_temporary_folder(tmp_path):
     assert os.listdir(temp / "fashion-dashboard") == []
 
 
-def test_upload_janitor_removes_the_oldest_files_first_and_keeps_examples_and_links(tmp_path):
-    """dashboard/uploads.UploadJanitor: over its byte budget, the oldest files go first; cached
-    examples stay whatever their age; a link is neither counted nor followed."""
+def test_the_folder_janitor_removes_the_oldest_files_first_and_leaves_links(tmp_path):
+    """dashboard/uploads.FolderJanitor: over its byte budget, the oldest files go first; a link is
+    neither counted nor followed."""
     import os
 
-    from dashboard.uploads import UploadJanitor
-    folder, outside = tmp_path / "gradio", tmp_path / "outside.bin"
+    from dashboard.uploads import FolderJanitor
+    folder, outside = tmp_path / "outputs", tmp_path / "outside.bin"
     outside.write_bytes(b"x" * 5000)
     files = []
     for i in range(6):                                         # 6 files of 1000 bytes, oldest first
@@ -269,8 +269,8 @@ def test_upload_janitor_removes_the_oldest_files_first_and_keeps_examples_and_li
         files.append(f)
     (folder / "link.bin").symlink_to(outside)
     (folder / "dirlink").symlink_to(tmp_path, target_is_directory=True)
-    janitor = UploadJanitor(folder.resolve(), max_bytes=3500, keep=lambda: {str(files[0])})
-    assert janitor.sweep() == 2                                # 5000 counted (not the kept one) -> 3000
-    assert [f.exists() for f in files] == [True, False, False, True, True, True]
+    janitor = FolderJanitor(folder, max_bytes=3500)
+    assert janitor.sweep() == 3                                # 6000 counted -> 3000
+    assert [f.exists() for f in files] == [False, False, False, True, True, True]
     assert outside.exists() and (folder / "link.bin").is_symlink()
     assert janitor.sweep() == 0

@@ -142,21 +142,22 @@ def test_importing_the_app_starts_no_thread_and_leaves_the_collector_alone():
     assert "batcher" in threads and int(frozen) > 100_000 and int(young) == YOUNG_GENERATION, used
 
 
-def test_the_upload_janitor_rests_fifty_times_as_long_as_its_last_sweep_took(tmp_path):
+def test_the_folder_janitor_rests_fifty_times_as_long_as_its_last_sweep_took(tmp_path):
     """A sweep made to cost 20 ms of the janitor's CPU: the next comes no sooner than one second later."""
-    from dashboard.uploads import SWEEP_SHARE_INVERSE, UploadJanitor
+    from dashboard.uploads import SWEEP_SHARE_INVERSE, FolderJanitor
     sweeps, done = [], threading.Event()
 
-    def keep():
-        if done.is_set():
-            threading.Event().wait()               # after the test the janitor sleeps for good
-        start = time.thread_time()
-        while time.thread_time() - start < 0.02:
-            pass
-        sweeps.append(time.monotonic())
-        return set()
+    class CostlySweeps(FolderJanitor):
+        def sweep(self) -> int:
+            if done.is_set():
+                threading.Event().wait()           # after the test the janitor sleeps for good
+            start = time.thread_time()
+            while time.thread_time() - start < 0.02:
+                pass
+            sweeps.append(time.monotonic())
+            return super().sweep()
 
-    UploadJanitor(tmp_path, 10**9, keep=keep, every_s=0.01).start()
+    CostlySweeps(tmp_path, 10**9, every_s=0.01).start()
     time.sleep(2.5)
     done.set()
     gaps = np.diff(sweeps)
