@@ -70,14 +70,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def natural_files(folder: Path = NATURAL) -> list[Path]:
+    """The photos of a natural set (tests/data/natural, whose README names source and licence, or
+    bench/fresh_natural.py's folder), in name order."""
+    return [p for p in sorted(folder.glob("*")) if p.suffix in (".jpg", ".png")]
+
+
 def natural_photos(folder: Path = NATURAL) -> list[tuple[Image.Image, str]]:
-    """The committed non-garment photos (their README names source and licence), as RGB."""
+    """A natural set's photos as RGB, each with its name."""
     out = []
-    for path in sorted(folder.glob("*")):
-        if path.suffix in (".jpg", ".png"):
-            with Image.open(path) as img:
-                out.append((img.convert("RGB"), path.stem))
+    for path in natural_files(folder):
+        with Image.open(path) as img:
+            out.append((img.convert("RGB"), path.stem))
     return out
+
+
+def natural_folders(args) -> dict[str, tuple[str, Path]]:
+    """{set name: (the report's key for its per-image verdicts, its folder)} of the natural sets read."""
+    folders = {NATURAL_SET: ("natural_per_image", NATURAL)}
+    if getattr(args, "fresh_natural", None):
+        folders[FRESH_SET] = ("fresh_natural_per_image", Path(args.fresh_natural))
+    return folders
 
 
 def reported_sets(args) -> dict[str, list]:
@@ -87,9 +100,7 @@ def reported_sets(args) -> dict[str, list]:
     sets = {FMNIST: list(load_images(args.fashion_mnist, "test")[2]),
             MNIST: [np.asarray(im.convert("L")) for im in open_split(args.mnist, "test")["image"]],
             NOISE: uniform_noise(args.per_family, rng), CONSTANT: constants(min(args.per_family, 256)),
-            NATURAL_SET: [img for img, _ in natural_photos()]}
-    if getattr(args, "fresh_natural", None):
-        sets[FRESH_SET] = [img for img, _ in natural_photos(Path(args.fresh_natural))]
+            **{name: [img for img, _ in natural_photos(folder)] for name, (_, folder) in natural_folders(args).items()}}
     sets |= {f"sketches: {k}": v for k, v in sketches(args.per_family // 10, rng).items()}
     sys.path.insert(0, str(common.REPO / "tests"))
     from drawings import drawings
@@ -112,16 +123,15 @@ def served_verdicts(model, detector, photo_verdict, images, drawing_verdict=None
     material = torch.from_numpy(np.stack([s.material if s.photo else np.zeros(MATERIAL, np.float32) for s in seen]))
     drawing = torch.tensor([s.drawing for s in seen]) & (drawing_verdict is not None)
     probs, scores, flagged = torch.empty(len(x), model.config.num_classes), torch.empty(len(x)), torch.empty(len(x), dtype=torch.bool)
-    # The photo detector weighs each photo's material as well (when its features say so).
-    routes = [(~photo & ~drawing, model, detector, False),
-              (photo, model.for_photos(), photo_verdict.detector, photo_verdict.detector.uses_material)]
+    routes = [(~photo & ~drawing, model, detector), (photo, model.for_photos(), photo_verdict.detector)]
     if drawing_verdict is not None:
-        routes.append((drawing, model, drawing_verdict.detector, False))
-    for route, network, judge, weighs_material in routes:
+        routes.append((drawing, model, drawing_verdict.detector))
+    for route, network, judge in routes:
         idx = route.nonzero()[:, 0]
         for part in idx.split(1000):
             if len(part):
-                probs[part], scores[part] = judge.predict(network, x[part], *((material[part],) if weighs_material else ()))
+                # Every detector takes the material; only a photo detector with material features weighs it.
+                probs[part], scores[part] = judge.predict(network, x[part], material[part])
                 flagged[part] = judge.flag(scores[part])
     kinds = [verdict.kind(bool(p), bool(f)) for p, f in zip(photo, flagged)]
     return {"photo": photo, "drawing": drawing, "probs": probs, "scores": scores, "kinds": kinds}
@@ -163,7 +173,7 @@ def main(argv=None) -> None:
         raise SystemExit(f"{args.model}: no usable Fashion-MNIST detector ({opened.detector_error})")
     photo_verdict = verdict.Verdict.load(args.model, model)
     drawing_verdict = verdict.Verdict.load(args.model, model, verdict.DRAWING_FILES)
-    sets = reported_sets(args)
+    sets, naturals = reported_sets(args), natural_folders(args)
     rows, extra = {}, {}
     for name, images in sets.items():
         folders = None
@@ -172,11 +182,9 @@ def main(argv=None) -> None:
         result = served_verdicts(model, detector, photo_verdict, images, drawing_verdict)
         rows[name] = kind_row(result["kinds"]) | {"routed_as_photos": float(result["photo"].double().mean()),
                                                   "routed_as_drawings": float(result["drawing"].double().mean())}
-        if name == NATURAL_SET:
-            extra["natural_per_image"] = {n: k for (_, n), k in zip(natural_photos(), result["kinds"])}
-        if name == FRESH_SET:
-            extra["fresh_natural_per_image"] = {n: k for (_, n), k in zip(natural_photos(Path(args.fresh_natural)),
-                                                                          result["kinds"])}
+        if name in naturals:
+            key, folder = naturals[name]
+            extra[key] = {p.stem: k for p, k in zip(natural_files(folder), result["kinds"])}
         if folders:
             extra["in_class"] = in_class_rows(model, result, folders, photo_verdict)
         print(f"[verdict] {name:50s} n {rows[name]['n']:>6,} not-a-garment {rows[name]['not_a_garment']:.3f}", flush=True)

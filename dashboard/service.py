@@ -217,8 +217,7 @@ class Service:
         detector = self.detector if detector is None else detector
         views = serving.served_features(x)                                 # (V, B, F)
         probs = serving.served_proba(views).numpy()
-        extra = () if material is None else (material,)
-        scores = detector.score_views(serving, views, x, *extra).tolist() if detector is not None else [None] * len(x)
+        scores = detector.score_views(serving, views, x, material).tolist() if detector is not None else [None] * len(x)
         return list(zip(probs, scores, penultimate(serving, views).mean(0).numpy()))
 
     def _predict(self, look: np.ndarray, photo: bool, material=None) -> tuple[np.ndarray, float | None, np.ndarray]:

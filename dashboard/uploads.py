@@ -28,7 +28,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageOps
 
-from imaging.preprocess import MAX_IMAGE_PIXELS, WORK_SIZE, InvalidImageError, Seen, look_and_mask
+from imaging.preprocess import MAX_IMAGE_PIXELS, WORK_SIZE, InvalidImageError, Seen, look_and_mask, read_from_strokes
 
 FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")
 # Bytes a decoded image may take in memory: a 40-megapixel 8-bit RGB photo fits, the same size
@@ -262,8 +262,8 @@ class Given(NamedTuple):
 
     @property
     def drawing(self) -> bool:
-        """Read from a drawing's strokes (a mask without a photo): judged against garment drawings."""
-        return self.mask is not None and not self.photo
+        """Read from a drawing's strokes: judged against garment drawings."""
+        return read_from_strokes(self.mask, self.photo)
 
 
 # An image as small as the model's input (a 28x28 upload) is decoded on the event loop, in less

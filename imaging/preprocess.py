@@ -220,7 +220,12 @@ class Seen(NamedTuple):
     @property
     def drawing(self) -> bool:
         """Read from a drawing's strokes (strokes.drawing_look): judged against garment drawings."""
-        return self.mask is not None and not self.photo
+        return read_from_strokes(self.mask, self.photo)
+
+
+def read_from_strokes(mask: np.ndarray | None, photo: bool) -> bool:
+    """A mask without a photo is a drawing's: what was read from its strokes."""
+    return mask is not None and not photo
 
 
 def look_and_mask(image, size: int = INPUT_SIZE) -> Seen:

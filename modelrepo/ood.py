@@ -192,12 +192,14 @@ class OODDetector:
             raise OODError(f"unknown OOD score {self.score_name!r}: expected one of {SCORES}")
 
     @torch.no_grad()
-    def score(self, model: FashionCNN, x: torch.Tensor) -> torch.Tensor:
-        """OOD scores (B,) of a normalised batch (B, 1, 28, 28): higher = further from the training data."""
+    def score(self, model: FashionCNN, x: torch.Tensor, material: torch.Tensor | None = None) -> torch.Tensor:
+        """OOD scores (B,) of a normalised batch (B, 1, 28, 28): higher = further from the training data
+        (`material`: as in `score_views`)."""
         return self.score_views(model, model.served_features(x), x)
 
     @torch.no_grad()
-    def predict(self, model: FashionCNN, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict(self, model: FashionCNN, x: torch.Tensor, material: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         """(probabilities (B, C) as `predict_proba` serves them, OOD scores (B,)) from one forward pass."""
         views = model.served_features(x)
         return model.served_proba(views), self.score_views(model, views, x)
@@ -207,8 +209,12 @@ class OODDetector:
         return scores > self.threshold
 
     @torch.no_grad()
-    def score_views(self, model: FashionCNN, views: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """OOD scores (B,) from `FashionCNN.served_features`' output (V, B, F) and the normalised input x (B, 1, 28, 28)."""
+    def score_views(self, model: FashionCNN, views: torch.Tensor, x: torch.Tensor,
+                    material: torch.Tensor | None = None) -> torch.Tensor:
+        """OOD scores (B,) from `FashionCNN.served_features`' output (V, B, F) and the normalised input x (B, 1, 28, 28).
+
+        `material` is taken, and not used, so that every detector is called alike
+        (modelrepo/verdict.PhotoDetector weighs a photo's): this one judges the network's view alone."""
         name = self.score_name
         if name == "msp":
             return -model.served_proba(views).amax(-1)
