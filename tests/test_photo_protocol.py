@@ -52,3 +52,17 @@ def test_load_photos_reads_the_carved_parts_by_name(photo_root):
     assert load_photos(photo_root, PHOTO_FIT) == fit
     assert load_photos(photo_root, PHOTO_SELECTION) == selection
     assert load_photos(photo_root, PHOTO_SELECTION, folders=("shoes",)) == [s for s in selection if s[1] == "shoes"]
+
+
+def test_the_natural_sets_share_no_package_with_the_background_nor_with_each_other():
+    """A natural set measures the verdict only if none of its images could have shaped the background
+    (training/not_garments.py's packages) or the other sets' choices."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from fresh_natural import SETS
+    from training.not_garments import PACKAGES
+    packages = [set(s) for s in SETS.values()]
+    assert all(not p & set(PACKAGES) for p in packages)
+    assert not set.intersection(*packages)
+    # The twentieth decision's bar needs at least the issue's 20 images in the set it is read on.
+    assert sum(len(files) for _, files in SETS["third"].values()) >= 20
