@@ -110,12 +110,12 @@ def ood_rows(o: dict) -> list[str]:
 
 
 def both_natural(v: dict) -> str:
-    """"; both natural sets together ..." when bench/verdict.py read the fresh set too (the bar is on the two)."""
+    """"; the two natural selection sets together ..." when bench/verdict.py read the fresh set too."""
     b = v.get("natural_both")
     if not b:
         return ""
-    return (f"; both natural sets together {pct(b['not_a_garment'])} ({pct(b['ci95'][0])} to {pct(b['ci95'][1])}, "
-            f"n={b['n']}, bar >= {pct(b['bar'], 0)} on the two together)")
+    return (f"; the two natural selection sets together {pct(b['not_a_garment'])} ({pct(b['ci95'][0])} to "
+            f"{pct(b['ci95'][1])}, n={b['n']})")
 
 
 def verdict_rows() -> list[str]:

@@ -30,7 +30,7 @@ from modelrepo.verdict import (DRAWING_FILES, FASHION_MNIST_LIKE, FEATURES, GARM
                                NOT_A_GARMENT, VERDICT_META, VERDICT_TENSORS, PhotoDetector, Verdict, VerdictError, kind)
 from training.data import PHOTO_FOLDERS
 from training.not_garments import PACKAGES
-from training.fit_verdict import PRODUCT_STYLE, drawing_items, fit_detector, reliability_bins, set_margins
+from training.fit_verdict import DRAWING_KEEP, PHOTO_KEEP, PRODUCT_STYLE, drawing_items, fit_detector, reliability_bins, set_margins
 
 WEIGHTS = REPO / "weights"
 PHOTOS = REPO / "examples" / "photos"
@@ -168,6 +168,9 @@ def test_the_committed_weights_carry_a_verdict_fitted_on_train_photos_only(model
     assert protocol["product_style"]["split"] == "train" and protocol["product_style"]["routed_as_photos"] > 1000
     # The photo Gaussians weigh what the region is made of (imaging/material.py) as well.
     assert v.detector.features == MATERIAL_FEATURES
+    # The threshold keeps the share of held-out garment photos that the decision log chose (one home).
+    assert protocol["keep"] == PHOTO_KEEP
+    assert Verdict.load(WEIGHTS, model, DRAWING_FILES).meta["protocol"]["keep"] == DRAWING_KEEP
     assert sum(b["count"] for b in v.bins) > 100 and all(b["accuracy"] is None or 0 <= b["accuracy"] <= 1 for b in v.bins)
 
 
