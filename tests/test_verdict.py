@@ -30,7 +30,8 @@ from modelrepo.verdict import (DRAWING_FILES, FASHION_MNIST_LIKE, FEATURES, GARM
                                NOT_A_GARMENT, VERDICT_META, VERDICT_TENSORS, PhotoDetector, Verdict, VerdictError, kind)
 from training.data import PHOTO_FOLDERS
 from training.not_garments import PACKAGES
-from training.fit_verdict import DRAWING_KEEP, PHOTO_KEEP, PRODUCT_STYLE, drawing_items, fit_detector, reliability_bins, set_margins
+from training.fit_verdict import (DRAWING_KEEP, PHOTO_KEEP, PRODUCT_STYLE, drawing_items, fit_detector, reliability_bins,
+                                  set_margins)
 
 WEIGHTS = REPO / "weights"
 PHOTOS = REPO / "examples" / "photos"
