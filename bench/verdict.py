@@ -45,9 +45,9 @@ DATA = common.REPO.parent / "shared" / "data"
 NATURAL = common.REPO / "tests" / "data" / "natural"
 FMNIST, MNIST, NOISE, CONSTANT = "Fashion-MNIST test", "MNIST test digits", "uniform noise", "constant images"
 NATURAL_SET = "natural non-garment photos (tests/data/natural)"
-# The natural sets of bench/fresh_natural.py, when --fresh-natural and --third-natural name them. The
-# first two shaped the twentieth decision's choice (docs/decision_log.md): they are selection sets, and
-# issue 30's natural bar is read on the third, which no choice has seen.
+# The natural sets of bench/fresh_natural.py, when --fresh-natural and --third-natural name them.
+# tests/data/natural and the fresh set shaped the twentieth decision's choice (docs/decision_log.md):
+# they are selection sets, and issue 30's natural bar is read on the third, which no choice has seen.
 FRESH_SET = "natural non-garment photos, fresh (bench/fresh_natural.py)"
 THIRD_SET = "natural non-garment photos, third (bench/fresh_natural.py --set third)"
 IN_CLASS, OUTSIDE = "photos, seven in-class folders (validation)", "photos: hat/shorts/skirt (validation)"
