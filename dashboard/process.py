@@ -12,11 +12,6 @@ from dashboard import allocator
 
 # No usage analytics or version check, so start-up needs no network.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-# Gradio's queue summarises its recent events with pandas for its monitoring page, by default
-# after every event and over the last 10,000: a cost per request that grows with the app's age
-# (bench/results/server_profile.md). Every 100 events over the last 1,000 keeps the page and drops the cost.
-os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "100")
-os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "1000")
 # OpenMP threads that sleep rather than spin between parallel regions. Requests run side by side
 # on two cores, so a spinning thread burns the core another request needs
 # (bench/results/server_profile.md).
