@@ -32,7 +32,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from imaging.material import MATERIAL  # noqa: E402
 from imaging.preprocess import look_and_mask  # noqa: E402
 from modelrepo import ood, verdict  # noqa: E402
 from modelrepo.folder import open_model  # noqa: E402
@@ -50,6 +49,11 @@ NATURAL_SET = "natural non-garment photos (tests/data/natural)"
 # they are selection sets, and issue 30's natural bar is read on the third, which no choice has seen.
 FRESH_SET = "natural non-garment photos, fresh (bench/fresh_natural.py)"
 THIRD_SET = "natural non-garment photos, third (bench/fresh_natural.py --set third)"
+# {set: (the report's key for its per-image verdicts, their title in verdict.md, the argument naming
+# its folder: None for tests/data/natural, always read)}.
+NATURAL_SETS = {NATURAL_SET: ("natural_per_image", "Natural photos", None),
+                FRESH_SET: ("fresh_natural_per_image", "Fresh natural photos", "fresh_natural"),
+                THIRD_SET: ("third_natural_per_image", "Third natural set (issue 30's natural bar)", "third_natural")}
 IN_CLASS, OUTSIDE = "photos, seven in-class folders (validation)", "photos: hat/shorts/skirt (validation)"
 DRAWN = "garment drawings (tests/drawings.py)"
 PRODUCT = "product-style uploads (Fashion-MNIST test, bench/product_uploads.py)"
@@ -93,11 +97,11 @@ def natural_photos(folder: Path = NATURAL) -> list[tuple[Image.Image, str]]:
 
 def natural_folders(args) -> dict[str, tuple[str, Path]]:
     """{set name: (the report's key for its per-image verdicts, its folder)} of the natural sets read."""
-    folders = {NATURAL_SET: ("natural_per_image", NATURAL)}
-    if getattr(args, "fresh_natural", None):
-        folders[FRESH_SET] = ("fresh_natural_per_image", Path(args.fresh_natural))
-    if getattr(args, "third_natural", None):
-        folders[THIRD_SET] = ("third_natural_per_image", Path(args.third_natural))
+    folders = {}
+    for name, (key, _, argument) in NATURAL_SETS.items():
+        folder = NATURAL if argument is None else getattr(args, argument, None)
+        if folder:
+            folders[name] = (key, Path(folder))
     return folders
 
 
@@ -128,7 +132,7 @@ def served_verdicts(model, detector, photo_verdict, images, drawing_verdict=None
     seen = [look_and_mask(img) for img in images]
     x = ood.as_input(model, torch.from_numpy(np.stack([s.look for s in seen])))
     photo = torch.tensor([s.photo for s in seen])
-    material = torch.from_numpy(np.stack([s.material if s.photo else np.zeros(MATERIAL, np.float32) for s in seen]))
+    material = torch.from_numpy(np.stack([s.material_row for s in seen]))
     drawing = torch.tensor([s.drawing for s in seen]) & (drawing_verdict is not None)
     probs, scores, flagged = torch.empty(len(x), model.config.num_classes), torch.empty(len(x)), torch.empty(len(x), dtype=torch.bool)
     routes = [(~photo & ~drawing, model, detector), (photo, model.for_photos(), photo_verdict.detector)]
@@ -196,8 +200,10 @@ def main(argv=None) -> None:
         if folders:
             extra["in_class"] = in_class_rows(model, result, folders, photo_verdict)
         print(f"[verdict] {name:50s} n {rows[name]['n']:>6,} not-a-garment {rows[name]['not_a_garment']:.3f}", flush=True)
-    if "fresh_natural_per_image" in extra:
-        extra["natural_both"] = natural_both(extra["natural_per_image"], extra["fresh_natural_per_image"])
+    # The twentieth decision's selection sets, reported together.
+    selection = [NATURAL_SETS[name][0] for name in (NATURAL_SET, FRESH_SET)]
+    if all(key in extra for key in selection):
+        extra["natural_both"] = natural_both(*(extra[key] for key in selection))
     report = {"command": common.command_line("bench/verdict.py"), "model": common.model_note(Path(args.model)),
               "machine": common.machine_info(), "limit": args.limit, "seed": args.seed,
               "detectors": {"fashion_mnist": {"score": detector.score_name, "threshold": detector.threshold},
@@ -282,17 +288,13 @@ def markdown(r: dict) -> str:
                   common.md_table(["top probability", "selection: right (photos)", "validation: right (photos)"],
                                   [[f"{b['lo']:.0%}-{b['hi']:.0%}", f"{pct(b['selection_accuracy'])} ({b['selection_count']})",
                                     f"{pct(b['validation_accuracy'])} ({b['validation_count']})"] for b in ic["reliability"]])]
-    if "natural_per_image" in r:
-        lines += ["", "Natural photos, per image: " + ", ".join(f"{n} {k}" for n, k in r["natural_per_image"].items()) + "."]
-    if "fresh_natural_per_image" in r:
-        lines += ["", "Fresh natural photos, per image: "
-                  + ", ".join(f"{n} {k}" for n, k in r["fresh_natural_per_image"].items()) + "."]
+    for key, title, _ in NATURAL_SETS.values():
+        if key in r:
+            lines += ["", f"{title}, per image: " + ", ".join(f"{n} {k}" for n, k in r[key].items()) + "."]
+    if "natural_both" in r:
         b = r["natural_both"]
         lines += ["", f"The two natural selection sets together: {b['k']} of {b['n']} called not-a-garment, "
                       f"{pct(b['not_a_garment'])} ({pct(b['ci95'][0])} to {pct(b['ci95'][1])})."]
-    if "third_natural_per_image" in r:
-        lines += ["", "Third natural set (issue 30's natural bar), per image: "
-                  + ", ".join(f"{n} {k}" for n, k in r["third_natural_per_image"].items()) + "."]
     return "\n".join(lines)
 
 

@@ -222,6 +222,12 @@ class Seen(NamedTuple):
         """Read from a drawing's strokes (strokes.drawing_look): judged against garment drawings."""
         return read_from_strokes(self.mask, self.photo)
 
+    @property
+    def material_row(self) -> np.ndarray:
+        """`material`, or zeros when there is none: a row of a batch that mixes photos with other
+        inputs, which every detector takes (only a photo detector that weighs material reads it)."""
+        return self.material if self.material is not None else np.zeros(material.MATERIAL, np.float32)
+
 
 def read_from_strokes(mask: np.ndarray | None, photo: bool) -> bool:
     """A mask without a photo is a drawing's: what was read from its strokes."""

@@ -44,7 +44,6 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from imaging.material import MATERIAL
 from imaging.preprocess import WORK_SIZE, look_and_mask
 from model import load_model
 from modelrepo import ood
@@ -109,7 +108,7 @@ def looks_of(images, route: str = "photo", on_routed=None) -> tuple[torch.Tensor
         seen = look_and_mask(image)
         looks.append(seen.look)
         routed.append(getattr(seen, route))
-        materials.append(seen.material if seen.material is not None else np.zeros(MATERIAL, np.float32))
+        materials.append(seen.material_row)
         if on_routed is not None and routed[-1]:
             on_routed(i, seen)
     return torch.from_numpy(np.stack(looks)), torch.tensor(routed), torch.from_numpy(np.stack(materials))
