@@ -171,7 +171,8 @@ def in_class_rows(model, result: dict, folders: list[str], photo_verdict) -> dic
         n = int(inside.sum())
         bins.append({"lo": b["lo"], "hi": b["hi"], "selection_accuracy": b["accuracy"], "selection_count": b["count"],
                      "validation_accuracy": float(right[inside].double().mean()) if n else None, "validation_count": n})
-    per_folder = {f: kind_row([k for k, g in zip(result["kinds"], folders) if g == f]) for f in PHOTO_CLASSES}
+    # Only the folders read: with --limit some may hold no photo.
+    per_folder = {f: kind_row([k for k, g in zip(result["kinds"], folders) if g == f]) for f in PHOTO_CLASSES if f in folders}
     return {"per_folder": per_folder, "strict_accuracy_all": float(right.double().mean()),
             "strict_accuracy_garment": float(right[garment].double().mean()) if garment.any() else None,
             "routed_as_photos": float(result["photo"].double().mean()), "reliability": bins}
