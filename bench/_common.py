@@ -188,7 +188,7 @@ class AppProcess:
 
     def __enter__(self) -> "AppProcess":
         # A Gradio folder of its own, as a freshly started Space has: the shared <tmp>/gradio keeps
-        # whatever earlier runs left there, which the app's upload janitor would walk.
+        # whatever earlier runs left there, which Gradio's cache sweep would walk.
         self.gradio_dir = tempfile.TemporaryDirectory(prefix="bench-gradio-")
         env = os.environ | {"MODEL_ID": self.model_dir, "GRADIO_ANALYTICS_ENABLED": "False",
                             "HF_HUB_OFFLINE": "1", "GRADIO_SERVER_NAME": "127.0.0.1",

@@ -1,5 +1,5 @@
 """Serving a crowd: the shared forward pass awaited from an event loop, where the API decodes an
-upload, the upload janitor's share of the CPU and the process's garbage-collector settings."""
+upload, the output folder janitor's share of the CPU and the process's garbage-collector settings."""
 from __future__ import annotations
 
 import asyncio
